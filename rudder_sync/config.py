@@ -1,0 +1,306 @@
+"""The sync schema: the one place that knows the YAML keys, and the messages for getting them wrong.
+
+Every error names the sync, the key and the fix, and is raised at load time, before Dagster
+builds a single asset.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+CONFIG_ENV_VAR = "RUDDER_SYNC_CONFIG"
+CHANGE_TYPES: tuple[str, ...] = ("added", "changed", "removed")
+SYNC_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+ChangeType = Literal["added", "changed", "removed"]
+
+
+class ConfigError(ValueError):
+    """A sync configuration that cannot run; the message says where and how to fix it."""
+
+
+class SyncConfig(BaseModel):
+    """One sync: a model, its key, and how its rows become RudderStack events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    model: str
+    primary_key: str
+    type: Literal["track", "identify"]
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    mapping: dict[str, str] = {}
+    events: dict[ChangeType, str] | None = None
+    send_initial_results: bool = False
+    timestamp: str | None = None
+    message_id: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty; write the SELECT query that returns the rows to sync")
+        return value
+
+    @property
+    def id_columns(self) -> list[str]:
+        """Columns that identify the user, in payload order."""
+        return [c for c in (self.user_id, self.anonymous_id) if c]
+
+    @property
+    def carried_columns(self) -> list[str]:
+        """Columns whose change is a change of the event: IDs and mapped fields, no duplicates."""
+        seen: dict[str, None] = {}
+        for column in [*self.id_columns, *self.mapping.values()]:
+            seen.setdefault(column, None)
+        return list(seen)
+
+    @property
+    def required_columns(self) -> list[str]:
+        """Every column the model must return."""
+        seen: dict[str, None] = {self.primary_key: None}
+        for column in [*self.carried_columns, self.timestamp, self.message_id]:
+            if column:
+                seen.setdefault(column, None)
+        return list(seen)
+
+    def event_name(self, change_type: str) -> str | None:
+        """The track event name for a change type, or None when that change type is not sent."""
+        if self.type != "track" or not self.events:
+            return None
+        return self.events.get(change_type)  # type: ignore[call-overload]
+
+    def sends(self, change_type: str) -> bool:
+        """Whether a change of this type becomes an event at all."""
+        if self.type == "identify":
+            return change_type in ("added", "changed")
+        return self.event_name(change_type) is not None
+
+
+class ProjectConfig(BaseModel):
+    """The whole YAML file: where the warehouse and state live, and the syncs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warehouse: Path
+    state: Path
+    syncs: dict[str, SyncConfig]
+    source: Path | None = None
+
+    def sync(self, name: str) -> SyncConfig:
+        return self.syncs[name]
+
+
+def default_config_path() -> Path:
+    """The packaged demo config, used when RUDDER_SYNC_CONFIG is unset."""
+    return Path(__file__).parent / "demo" / "rudder_sync.yaml"
+
+
+def config_path_from_env() -> Path:
+    value = os.environ.get(CONFIG_ENV_VAR, "").strip()
+    return Path(value).expanduser() if value else default_config_path()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> ProjectConfig:
+    """Read and validate a sync YAML; relative paths resolve against the YAML file's folder."""
+    config_path = Path(path) if path is not None else config_path_from_env()
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{config_path}: cannot read the sync config ({exc.strerror or exc}). "
+            f"Fix: point {CONFIG_ENV_VAR} at an existing YAML file."
+        ) from exc
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from exc
+    return parse_config(raw, base_dir=config_path.parent.resolve(), source=config_path)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML silently keeps the last of two equal keys; two syncs of one name are a mistake."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: duplicate key '{key}' (two syncs or "
+                    "two keys of one name). Fix: give every sync and key a unique name."
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_config(
+    raw: Any, base_dir: Path | None = None, source: Path | None = None
+) -> ProjectConfig:
+    """Validate an already-parsed YAML document."""
+    where = str(source) if source else "sync config"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{where}: expected a mapping with keys 'warehouse', 'state' and 'syncs'. "
+            "Fix: see the YAML reference in the README."
+        )
+    _check_keys(raw, {"warehouse", "state", "syncs"}, f"{where}: top level", required=("syncs",))
+    base = base_dir or Path.cwd()
+    warehouse = _path_value(raw.get("warehouse", "warehouse.duckdb"), "warehouse", where, base)
+    state = _path_value(raw.get("state", ".rudder_sync"), "state", where, base)
+
+    syncs_raw = raw["syncs"]
+    if not isinstance(syncs_raw, Mapping) or not syncs_raw:
+        raise ConfigError(
+            f"{where}: key 'syncs' must map sync names to sync definitions. "
+            "Fix: add at least one sync under 'syncs:'."
+        )
+    syncs: dict[str, SyncConfig] = {}
+    seen_lower: dict[str, str] = {}
+    for name, body in syncs_raw.items():
+        sync = parse_sync(str(name), body)
+        key = sync.name.lower()
+        if key in seen_lower:
+            raise ConfigError(
+                f"sync '{name}': duplicate sync name (clashes with '{seen_lower[key]}'). "
+                "Fix: give every sync a unique name."
+            )
+        seen_lower[key] = sync.name
+        syncs[sync.name] = sync
+    return ProjectConfig(warehouse=warehouse, state=state, syncs=syncs, source=source)
+
+
+def parse_sync(name: str, body: Any) -> SyncConfig:
+    """Validate one sync definition; every error names the sync, the key and the fix."""
+    prefix = f"sync '{name}'"
+    if not SYNC_NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"{prefix}: bad sync name. It is also the Dagster job name and asset key prefix, so it "
+            "must be snake_case: a lowercase letter, then lowercase letters, digits or underscores "
+            f"(at most 63). Fix: rename it, e.g. '{_suggest_name(name)}'."
+        )
+    if not isinstance(body, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping of keys. Fix: see the YAML reference.")
+    allowed = set(SyncConfig.model_fields) - {"name"}
+    _check_keys(body, allowed, prefix, required=("model", "primary_key", "type"))
+    try:
+        sync = SyncConfig(name=name, **body)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(prefix, exc)) from None
+    _check_semantics(prefix, sync, body)
+    check_model_sql(prefix, sync.model)
+    return sync
+
+
+def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> None:
+    for key in ("primary_key", "user_id", "anonymous_id", "timestamp", "message_id"):
+        value = getattr(sync, key)
+        if value is not None and not value.strip():
+            raise ConfigError(f"{prefix}: key '{key}' is blank. Fix: name a column of the model.")
+    if not sync.id_columns:
+        raise ConfigError(
+            f"{prefix}: no ID column. Every RudderStack event needs a userId or an anonymousId. "
+            "Fix: set 'user_id' and/or 'anonymous_id' to a column of the model."
+        )
+    for field, column in sync.mapping.items():
+        if not field.strip() or not column.strip():
+            raise ConfigError(
+                f"{prefix}: key 'mapping' has a blank field or column ({field!r}: {column!r}). "
+                "Fix: map each event field name to a column name."
+            )
+    if sync.type == "identify":
+        for key in ("events", "send_initial_results"):
+            if key in body:
+                raise ConfigError(
+                    f"{prefix}: key '{key}' is for track syncs only; identify sends traits and "
+                    "always sends the initial result set. Fix: remove it, or use 'type: track'."
+                )
+    else:
+        if not sync.events:
+            raise ConfigError(
+                f"{prefix}: key 'events' is missing or empty; a track sync needs an event name "
+                "for at least one change type. Fix: e.g. 'events: {added: User Signed Up}'."
+            )
+        for change_type, event in sync.events.items():
+            if not event.strip():
+                raise ConfigError(
+                    f"{prefix}: key 'events.{change_type}' is blank. "
+                    "Fix: give the event a name, or leave the change type out to not send it."
+                )
+
+
+def check_model_sql(prefix: str, sql: str) -> None:
+    """Parse the model without running it, so a typo fails at load time rather than mid-run."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"{prefix}: key 'model' is not valid SQL: {first_line}. Fix: correct the query."
+        ) from None
+    if len(statements) != 1:
+        raise ConfigError(
+            f"{prefix}: key 'model' must be exactly one query, found {len(statements)} statements. "
+            "Fix: keep a single SELECT (no trailing statements)."
+        )
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise ConfigError(
+            f"{prefix}: key 'model' must be a SELECT query, not {statements[0].type.name}. "
+            "Fix: write a query that returns rows; the model runs read-only."
+        )
+
+
+def _check_keys(
+    body: Mapping[str, Any], allowed: set[str], prefix: str, required: tuple[str, ...]
+) -> None:
+    for key in body:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
+            raise ConfigError(f"{prefix}: unknown key '{key}'. Fix: remove it ({hint}).")
+    for key in required:
+        if key not in body or body[key] is None:
+            raise ConfigError(f"{prefix}: key '{key}' is missing. Fix: add '{key}:'.")
+
+
+def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"]) or "?"
+    message = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    fixes = {
+        "type": "use 'track' or 'identify'",
+        "events": "map change types (added, changed, removed) to event names",
+        "mapping": "map event field names to column names, e.g. {email: email}",
+        "send_initial_results": "use true or false",
+    }
+    fix = fixes.get(key.split(".")[0], "see the YAML reference in the README")
+    if error["type"] == "literal_error" and key.startswith("events."):
+        fix = "use only the change types added, changed and removed"
+    shown = "" if isinstance(given, Mapping) else f" (got {given!r})"
+    return f"{prefix}: key '{key}': {message}{shown}. Fix: {fix}."
+
+
+def _path_value(value: Any, key: str, where: str, base: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: key '{key}' must be a path. Fix: e.g. '{key}: ...'.")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _suggest_name(name: str) -> str:
+    snake = re.sub(r"[^a-z0-9]+", "_", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
+    snake = snake.strip("_") or "my_sync"
+    return snake if snake[0].isalpha() else f"sync_{snake}"

@@ -1,0 +1,64 @@
+"""Assembles the Dagster definitions from the sync config named by RUDDER_SYNC_CONFIG.
+
+Loaded by `dagster dev` (pyproject's [tool.dagster] and workspace.yaml) and by
+`dagster job execute -m rudder_sync.definitions -j NAME`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dagster import Definitions, EnvVar, in_process_executor
+
+from .assets import build_sync_assets, build_sync_job
+from .config import ConfigError, ProjectConfig, config_path_from_env, default_config_path, load_config
+from .demo import demo_dir, ensure_demo_warehouse
+from .rudderstack import RudderstackResource
+from .warehouse import DuckDBWarehouse
+
+DATA_PLANE_URL_ENV_VAR = "RUDDERSTACK_DATA_PLANE_URL"
+WRITE_KEY_ENV_VAR = "RUDDERSTACK_WRITE_KEY"
+
+
+def load_project() -> ProjectConfig:
+    """The user's config, or the packaged demo on its demo warehouse (created on first use)."""
+    path = config_path_from_env()
+    if path != default_config_path():
+        return load_config(path)
+    project = load_config(path)
+    base = demo_dir()
+    project = project.model_copy(
+        update={"warehouse": base / project.warehouse.name, "state": base / project.state.name}
+    )
+    ensure_demo_warehouse(project.warehouse)
+    return project
+
+
+def rudderstack_from_env() -> RudderstackResource:
+    """Real delivery when a data plane URL is set (secrets read through EnvVar), else a dry run."""
+    if not os.environ.get(DATA_PLANE_URL_ENV_VAR, "").strip():
+        return RudderstackResource()
+    if not os.environ.get(WRITE_KEY_ENV_VAR, "").strip():
+        raise ConfigError(
+            f"{DATA_PLANE_URL_ENV_VAR} is set but {WRITE_KEY_ENV_VAR} is not. Fix: export the "
+            "source's write key, or unset the data plane URL for a dry run."
+        )
+    return RudderstackResource(
+        data_plane_url=EnvVar(DATA_PLANE_URL_ENV_VAR), write_key=EnvVar(WRITE_KEY_ENV_VAR)
+    )
+
+
+def build_definitions(project: ProjectConfig, rudderstack: RudderstackResource) -> Definitions:
+    assets = [a for sync in project.syncs.values() for a in build_sync_assets(sync, project.state)]
+    return Definitions(
+        assets=assets,
+        jobs=[build_sync_job(sync) for sync in project.syncs.values()],
+        resources={
+            "warehouse": DuckDBWarehouse(database=str(project.warehouse)),
+            "rudderstack": rudderstack,
+        },
+        executor=in_process_executor,
+    )
+
+
+defs = build_definitions(load_project(), rudderstack_from_env())

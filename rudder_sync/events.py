@@ -1,0 +1,109 @@
+"""Pending changes -> RudderStack event payloads.
+
+The properties/traits JSON was rendered inside DuckDB by the diff (rules in `jsonvalues`); here it is
+embedded untouched with `orjson.Fragment`, so Python only builds the small envelope. Events are
+streamed from the state in Arrow batches: memory stays bounded by the batch, not the diff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import orjson
+
+from .config import SyncConfig
+from .rudderstack import OutgoingEvent
+from .state import SyncState
+
+READ_BATCH_ROWS = 20_000
+LIBRARY_NAME = "rudder_sync"
+
+try:
+    LIBRARY_VERSION = version("rudder_sync")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    LIBRARY_VERSION = "0+unknown"
+
+_PENDING_COLUMNS = (
+    "__rs_change_id, __rs_change, __rs_message_id, __rs_timestamp, "
+    "__rs_user_id, __rs_anonymous_id, __rs_props"
+)
+
+
+def build_event(
+    sync: SyncConfig,
+    change: str,
+    message_id: str,
+    timestamp: str,
+    user_id: str | None,
+    anonymous_id: str | None,
+    props_json: str | None,
+) -> dict[str, Any]:
+    """One Track or Identify call, shaped as RudderStack's own SDKs send it.
+
+    Null IDs are left out (never "None"); identify traits go in `context.traits`.
+    """
+    context: dict[str, Any] = {"library": {"name": LIBRARY_NAME, "version": LIBRARY_VERSION}}
+    props = orjson.Fragment(props_json or "{}")
+    event: dict[str, Any] = {"type": sync.type}
+    if sync.type == "track":
+        event["event"] = sync.event_name(change)
+        event["properties"] = props
+    else:
+        context["traits"] = props
+    if user_id is not None:
+        event["userId"] = user_id
+    if anonymous_id is not None:
+        event["anonymousId"] = anonymous_id
+    event["messageId"] = message_id
+    event["timestamp"] = timestamp
+    event["context"] = context
+    return event
+
+
+def iter_outgoing_events(state: SyncState, sync: SyncConfig) -> Iterator[OutgoingEvent]:
+    """Every pending change that sends an event, serialized, in change order."""
+    # A cursor of its own: the caller commits on the state's connection while this still reads.
+    cursor = state.conn.cursor()
+    reader = cursor.sql(
+        f"select {_PENDING_COLUMNS} from pending where __rs_send order by __rs_change_id"
+    ).to_arrow_reader(READ_BATCH_ROWS)
+    try:
+        yield from _events_from_batches(sync, reader)
+    finally:
+        cursor.close()
+
+
+def _events_from_batches(sync: SyncConfig, reader: Any) -> Iterator[OutgoingEvent]:
+    for batch in reader:
+        columns = batch.to_pydict()
+        rows = zip(
+            columns["__rs_change_id"],
+            columns["__rs_change"],
+            columns["__rs_message_id"],
+            columns["__rs_timestamp"],
+            columns["__rs_user_id"],
+            columns["__rs_anonymous_id"],
+            columns["__rs_props"],
+            strict=True,
+        )
+        for change_id, change, message_id, timestamp, user_id, anonymous_id, props in rows:
+            event = build_event(sync, change, message_id, timestamp, user_id, anonymous_id, props)
+            yield OutgoingEvent(ref=change_id, message_id=message_id, body=orjson.dumps(event))
+
+
+def sample_payloads(state: SyncState, sync: SyncConfig) -> dict[str, dict[str, Any]]:
+    """One payload per change type that sends, as users see it in the UI and logs."""
+    rows = state.conn.execute(
+        f"""
+        select {_PENDING_COLUMNS} from pending where __rs_send
+        qualify row_number() over (partition by __rs_change order by __rs_change_id) = 1
+        order by __rs_change_id
+        """
+    ).fetchall()
+    samples = {}
+    for _, change, message_id, timestamp, user_id, anonymous_id, props in rows:
+        event = build_event(sync, change, message_id, timestamp, user_id, anonymous_id, props)
+        samples[change] = orjson.loads(orjson.dumps(event))
+    return samples

@@ -1,0 +1,293 @@
+"""Per-sync state in its own DuckDB file: the committed snapshot, pending changes, delivery log.
+
+The state is the only memory a sync has between runs (a `dagster job execute` without DAGSTER_HOME
+forgets everything else), so it lives in `<state folder>/<sync>.duckdb`, one file per sync so that
+syncs run in parallel. A dry run keeps its own `<sync>.dry_run.duckdb`: what a dry run "delivered"
+never counts as delivered to a real destination.
+
+Tables (system columns start with `__rs_`):
+- `snapshot`: one row per primary key ever committed: hash of the event content, a version that
+  grows with each committed change, a tombstone flag for removed keys (so a key that comes back gets
+  a new messageId), and the rendered IDs/properties that a `removed` event needs.
+- `model_rows`: the latest model result (the `<sync>/snapshot` asset).
+- `pending`: the changes of the latest diff that are not committed yet, each with a fixed
+  messageId and timestamp so a re-send is the same event.
+- `rejected_rows`: rows of the latest diff that cannot be sent (null/duplicate key, no ID).
+- `delivery_log`: one row per event per attempt.
+- `meta`: schema version, destination, initialised flag.
+
+Commits are DuckDB transactions, so a crash leaves either the old or the new state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+LOCK_WAIT_SECONDS = 30.0
+
+_SCHEMA = """
+create table if not exists meta (key varchar primary key, value varchar);
+create table if not exists snapshot (
+    __rs_pk varchar not null,
+    __rs_hash uhugeint,
+    __rs_version bigint not null,
+    __rs_deleted boolean not null,
+    __rs_user_id varchar,
+    __rs_anonymous_id varchar,
+    __rs_props varchar,
+    __rs_committed_at timestamptz not null
+);
+create table if not exists pending (
+    __rs_change_id bigint,
+    __rs_pk varchar,
+    __rs_change varchar,
+    __rs_hash uhugeint,
+    __rs_version bigint,
+    __rs_message_id varchar,
+    __rs_timestamp varchar,
+    __rs_user_id varchar,
+    __rs_anonymous_id varchar,
+    __rs_props varchar,
+    __rs_send boolean,
+    __rs_first_seen timestamptz,
+    __rs_attempts integer,
+    __rs_last_error varchar
+);
+create table if not exists rejected_rows (__rs_pk varchar, reason varchar);
+create table if not exists delivery_log (
+    run_id varchar,
+    change_id bigint,
+    pk varchar,
+    change varchar,
+    message_id varchar,
+    status varchar,
+    error varchar,
+    attempt integer,
+    logged_at timestamptz
+);
+"""
+
+
+class StateError(RuntimeError):
+    """The sync's state cannot be used; the message says why and what to do."""
+
+
+class SyncState:
+    """An open connection to one sync's state file."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path, sync_name: str) -> None:
+        self.conn = conn
+        self.path = path
+        self.sync_name = sync_name
+
+    # -- meta -----------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = self.conn.execute("select value from meta where key = ?", [key]).fetchall()
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("insert or replace into meta values (?, ?)", [key, value])
+
+    @property
+    def initialized(self) -> bool:
+        """Whether a first run has committed its baseline."""
+        return self.get_meta("initialized") == "true"
+
+    def check_destination(self, destination: str) -> None:
+        """Refuse to mix deliveries to two destinations in one state (that would skip rows)."""
+        recorded = self.get_meta("destination")
+        if recorded is None:
+            self.set_meta("destination", destination)
+        elif recorded != destination:
+            raise StateError(
+                f"sync '{self.sync_name}': the state in {self.path} was delivered to {recorded}, "
+                f"but this run sends to {destination}. Fix: to resend everything to the new data "
+                "plane, delete that state file (or point 'state' at a new folder); to keep "
+                "syncing to the old one, restore RUDDERSTACK_DATA_PLANE_URL."
+            )
+
+    # -- model rows -----------------------------------------------------------------------------
+    def replace_model_rows(self, reader: pa.RecordBatchReader) -> int:
+        """Store the model's result, streamed from the warehouse, as `model_rows`."""
+        self.conn.register("__rs_model_reader", reader)
+        try:
+            with self.transaction():
+                self.conn.execute(
+                    "create or replace table model_rows as select * from __rs_model_reader"
+                )
+        finally:
+            self.conn.unregister("__rs_model_reader")
+        return self.count("model_rows")
+
+    def count(self, table: str, where: str = "true") -> int:
+        rows = self.conn.execute(f"select count(*) from {table} where {where}").fetchall()
+        return int(rows[0][0])
+
+    def has_table(self, table: str) -> bool:
+        rows = self.conn.execute(
+            "select count(*) from duckdb_tables() where table_name = ? and database_name = "
+            "current_database()",
+            [table],
+        ).fetchall()
+        return bool(rows[0][0])
+
+    # -- commits --------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.conn.execute("begin transaction")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("rollback")
+            raise
+        self.conn.execute("commit")
+
+    def commit_changes(self, change_ids: Sequence[int], run_id: str, status: str) -> int:
+        """Move accepted changes from `pending` into `snapshot`, logging them as `status`."""
+        if not change_ids:
+            return 0
+        return self._commit(
+            "__rs_change_id in (select unnest(?::bigint[]))", [list(change_ids)], run_id, status
+        )
+
+    def commit_silent_changes(self) -> int:
+        """Commit the changes that send no event (a first-run baseline, an unsent change type).
+
+        The same transaction marks the state initialised, so a crash can never turn an unsent
+        baseline into `added` events at the next run.
+        """
+        return self._commit("not __rs_send", [], run_id="", status="committed", initialize=True)
+
+    def _commit(
+        self, where: str, params: list[object], run_id: str, status: str, initialize: bool = False
+    ) -> int:
+        """One transaction: the snapshot takes the changes, pending drops them, the log records."""
+        with self.transaction():
+            self.conn.execute(
+                f"create or replace temp table __rs_commit as select * from pending where {where}",
+                params,
+            )
+            self.conn.execute(
+                "delete from snapshot where __rs_pk in (select __rs_pk from __rs_commit)"
+            )
+            self.conn.execute(
+                """
+                insert into snapshot
+                select __rs_pk, __rs_hash, __rs_version, __rs_change = 'removed',
+                       __rs_user_id, __rs_anonymous_id, __rs_props, now()
+                from __rs_commit
+                """
+            )
+            if status != "committed":
+                self.conn.execute(
+                    """
+                    insert into delivery_log
+                    select ?, __rs_change_id, __rs_pk, __rs_change, __rs_message_id, ?, null,
+                           __rs_attempts + 1, now()
+                    from __rs_commit
+                    """,
+                    [run_id, status],
+                )
+            self.conn.execute(
+                "delete from pending where __rs_change_id in "
+                "(select __rs_change_id from __rs_commit)"
+            )
+            count = self.count("__rs_commit")
+            self.conn.execute("drop table __rs_commit")
+            if initialize:
+                self.set_meta("initialized", "true")
+        return count
+
+    def record_failures(self, failures: Sequence[tuple[int, str]], run_id: str) -> None:
+        """Keep failed changes pending, counting the attempt and remembering the error."""
+        if not failures:
+            return
+        ids = [change_id for change_id, _ in failures]
+        errors = [error for _, error in failures]
+        with self.transaction():
+            self.conn.execute(
+                "create or replace temp table __rs_failed as "
+                "select unnest(?::bigint[]) as change_id, unnest(?::varchar[]) as error",
+                [ids, errors],
+            )
+            self.conn.execute(
+                """
+                update pending set __rs_attempts = __rs_attempts + 1, __rs_last_error = f.error
+                from __rs_failed f where pending.__rs_change_id = f.change_id
+                """
+            )
+            self.conn.execute(
+                """
+                insert into delivery_log
+                select ?, p.__rs_change_id, p.__rs_pk, p.__rs_change, p.__rs_message_id,
+                       'rejected', f.error, p.__rs_attempts, now()
+                from pending p join __rs_failed f on p.__rs_change_id = f.change_id
+                """,
+                [run_id],
+            )
+            self.conn.execute("drop table __rs_failed")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def state_path(state_dir: Path, sync_name: str, dry_run: bool) -> Path:
+    return state_dir / (f"{sync_name}.dry_run.duckdb" if dry_run else f"{sync_name}.duckdb")
+
+
+@contextmanager
+def open_state(
+    state_dir: Path, sync_name: str, dry_run: bool, lock_wait_seconds: float = LOCK_WAIT_SECONDS
+) -> Iterator[SyncState]:
+    """Open (creating if needed) a sync's state, waiting a bounded time if another run holds it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_path(state_dir, sync_name, dry_run)
+    conn = _connect_with_wait(path, sync_name, lock_wait_seconds)
+    state = SyncState(conn, path, sync_name)
+    try:
+        _ensure_schema(state)
+        yield state
+    finally:
+        state.close()
+
+
+def _connect_with_wait(path: Path, sync_name: str, wait: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + wait
+    delay = 0.1
+    while True:
+        try:
+            conn = duckdb.connect(str(path))
+            conn.execute("set enable_progress_bar = false")
+            return conn
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise StateError(
+                    f"sync '{sync_name}': cannot open its state {path}: another run of this sync "
+                    f"is still holding it after {wait:.0f}s. Fix: wait for that run to finish; "
+                    "runs of the same sync cannot overlap."
+                ) from exc
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+
+
+def _ensure_schema(state: SyncState) -> None:
+    has_meta = state.has_table("meta")
+    if has_meta:
+        version = state.get_meta("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise StateError(
+                f"sync '{state.sync_name}': state {state.path} has schema version {version}, "
+                f"this rudder_sync reads version {SCHEMA_VERSION}. Fix: use the rudder_sync version "
+                "that wrote it, or move the file away to start a full resync."
+            )
+        return
+    with state.transaction():
+        state.conn.execute(_SCHEMA)
+        state.set_meta("schema_version", str(SCHEMA_VERSION))
