@@ -5,7 +5,8 @@ Asset bodies stay short and delegate: the warehouse streams the model, `diff` co
 never in Dagster's instance or IO manager.
 """
 
-
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from .delivery import REJECTED_SAMPLE, DeliveryReport, deliver_pending, delivery
 from .diff import DiffSummary, ModelColumnsError, check_model_columns, compute_diff, pending_frame
 from .events import sample_payloads
 from .rudderstack import RudderstackError, RudderstackResource
-from .state import StateError, open_state
+from .state import StateError, SyncState, open_state
 from .warehouse import DuckDBWarehouse, WarehouseError
 
 PREVIEW_ROWS = 10
@@ -53,11 +54,13 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
     def snapshot(
         context: AssetExecutionContext, warehouse: DuckDBWarehouse, rudderstack: RudderstackResource
     ) -> MaterializeResult:
-        with _failures_named(sync), open_state(state_dir, sync.name, rudderstack.dry_run) as state:
-            with warehouse.read_model(sync.model) as reader:
-                check_model_columns(sync, reader.schema.names)
-                schema = reader.schema
-                rows = state.replace_model_rows(reader)
+        with (
+            _open_state(sync, state_dir, rudderstack) as state,
+            warehouse.read_model(sync.model) as reader,
+        ):
+            check_model_columns(sync, reader.schema.names)
+            schema = reader.schema
+            rows = state.replace_model_rows(reader)
         context.log.info(f"sync '{sync.name}': model returned {rows} rows")
         return MaterializeResult(
             metadata={
@@ -79,10 +82,12 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
     def diff(
         context: AssetExecutionContext, rudderstack: RudderstackResource
     ) -> Output[pd.DataFrame]:
-        with _failures_named(sync), open_state(state_dir, sync.name, rudderstack.dry_run) as state:
+        with _open_state(sync, state_dir, rudderstack) as state:
             if not state.has_table("model_rows"):
-                raise Failure(f"sync '{sync.name}': no model snapshot yet; materialize "
-                              f"{sync.name}/snapshot first.")
+                raise Failure(
+                    f"sync '{sync.name}': no model snapshot yet; materialize "
+                    f"{sync.name}/snapshot first."
+                )
             summary = compute_diff(state, sync, datetime.now(UTC))
             frame = pending_frame(state, sync)
         _log_diff(context, sync, summary)
@@ -98,7 +103,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
     def events(
         context: AssetExecutionContext, rudderstack: RudderstackResource
     ) -> Output[pd.DataFrame]:
-        with _failures_named(sync), open_state(state_dir, sync.name, rudderstack.dry_run) as state:
+        with _open_state(sync, state_dir, rudderstack) as state:
             state.check_destination(destination_label(rudderstack))
             samples = sample_payloads(state, sync)
             if rudderstack.dry_run:
@@ -130,6 +135,15 @@ def build_sync_job(sync: SyncConfig) -> UnresolvedAssetJobDefinition:
         selection=[asset_key(sync, step) for step in ("snapshot", "diff", "events")],
         description=f"Sync '{sync.name}': run the model, diff it, deliver the changes.",
     )
+
+
+@contextmanager
+def _open_state(
+    sync: SyncConfig, state_dir: Path, rudderstack: RudderstackResource
+) -> Iterator[SyncState]:
+    """The sync's state (the dry-run one when nothing is sent), with errors named for the UI."""
+    with _failures_named(sync), open_state(state_dir, sync.name, rudderstack.dry_run) as state:
+        yield state
 
 
 class _failures_named:

@@ -268,7 +268,9 @@ def _check_keys(
     for key in body:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
+            hint = (
+                f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
+            )
             raise ConfigError(f"{prefix}: unknown key '{key}'. Fix: remove it ({hint}).")
     for key in required:
         if key not in body or body[key] is None:

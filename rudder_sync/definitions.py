@@ -11,7 +11,13 @@ import os
 from dagster import Definitions, EnvVar, in_process_executor
 
 from .assets import build_sync_assets, build_sync_job
-from .config import ConfigError, ProjectConfig, config_path_from_env, default_config_path, load_config
+from .config import (
+    ConfigError,
+    ProjectConfig,
+    config_path_from_env,
+    default_config_path,
+    load_config,
+)
 from .demo import demo_dir, ensure_demo_warehouse
 from .rudderstack import RudderstackResource
 from .warehouse import DuckDBWarehouse

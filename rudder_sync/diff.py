@@ -140,8 +140,9 @@ def _render_sql(sync: SyncConfig, types: dict) -> str:
 
 
 def _rejected_sql(sync: SyncConfig) -> str:
-    id_columns = " / ".join(f"{k} column '{getattr(sync, k)}'" for k in ("user_id", "anonymous_id")
-                            if getattr(sync, k))
+    id_columns = " / ".join(
+        f"{k} column '{getattr(sync, k)}'" for k in ("user_id", "anonymous_id") if getattr(sync, k)
+    )
     no_id = quote_literal(f"neither user ID nor anonymous ID ({id_columns} null or blank)")
     return f"""
         select coalesce(__rs_pk, '(null)'),
@@ -237,8 +238,14 @@ def pending_frame(state: SyncState, sync: SyncConfig) -> pd.DataFrame:
         """
     ).df()
     frame.columns = [
-        sync.primary_key, "change_type", "will_send", "message_id", "timestamp",
-        "user_id", "anonymous_id", "__props",
+        sync.primary_key,
+        "change_type",
+        "will_send",
+        "message_id",
+        "timestamp",
+        "user_id",
+        "anonymous_id",
+        "__props",
     ]
     props = [orjson.loads(p) if p else {} for p in frame.pop("__props")]
     for name in sync.mapping:

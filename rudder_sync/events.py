@@ -1,8 +1,8 @@
 """Pending changes -> RudderStack event payloads.
 
-The properties/traits JSON was rendered inside DuckDB by the diff (rules in `jsonvalues`); here it is
-embedded untouched with `orjson.Fragment`, so Python only builds the small envelope. Events are
-streamed from the state in Arrow batches: memory stays bounded by the batch, not the diff.
+The properties/traits JSON was rendered inside DuckDB by the diff (rules in `jsonvalues`);
+here it is embedded untouched with `orjson.Fragment`, so Python only builds the small envelope.
+Events are streamed from the state in Arrow batches: memory is bounded by a batch, not the diff.
 """
 
 from __future__ import annotations

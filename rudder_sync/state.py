@@ -284,8 +284,8 @@ def _ensure_schema(state: SyncState) -> None:
         if version != str(SCHEMA_VERSION):
             raise StateError(
                 f"sync '{state.sync_name}': state {state.path} has schema version {version}, "
-                f"this rudder_sync reads version {SCHEMA_VERSION}. Fix: use the rudder_sync version "
-                "that wrote it, or move the file away to start a full resync."
+                f"this rudder_sync reads version {SCHEMA_VERSION}. Fix: use the rudder_sync "
+                "version that wrote it, or move the file away to start a full resync."
             )
         return
     with state.transaction():

@@ -136,7 +136,7 @@ def run_sync(
 
 
 def _log_text(entry: Any) -> str:
-    """A log line, with the error of a failed step (its message, cause and stack) when there is one."""
+    """A log line, with the error of a failed step (message, cause, stack) when there is one."""
     event = entry.dagster_event
     error = getattr(getattr(event, "event_specific_data", None), "error", None)
     return entry.user_message + (f"\n{error.to_string()}" if error else "")

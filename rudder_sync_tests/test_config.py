@@ -36,43 +36,91 @@ def _identify(**changes: Any) -> dict[str, Any]:
 
 
 BAD_CONFIGS: list[tuple[str, dict[str, Any], list[str]]] = [
-    ("unknown sync key", _config(s1=_track(primry_key="id")),
-     ["sync 's1'", "unknown key 'primry_key'", "did you mean 'primary_key'"]),
-    ("missing primary key", _config(s1=_track(primary_key=...)),
-     ["sync 's1'", "'primary_key' is missing", "Fix"]),
+    (
+        "unknown sync key",
+        _config(s1=_track(primry_key="id")),
+        ["sync 's1'", "unknown key 'primry_key'", "did you mean 'primary_key'"],
+    ),
+    (
+        "missing primary key",
+        _config(s1=_track(primary_key=...)),
+        ["sync 's1'", "'primary_key' is missing", "Fix"],
+    ),
     ("missing model", _config(s1=_track(model=...)), ["sync 's1'", "'model' is missing"]),
     ("empty model", _config(s1=_track(model="   ")), ["sync 's1'", "'model'", "empty"]),
-    ("bad type", _config(s1=_track(type="page")),
-     ["sync 's1'", "key 'type'", "'track' or 'identify'"]),
-    ("events on identify", _config(s1=_identify(events={"added": "X"})),
-     ["sync 's1'", "key 'events'", "track syncs only", "Fix"]),
-    ("send_initial_results on identify", _config(s1=_identify(send_initial_results=True)),
-     ["sync 's1'", "'send_initial_results'", "always sends the initial"]),
-    ("no ID column", _config(s1=_track(user_id=..., anonymous_id=...)),
-     ["sync 's1'", "no ID column", "'user_id'", "'anonymous_id'"]),
+    (
+        "bad type",
+        _config(s1=_track(type="page")),
+        ["sync 's1'", "key 'type'", "'track' or 'identify'"],
+    ),
+    (
+        "events on identify",
+        _config(s1=_identify(events={"added": "X"})),
+        ["sync 's1'", "key 'events'", "track syncs only", "Fix"],
+    ),
+    (
+        "send_initial_results on identify",
+        _config(s1=_identify(send_initial_results=True)),
+        ["sync 's1'", "'send_initial_results'", "always sends the initial"],
+    ),
+    (
+        "no ID column",
+        _config(s1=_track(user_id=..., anonymous_id=...)),
+        ["sync 's1'", "no ID column", "'user_id'", "'anonymous_id'"],
+    ),
     ("blank ID column", _config(s1=_track(user_id=" ")), ["sync 's1'", "'user_id' is blank"]),
-    ("track without events", _config(s1=_track(events=...)),
-     ["sync 's1'", "key 'events' is missing", "User Signed Up"]),
-    ("unknown change type", _config(s1=_track(events={"updated": "X"})),
-     ["sync 's1'", "events.updated", "added, changed and removed"]),
-    ("blank event name", _config(s1=_track(events={"added": " "})),
-     ["sync 's1'", "'events.added' is blank"]),
-    ("mapping not a mapping", _config(s1=_track(mapping=["email"])),
-     ["sync 's1'", "key 'mapping'", "map event field names"]),
-    ("send_initial_results not a bool", _config(s1=_track(send_initial_results="maybe")),
-     ["sync 's1'", "send_initial_results", "true or false"]),
-    ("CamelCase name", _config(UserEvents=_track()),
-     ["sync 'UserEvents'", "snake_case", "'user_events'"]),
+    (
+        "track without events",
+        _config(s1=_track(events=...)),
+        ["sync 's1'", "key 'events' is missing", "User Signed Up"],
+    ),
+    (
+        "unknown change type",
+        _config(s1=_track(events={"updated": "X"})),
+        ["sync 's1'", "events.updated", "added, changed and removed"],
+    ),
+    (
+        "blank event name",
+        _config(s1=_track(events={"added": " "})),
+        ["sync 's1'", "'events.added' is blank"],
+    ),
+    (
+        "mapping not a mapping",
+        _config(s1=_track(mapping=["email"])),
+        ["sync 's1'", "key 'mapping'", "map event field names"],
+    ),
+    (
+        "send_initial_results not a bool",
+        _config(s1=_track(send_initial_results="maybe")),
+        ["sync 's1'", "send_initial_results", "true or false"],
+    ),
+    (
+        "CamelCase name",
+        _config(UserEvents=_track()),
+        ["sync 'UserEvents'", "snake_case", "'user_events'"],
+    ),
     ("name with dash", _config(**{"user-events": _track()}), ["sync 'user-events'", "snake_case"]),
     ("name starting with digit", _config(**{"1sync": _track()}), ["sync '1sync'", "snake_case"]),
-    ("SQL syntax error", _config(s1=_track(model="selec id from users")),
-     ["sync 's1'", "key 'model' is not valid SQL", "selec"]),
-    ("two statements", _config(s1=_track(model="select 1 as id; select 2 as id")),
-     ["sync 's1'", "exactly one query"]),
-    ("not a select", _config(s1=_track(model="delete from users")),
-     ["sync 's1'", "must be a SELECT"]),
-    ("unknown top-level key", {"syncs": {"s1": _track()}, "warehous": "x"},
-     ["unknown key 'warehous'", "did you mean 'warehouse'"]),
+    (
+        "SQL syntax error",
+        _config(s1=_track(model="selec id from users")),
+        ["sync 's1'", "key 'model' is not valid SQL", "selec"],
+    ),
+    (
+        "two statements",
+        _config(s1=_track(model="select 1 as id; select 2 as id")),
+        ["sync 's1'", "exactly one query"],
+    ),
+    (
+        "not a select",
+        _config(s1=_track(model="delete from users")),
+        ["sync 's1'", "must be a SELECT"],
+    ),
+    (
+        "unknown top-level key",
+        {"syncs": {"s1": _track()}, "warehous": "x"},
+        ["unknown key 'warehous'", "did you mean 'warehouse'"],
+    ),
     ("no syncs", {"warehouse": "w.duckdb"}, ["'syncs' is missing"]),
     ("empty syncs", {"syncs": {}}, ["'syncs' must map sync names"]),
     ("sync body not a mapping", _config(s1="select 1"), ["sync 's1'", "expected a mapping"]),
@@ -80,7 +128,8 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], list[str]]] = [
 
 
 @pytest.mark.parametrize(
-    ("raw", "expected"), [(raw, expected) for _, raw, expected in BAD_CONFIGS],
+    ("raw", "expected"),
+    [(raw, expected) for _, raw, expected in BAD_CONFIGS],
     ids=[name for name, _, _ in BAD_CONFIGS],
 )
 def test_bad_config_names_sync_key_and_fix(raw: dict[str, Any], expected: list[str]) -> None:
@@ -107,8 +156,10 @@ def test_duplicate_sync_names_in_yaml_fail(tmp_path: Path) -> None:
 
 def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    body = "    model: select 1 as id, 'u' as uid\n    primary_key: id\n    type: identify\n" \
-           "    user_id: uid\n"
+    body = (
+        "    model: select 1 as id, 'u' as uid\n    primary_key: id\n    type: identify\n"
+        "    user_id: uid\n"
+    )
     path.write_text("syncs:\n  users:\n" + body + "  users:\n" + body)
     with pytest.raises(ConfigError, match="duplicate key 'users'"):
         load_config(path)

@@ -82,8 +82,10 @@ def test_later_runs_send_exactly_added_changed_removed(
     _run(project, "events", gateway)
     sql(project.warehouse, "update users set plan = 'pro' where id = 2")
     sql(project.warehouse, "delete from users where id = 3")
-    sql(project.warehouse, "insert into users values (9, 'u9', 'a9', 'n@x.io', 'free', 'FR', "
-                           "now(), 'e9')")
+    sql(
+        project.warehouse,
+        "insert into users values (9, 'u9', 'a9', 'n@x.io', 'free', 'FR', now(), 'e9')",
+    )
     result = _run(project, "events", gateway)
     assert _keys(gateway.events) == [
         ("u2", "User Changed Subscription"),
@@ -178,7 +180,9 @@ def test_deterministic_message_ids_are_stable_for_a_change_and_new_for_the_next(
 
     gateway.fail_next(500, times=50)  # the data plane is down for this run
     failed = run_sync(
-        project, "events", rudderstack_for(gateway.url, retry_max_seconds=0.5),
+        project,
+        "events",
+        rudderstack_for(gateway.url, retry_max_seconds=0.5),
         raise_on_error=False,
     )
     assert not failed.success
@@ -218,8 +222,10 @@ def test_removed_and_readded_key_gets_a_new_message_id(
     _run(project, "events", gateway)
     sql(project.warehouse, "delete from users")
     _run(project, "events", gateway)
-    sql(project.warehouse, "insert into users values (1, 'u1', 'a1', 'user1@example.com', 'free', "
-                           "'DE', now(), 'e1')")
+    sql(
+        project.warehouse,
+        "insert into users values (1, 'u1', 'a1', 'user1@example.com', 'free', 'DE', now(), 'e1')",
+    )
     _run(project, "events", gateway)
     names = [e["event"] for e in gateway.events]
     assert names == ["User Signed Up", "User Deleted Account", "User Signed Up"]
@@ -237,8 +243,16 @@ def test_timestamp_column_and_typed_values(tmp_path: Path, gateway: TestGateway)
         "type": "identify",
         "user_id": "uid",
         "timestamp": "ts",
-        "mapping": {"price": "price", "big": "big", "ratio": "ratio", "tags": "tags",
-                    "blob": "blob", "uuid": "uuid", "day": "day", "at": "ts"},
+        "mapping": {
+            "price": "price",
+            "big": "big",
+            "ratio": "ratio",
+            "tags": "tags",
+            "blob": "blob",
+            "uuid": "uuid",
+            "day": "day",
+            "at": "ts",
+        },
     }
     project = write_project(tmp_path, {"typed": sync}, users=0)
     sql(
@@ -281,8 +295,14 @@ def test_default_timestamp_is_the_time_the_change_was_first_seen(
 
 def test_bad_rows_are_reported_and_the_rest_is_sent(tmp_path: Path, gateway: TestGateway) -> None:
     project = write_project(tmp_path, {"traits": IDENTIFY_SYNC}, users=4)
-    sql(project.warehouse, "insert into users values (null, 'u7', 'a7', 'x', 'free', 'DE', now(), 'e')")
-    sql(project.warehouse, "insert into users values (2, 'u2b', 'a2b', 'x', 'free', 'DE', now(), 'e')")
+    sql(
+        project.warehouse,
+        "insert into users values (null, 'u7', 'a7', 'x', 'free', 'DE', now(), 'e')",
+    )
+    sql(
+        project.warehouse,
+        "insert into users values (2, 'u2b', 'a2b', 'x', 'free', 'DE', now(), 'e')",
+    )
     sql(project.warehouse, "update users set user_id = null, anon_id = '   ' where id = 3")
     result = _run(project, "traits", gateway)
     assert _keys(gateway.events) == [("u1", "identify"), ("u4", "identify")]
@@ -305,7 +325,9 @@ def test_gateway_rejected_events_are_recorded_and_retried_next_run(
     tmp_path: Path, gateway: TestGateway
 ) -> None:
     project = write_project(tmp_path, {"traits": IDENTIFY_SYNC}, users=6)
-    gateway.reject_events_where(lambda e: e.get("userId") == "u4", "event is not a valid rudder event")
+    gateway.reject_events_where(
+        lambda e: e.get("userId") == "u4", "event is not a valid rudder event"
+    )
     result = _run(project, "traits", gateway)
     assert sorted(e["userId"] for e in gateway.events) == ["u1", "u2", "u3", "u5", "u6"]
     meta = asset_metadata(result, "traits", "events")
@@ -328,7 +350,9 @@ def test_unavailable_data_plane_commits_nothing_then_delivers_everything(
     project = write_project(tmp_path, {"traits": IDENTIFY_SYNC}, users=3)
     gateway.fail_next(503, times=1000)
     result = run_sync(
-        project, "traits", rudderstack_for(gateway.url, retry_max_seconds=0.5),
+        project,
+        "traits",
+        rudderstack_for(gateway.url, retry_max_seconds=0.5),
         raise_on_error=False,
     )
     assert not result.success
@@ -344,8 +368,9 @@ def test_wrong_write_key_stops_the_run_without_leaking_it(
 ) -> None:
     project = write_project(tmp_path, {"traits": IDENTIFY_SYNC}, users=2)
     secret = "sk-very-secret-wrong-key-123"
-    result = run_sync(project, "traits", rudderstack_for(gateway.url, key=secret),
-                      raise_on_error=False)
+    result = run_sync(
+        project, "traits", rudderstack_for(gateway.url, key=secret), raise_on_error=False
+    )
     assert not result.success
     text = "\n".join(result.run_logs)
     assert "401" in text and "write key" in text

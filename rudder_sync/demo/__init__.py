@@ -46,9 +46,7 @@ def seed_users(conn: duckdb.DuckDBPyConnection, count: int) -> None:
         from range(1, {count} + 1) t(i)
         """
     )
-    conn.execute(
-        f"update users set user_id = null, anon_id = '  ' where id = {count}"
-    )
+    conn.execute(f"update users set user_id = null, anon_id = '  ' where id = {count}")
 
 
 def advance_demo(path: Path) -> None:
@@ -72,4 +70,3 @@ def advance_demo(path: Path) -> None:
             """
         )
         conn.execute(f"delete from users where id % 53 = {step % 53}")
-
