@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
@@ -113,11 +114,22 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                     "RUDDERSTACK_WRITE_KEY) to deliver."
                 )
                 for change, payload in samples.items():
-                    context.log.info(f"would send ({change}): {payload}")
+                    context.log.info(f"would send ({change}): {orjson.dumps(payload).decode()}")
             report = deliver_pending(state, sync, rudderstack, context.run.run_id, context.log)
             frame = delivery_frame(state, context.run.run_id, sync)
-        _log_delivery(context, sync, report)
-        return Output(frame, metadata=_delivery_metadata(report, samples, len(frame)))
+        rejected = frame[frame["status"] == "rejected"].head(REJECTED_SAMPLE)
+        rejected_sample = [
+            {"key": str(key), "change_type": change, "message_id": mid, "reason": reason}
+            for key, change, mid, reason in zip(
+                rejected[sync.primary_key],
+                rejected["change_type"],
+                rejected["message_id"],
+                rejected["error"],
+                strict=True,
+            )
+        ]
+        _log_delivery(context, sync, report, rejected_sample)
+        return Output(frame, metadata=_delivery_metadata(report, samples, rejected_sample))
 
     return [snapshot, diff, events]
 
@@ -204,7 +216,9 @@ def _diff_metadata(sync: SyncConfig, summary: DiffSummary, frame: pd.DataFrame) 
     return metadata
 
 
-def _log_delivery(context: AssetExecutionContext, sync: SyncConfig, report: DeliveryReport) -> None:
+def _log_delivery(
+    context: AssetExecutionContext, sync: SyncConfig, report: DeliveryReport, rejected: list[dict]
+) -> None:
     stats = report.stats
     verb = "validated (dry run, nothing sent)" if report.status == "dry_run" else "delivered"
     context.log.info(
@@ -212,14 +226,17 @@ def _log_delivery(context: AssetExecutionContext, sync: SyncConfig, report: Deli
         f"{report.committed_without_event} changes committed without an event; "
         f"{stats.requests} requests, {stats.retries} retries, {stats.seconds:.1f}s"
     )
-    for change_id, reason in report.rejected[:REJECTED_SAMPLE]:
-        context.log.warning(f"sync '{sync.name}': change {change_id} rejected: {reason}")
+    for row in rejected:
+        context.log.warning(
+            f"sync '{sync.name}': {row['change_type']} event for {sync.primary_key}={row['key']} "
+            f"rejected, kept pending for the next run: {row['reason']}"
+        )
 
 
-def _delivery_metadata(report: DeliveryReport, samples: dict, rows: int) -> dict:
+def _delivery_metadata(report: DeliveryReport, samples: dict, rejected: list[dict]) -> dict:
     stats = report.stats
     metadata: dict[str, Any] = {
-        "dagster/row_count": rows,
+        "dagster/row_count": report.accepted + len(report.rejected),
         "status": report.status,
         "events_accepted": report.accepted,
         "events_rejected": len(report.rejected),
@@ -233,10 +250,8 @@ def _delivery_metadata(report: DeliveryReport, samples: dict, rows: int) -> dict
     }
     for change, payload in samples.items():
         metadata[f"sample_{change}"] = MetadataValue.json(payload)
-    if report.rejected:
-        metadata["rejected_sample"] = MetadataValue.json(
-            [{"change_id": cid, "reason": reason} for cid, reason in report.rejected[:20]]
-        )
+    if rejected:
+        metadata["rejected_sample"] = MetadataValue.json(rejected)
     return metadata
 
 

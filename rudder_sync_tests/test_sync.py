@@ -332,6 +332,8 @@ def test_gateway_rejected_events_are_recorded_and_retried_next_run(
     assert sorted(e["userId"] for e in gateway.events) == ["u1", "u2", "u3", "u5", "u6"]
     meta = asset_metadata(result, "traits", "events")
     assert meta["events_rejected"] == 1 and meta["events_accepted"] == 5
+    assert meta["rejected_sample"][0]["key"] == "4"
+    assert "id=4 rejected, kept pending" in "\n".join(result.run_logs)
     frame = result.output_for_node("traits__events")
     rejected = frame[frame["status"] == "rejected"]
     assert rejected["id"].tolist() == ["4"]
