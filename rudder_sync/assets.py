@@ -17,6 +17,8 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    BackfillPolicy,
+    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -27,111 +29,242 @@ from dagster import (
     define_asset_job,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from pydantic import Field
 
-from .config import SyncConfig
-from .delivery import REJECTED_SAMPLE, DeliveryReport, deliver_pending, delivery_frame
+from .config import CHANGE_TYPES, SyncConfig
+from .delivery import (
+    REJECTED_SAMPLE,
+    DeliveryReport,
+    deliver_pending,
+    delivery_frame,
+    pending_counts,
+)
 from .diff import DiffSummary, ModelColumnsError, check_model_columns, compute_diff, pending_frame
 from .events import sample_payloads
+from .jsonvalues import column_types
+from .partitions import (
+    MissingWindowError,
+    WindowSpec,
+    diff_window,
+    partitions_definition,
+    store_window_rows,
+    window_table,
+    windows_for,
+)
 from .rudderstack import RudderstackError, RudderstackResource
 from .state import StateError, SyncState, open_state
 from .warehouse import DuckDBWarehouse, WarehouseError
 
 PREVIEW_ROWS = 10
+IO_MANAGER_KEY = "rudder_sync_io_manager"
 
 
 def asset_key(sync: SyncConfig, step: str) -> AssetKey:
     return AssetKey([sync.name, step])
 
 
+class SyncRunConfig(Config):
+    """Run config of a sync's events step."""
+
+    dry_run: bool = Field(
+        default=False,
+        description="Build, validate and count the events (per window and change type) without "
+        "sending them or moving the sync's state: what a run or a backfill would send.",
+    )
+
+
 def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinition]:
-    """The three assets of one sync, in the sync's own group."""
+    """The three assets of one sync, in the sync's own group (partitioned if the sync is)."""
+    partitions = partitions_definition(sync.partitions) if sync.partitions else None
+    common: dict[str, Any] = {
+        "group_name": sync.name,
+        "partitions_def": partitions,
+        "backfill_policy": BackfillPolicy.single_run() if partitions else None,
+    }
+
+    def windows(context: AssetExecutionContext) -> list[WindowSpec]:
+        return windows_for(partitions, context.partition_keys) if partitions else []
 
     @asset(
         key=asset_key(sync, "snapshot"),
-        group_name=sync.name,
         kinds={"duckdb"},
         description=f"Result of the model of sync '{sync.name}', stored in its state.",
+        **common,
     )
     def snapshot(
         context: AssetExecutionContext, warehouse: DuckDBWarehouse, rudderstack: RudderstackResource
     ) -> MaterializeResult:
-        with (
-            _open_state(sync, state_dir, rudderstack) as state,
-            warehouse.read_model(sync.model) as reader,
-        ):
-            check_model_columns(sync, reader.schema.names)
-            schema = reader.schema
-            rows = state.replace_model_rows(reader)
-        context.log.info(f"sync '{sync.name}': model returned {rows} rows")
-        return MaterializeResult(
-            metadata={
-                "dagster/row_count": rows,
-                "dagster/column_schema": TableSchema(
-                    columns=[TableColumn(f.name, str(f.type)) for f in schema]
-                ),
-                "state": MetadataValue.path(str(state_dir)),
-            }
-        )
+        with _open_state(sync, state_dir, rudderstack) as state:
+            if partitions is None:
+                with warehouse.read_model(sync.model) as reader:
+                    check_model_columns(sync, reader.schema.names)
+                    rows_by_window = {"": state.replace_model_rows(reader)}
+                table = "model_rows"
+            else:
+                specs = windows(context)
+                rows_by_window = store_window_rows(state, sync, warehouse, partitions, specs)
+                table = window_table(specs[-1].key)
+            types = column_types(state.conn, table)
+        for key, rows in rows_by_window.items():
+            context.log.info(f"sync '{sync.name}'{_in(key)}: model returned {rows} rows")
+        metadata: dict[str, Any] = {
+            "dagster/row_count": sum(rows_by_window.values()),
+            "dagster/column_schema": TableSchema(
+                columns=[TableColumn(name, str(kind)) for name, kind in types.items()]
+            ),
+            "state": MetadataValue.path(str(state_dir)),
+        }
+        if partitions is not None:
+            metadata["rows_per_window"] = MetadataValue.json(rows_by_window)
+        return MaterializeResult(metadata=metadata)
 
     @asset(
         key=asset_key(sync, "diff"),
-        group_name=sync.name,
         deps=[snapshot],
         kinds={"duckdb", "pandas"},
+        io_manager_key=IO_MANAGER_KEY,
         description=f"Rows added, changed or removed since the last delivery of '{sync.name}'.",
+        **common,
     )
     def diff(
         context: AssetExecutionContext, rudderstack: RudderstackResource
     ) -> Output[pd.DataFrame]:
+        now = datetime.now(UTC)
         with _open_state(sync, state_dir, rudderstack) as state:
-            if not state.has_table("model_rows"):
-                raise Failure(
-                    f"sync '{sync.name}': no model snapshot yet; materialize "
-                    f"{sync.name}/snapshot first."
-                )
-            summary = compute_diff(state, sync, datetime.now(UTC))
-            frame = pending_frame(state, sync)
-        _log_diff(context, sync, summary)
-        return Output(frame, metadata=_diff_metadata(sync, summary, frame))
+            if partitions is None:
+                if not state.has_table("model_rows"):
+                    raise Failure(
+                        f"sync '{sync.name}': no model snapshot yet; materialize "
+                        f"{sync.name}/snapshot first."
+                    )
+                summaries = {"": compute_diff(state, sync, now)}
+            else:
+                summaries = {
+                    spec.key: compute_diff(state, sync, now, diff_window(spec, state))
+                    for spec in windows(context)
+                }
+            frame = pending_frame(state, sync, [k for k in summaries if k])
+        for key, summary in summaries.items():
+            _log_diff(context, sync, summary, key)
+        return Output(frame, metadata=_diff_metadata(sync, summaries, frame))
 
     @asset(
         key=asset_key(sync, "events"),
-        group_name=sync.name,
         deps=[diff],
         kinds={"rudderstack"},
+        io_manager_key=IO_MANAGER_KEY,
         description=f"Events of '{sync.name}' delivered to RudderStack (one row per event).",
+        **common,
     )
     def events(
-        context: AssetExecutionContext, rudderstack: RudderstackResource
+        context: AssetExecutionContext, config: SyncRunConfig, rudderstack: RudderstackResource
     ) -> Output[pd.DataFrame]:
+        sender = (
+            rudderstack.model_copy(update={"data_plane_url": None})
+            if config.dry_run
+            else (rudderstack)
+        )
+        keys: list[str | None] = [spec.key for spec in windows(context)] or [None]
+        run_id = context.run.run_id
         with _open_state(sync, state_dir, rudderstack) as state:
-            state.check_destination(destination_label(rudderstack))
-            samples = sample_payloads(state, sync)
-            if rudderstack.dry_run:
-                context.log.warning(
-                    f"DRY RUN for sync '{sync.name}': RUDDERSTACK_DATA_PLANE_URL is not set, so "
-                    "events are built and validated but NOT sent. Set it (and "
-                    "RUDDERSTACK_WRITE_KEY) to deliver."
-                )
-                for change, payload in samples.items():
-                    context.log.info(f"would send ({change}): {orjson.dumps(payload).decode()}")
-            report = deliver_pending(state, sync, rudderstack, context.run.run_id, context.log)
-            frame = delivery_frame(state, context.run.run_id, sync)
-        rejected = frame[frame["status"] == "rejected"].head(REJECTED_SAMPLE)
-        rejected_sample = [
-            {"key": str(key), "change_type": change, "message_id": mid, "reason": reason}
-            for key, change, mid, reason in zip(
-                rejected[sync.primary_key],
-                rejected["change_type"],
-                rejected["message_id"],
-                rejected["error"],
-                strict=True,
+            if not config.dry_run:
+                state.check_destination(destination_label(rudderstack))
+            samples = sample_payloads(state, sync, keys[0])
+            _announce_dry_run(context, sync, sender, config.dry_run, samples)
+            total = DeliveryReport(status="dry_run" if sender.dry_run else "delivered")
+            per_window: dict[str, dict[str, Any]] = {}
+            for number, key in enumerate(keys, start=1):
+                counts = pending_counts(state, key)
+                try:
+                    report = deliver_pending(
+                        state,
+                        sync,
+                        sender,
+                        run_id,
+                        context.log,
+                        window=key,
+                        commit=not config.dry_run,
+                        stats=total.stats,
+                    )
+                except RudderstackError as exc:
+                    if key is None:
+                        raise
+                    raise Failure(
+                        f"sync '{sync.name}': window {key} ({number} of {len(keys)}) failed: "
+                        f"{exc}. Windows before it are delivered; re-run from {key}."
+                    ) from None
+                total.absorb(report)
+                if key is not None:
+                    per_window[key] = {
+                        **counts,
+                        "accepted": report.accepted,
+                        "rejected": len(report.rejected),
+                    }
+                    _log_window_progress(context, sync, key, number, len(keys), total)
+            frame = delivery_frame(state, run_id, sync)
+        rejected_sample = _rejected_sample(sync, frame)
+        _log_delivery(context, sync, total, rejected_sample)
+        metadata = _delivery_metadata(total, samples, rejected_sample)
+        if per_window:
+            metadata["windows"] = MetadataValue.md(
+                markdown_table(pd.DataFrame.from_dict(per_window, orient="index"), index="window")
             )
-        ]
-        _log_delivery(context, sync, report, rejected_sample)
-        return Output(frame, metadata=_delivery_metadata(report, samples, rejected_sample))
+        return Output(frame, metadata=metadata)
 
     return [snapshot, diff, events]
+
+
+def _in(window: str | None) -> str:
+    return f" window {window}" if window else ""
+
+
+def _announce_dry_run(
+    context: AssetExecutionContext,
+    sync: SyncConfig,
+    sender: RudderstackResource,
+    by_run_config: bool,
+    samples: dict[str, Any],
+) -> None:
+    if not sender.dry_run:
+        return
+    reason = (
+        "run config dry_run is true" if by_run_config else "RUDDERSTACK_DATA_PLANE_URL is not set"
+    )
+    context.log.warning(
+        f"DRY RUN for sync '{sync.name}': {reason}, so events are built and validated but NOT "
+        "sent. Set RUDDERSTACK_DATA_PLANE_URL and RUDDERSTACK_WRITE_KEY to deliver."
+    )
+    for change, payload in samples.items():
+        context.log.info(f"would send ({change}): {orjson.dumps(payload).decode()}")
+
+
+def _log_window_progress(
+    context: AssetExecutionContext,
+    sync: SyncConfig,
+    key: str,
+    number: int,
+    count: int,
+    total: DeliveryReport,
+) -> None:
+    rate = total.stats.events_per_second
+    context.log.info(
+        f"sync '{sync.name}': window {key} done ({number} of {count}); "
+        f"{total.accepted} events so far, {len(total.rejected)} rejected, {rate:,.0f} events/s"
+    )
+
+
+def _rejected_sample(sync: SyncConfig, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    rejected = frame[frame["status"] == "rejected"].head(REJECTED_SAMPLE)
+    return [
+        {"key": str(key), "change_type": change, "message_id": mid, "reason": reason}
+        for key, change, mid, reason in zip(
+            rejected[sync.primary_key],
+            rejected["change_type"],
+            rejected["message_id"],
+            rejected["error"],
+            strict=True,
+        )
+    ]
 
 
 def destination_label(rudderstack: RudderstackResource) -> str:
@@ -172,7 +305,7 @@ class _failures_named:
             return False
         if isinstance(exc, WarehouseError):
             raise Failure(f"sync '{self.sync.name}': the model failed: {exc}") from None
-        if isinstance(exc, (ModelColumnsError, StateError)):
+        if isinstance(exc, (ModelColumnsError, StateError, MissingWindowError)):
             raise Failure(str(exc)) from None
         if isinstance(exc, RudderstackError):
             raise Failure(
@@ -182,37 +315,52 @@ class _failures_named:
         return False
 
 
-def _log_diff(context: AssetExecutionContext, sync: SyncConfig, summary: DiffSummary) -> None:
+def _log_diff(
+    context: AssetExecutionContext, sync: SyncConfig, summary: DiffSummary, window: str
+) -> None:
+    name = f"sync '{sync.name}'{_in(window)}"
     counts = ", ".join(f"{k} {v} (send {summary.to_send[k]})" for k, v in summary.counts.items())
-    first = " (first run)" if summary.first_run else ""
-    context.log.info(f"sync '{sync.name}'{first}: {summary.model_rows} model rows; {counts}")
+    first = " (first run)" if summary.first_run and not window else ""
+    context.log.info(f"{name}{first}: {summary.model_rows} model rows; {counts}")
     if summary.first_run and sync.type == "track" and not sync.send_initial_results:
         context.log.info(
-            f"sync '{sync.name}': first run records the baseline without sending "
+            f"{name}: the initial result set is recorded without sending "
             "(send_initial_results is false)."
         )
     for pk, reason in summary.rejected_sample:
-        context.log.warning(f"sync '{sync.name}': row {sync.primary_key}={pk} not sent: {reason}")
+        context.log.warning(f"{name}: row {sync.primary_key}={pk} not sent: {reason}")
     if summary.rejected_count > len(summary.rejected_sample):
         more = summary.rejected_count - len(summary.rejected_sample)
-        context.log.warning(f"sync '{sync.name}': ... and {more} more rejected rows")
+        context.log.warning(f"{name}: ... and {more} more rejected rows")
 
 
-def _diff_metadata(sync: SyncConfig, summary: DiffSummary, frame: pd.DataFrame) -> dict:
+def _diff_metadata(
+    sync: SyncConfig, summaries: dict[str, DiffSummary], frame: pd.DataFrame
+) -> dict[str, Any]:
+    values = list(summaries.values())
     metadata: dict[str, Any] = {
         "dagster/row_count": len(frame),
-        "model_rows": summary.model_rows,
-        "first_run": summary.first_run,
-        "rejected_rows": summary.rejected_count,
+        "model_rows": sum(s.model_rows for s in values),
+        "first_run": any(s.first_run for s in values),
+        "rejected_rows": sum(s.rejected_count for s in values),
         "preview": MetadataValue.md(markdown_table(frame.head(PREVIEW_ROWS))),
     }
-    for change in summary.counts:
-        metadata[change] = summary.counts[change]
-        metadata[f"{change}_to_send"] = summary.to_send[change]
-    if summary.rejected_sample:
-        metadata["rejected_sample"] = MetadataValue.json(
-            [{"key": pk, "reason": reason} for pk, reason in summary.rejected_sample]
+    for change in CHANGE_TYPES:
+        metadata[change] = sum(s.counts[change] for s in values)
+        metadata[f"{change}_to_send"] = sum(s.to_send[change] for s in values)
+    sample = [
+        {"key": pk, "reason": reason, **({"window": key} if key else {})}
+        for key, summary in summaries.items()
+        for pk, reason in summary.rejected_sample
+    ][:REJECTED_SAMPLE]
+    if sample:
+        metadata["rejected_sample"] = MetadataValue.json(sample)
+    if len(summaries) > 1 or sync.partitions:
+        table = pd.DataFrame.from_dict(
+            {key: {**s.counts, "rejected": s.rejected_count} for key, s in summaries.items()},
+            orient="index",
         )
+        metadata["windows"] = MetadataValue.md(markdown_table(table, index="window"))
     return metadata
 
 
@@ -255,10 +403,12 @@ def _delivery_metadata(report: DeliveryReport, samples: dict, rejected: list[dic
     return metadata
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame, index: str | None = None) -> str:
     """A small markdown table for the UI, without pulling in `tabulate`."""
     if frame.empty:
         return "_no changes_"
+    if index is not None:
+        frame = frame.rename_axis(index).reset_index()
 
     def cell(value: Any) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")

@@ -10,8 +10,10 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 import yaml
@@ -22,10 +24,38 @@ CHANGE_TYPES: tuple[str, ...] = ("added", "changed", "removed")
 SYNC_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 ChangeType = Literal["added", "changed", "removed"]
+Cadence = Literal["hourly", "daily", "weekly", "monthly"]
+PARTITION_PARAMETERS = ("partition_start", "partition_end")
 
 
 class ConfigError(ValueError):
     """A sync configuration that cannot run; the message says where and how to fix it."""
+
+
+class PartitionsConfig(BaseModel):
+    """Time windows for historical backfills; the model reads $partition_start/$partition_end."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: date | datetime
+    cadence: Cadence
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name like UTC") from None
+        return value
+
+    @property
+    def start_text(self) -> str:
+        """The start as Dagster's partition definitions take it."""
+        if isinstance(self.start, datetime):
+            return self.start.strftime("%Y-%m-%d-%H:%M")
+        return self.start.isoformat()
 
 
 class SyncConfig(BaseModel):
@@ -44,6 +74,7 @@ class SyncConfig(BaseModel):
     send_initial_results: bool = False
     timestamp: str | None = None
     message_id: str | None = None
+    partitions: PartitionsConfig | None = None
 
     @field_validator("model")
     @classmethod
@@ -200,7 +231,7 @@ def parse_sync(name: str, body: Any) -> SyncConfig:
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(prefix, exc)) from None
     _check_semantics(prefix, sync, body)
-    check_model_sql(prefix, sync.model)
+    check_model_sql(prefix, sync.model, partitioned=sync.partitions is not None)
     return sync
 
 
@@ -241,7 +272,7 @@ def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> 
                 )
 
 
-def check_model_sql(prefix: str, sql: str) -> None:
+def check_model_sql(prefix: str, sql: str, partitioned: bool = False) -> None:
     """Parse the model without running it, so a typo fails at load time rather than mid-run."""
     try:
         statements = duckdb.extract_statements(sql)
@@ -259,6 +290,18 @@ def check_model_sql(prefix: str, sql: str) -> None:
         raise ConfigError(
             f"{prefix}: key 'model' must be a SELECT query, not {statements[0].type.name}. "
             "Fix: write a query that returns rows; the model runs read-only."
+        )
+    used = set(statements[0].named_parameters)
+    unknown = sorted(used - set(PARTITION_PARAMETERS))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}: key 'model' uses unknown parameter ${unknown[0]}. Fix: the only "
+            "parameters are $partition_start and $partition_end (partitioned syncs)."
+        )
+    if used and not partitioned:
+        raise ConfigError(
+            f"{prefix}: key 'model' uses ${sorted(used)[0]} but the sync has no 'partitions'. "
+            "Fix: add 'partitions: {start: ..., cadence: daily}', or drop the parameter."
         )
 
 
@@ -283,6 +326,8 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
     message = error["msg"].removeprefix("Value error, ")
     given = error.get("input")
     fixes = {
+        "partitions": "e.g. 'partitions: {start: 2024-01-01, cadence: daily, timezone: UTC}' "
+        "(cadence: hourly, daily, weekly or monthly)",
         "type": "use 'track' or 'identify'",
         "events": "map change types (added, changed, removed) to event names",
         "mapping": "map event field names to column names, e.g. {email: email}",

@@ -10,7 +10,7 @@ import os
 
 from dagster import Definitions, EnvVar, in_process_executor
 
-from .assets import build_sync_assets, build_sync_job
+from .assets import IO_MANAGER_KEY, build_sync_assets, build_sync_job
 from .config import (
     ConfigError,
     ProjectConfig,
@@ -19,6 +19,7 @@ from .config import (
     load_config,
 )
 from .demo import demo_dir, ensure_demo_warehouse
+from .io_manager import SyncOutputIOManager
 from .rudderstack import RudderstackResource
 from .warehouse import DuckDBWarehouse
 
@@ -62,6 +63,7 @@ def build_definitions(project: ProjectConfig, rudderstack: RudderstackResource) 
         resources={
             "warehouse": DuckDBWarehouse(database=str(project.warehouse)),
             "rudderstack": rudderstack,
+            IO_MANAGER_KEY: SyncOutputIOManager(directory=str(project.state / "outputs")),
         },
         executor=in_process_executor,
     )

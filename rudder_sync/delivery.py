@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .config import SyncConfig
+from .config import CHANGE_TYPES, SyncConfig
 from .events import iter_outgoing_events
 from .rudderstack import DeliveryStats, RudderstackResource
 from .state import SyncState
@@ -32,6 +32,12 @@ class DeliveryReport:
     accepted: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)
     stats: DeliveryStats = field(default_factory=DeliveryStats)
+
+    def absorb(self, other: DeliveryReport) -> None:
+        """Add one window's report to a run's total (the stats object is shared already)."""
+        self.committed_without_event += other.committed_without_event
+        self.accepted += other.accepted
+        self.rejected.extend(other.rejected)
 
 
 class _CommitBuffer:
@@ -61,16 +67,29 @@ def deliver_pending(
     rudderstack: RudderstackResource,
     run_id: str,
     log: logging.Logger,
+    window: str | None = None,
+    commit: bool = True,
+    stats: DeliveryStats | None = None,
 ) -> DeliveryReport:
-    """Commit the changes that send nothing, then deliver the rest and commit what was accepted."""
+    """Commit the changes that send nothing, then deliver the rest and commit what was accepted.
+
+    With commit=False (a run-config dry run) nothing is sent and the state does not move.
+    """
     status = "dry_run" if rudderstack.dry_run else "delivered"
-    report = DeliveryReport(status=status)
-    report.committed_without_event = state.commit_silent_changes()
+    report = DeliveryReport(status=status, stats=stats or DeliveryStats())
+    if not commit:
+        for outcome in rudderstack.deliver(
+            iter_outgoing_events(state, sync, window), stats=report.stats, log=log
+        ):
+            report.accepted += len(outcome.accepted)
+            report.rejected.extend((int(e.ref), r) for e, r in outcome.rejected)  # type: ignore[call-overload]
+        return report
+    report.committed_without_event = state.commit_silent_changes(window)
 
     buffer = _CommitBuffer(state, run_id, status)
     try:
         for outcome in rudderstack.deliver(
-            iter_outgoing_events(state, sync), stats=report.stats, log=log
+            iter_outgoing_events(state, sync, window), stats=report.stats, log=log
         ):
             if outcome.accepted:
                 ids = [int(event.ref) for event in outcome.accepted]  # type: ignore[call-overload]
@@ -87,14 +106,34 @@ def deliver_pending(
     return report
 
 
+def pending_counts(state: SyncState, window: str | None) -> dict[str, int]:
+    """Changes to send per change type (of one window), before delivery starts."""
+    rows = state.conn.execute(
+        "select __rs_change, count(*) from pending where __rs_send "
+        "and __rs_window is not distinct from ? group by 1",
+        [window],
+    ).fetchall()
+    counts = {change: 0 for change in CHANGE_TYPES}
+    counts.update({change: int(n) for change, n in rows})
+    return counts
+
+
 def delivery_frame(state: SyncState, run_id: str, sync: SyncConfig) -> pd.DataFrame:
-    """One row per event this run tried: messageId, change type, status and error."""
+    """One row per event this run tried: (window,) key, messageId, change type, status, error."""
     frame = state.conn.execute(
         """
-        select pk, change, message_id, status, error, attempt from delivery_log
-        where run_id = ? order by change_id
+        select window_key, pk, change, message_id, status, error, attempt from delivery_log
+        where run_id = ? order by window_key, change_id
         """,
         [run_id],
     ).df()
-    frame.columns = [sync.primary_key, "change_type", "message_id", "status", "error", "attempt"]
-    return frame
+    frame.columns = [
+        "partition",
+        sync.primary_key,
+        "change_type",
+        "message_id",
+        "status",
+        "error",
+        "attempt",
+    ]
+    return frame if sync.partitions else frame.drop(columns="partition")

@@ -62,34 +62,70 @@ def check_model_columns(sync: SyncConfig, columns: list[str]) -> None:
         )
 
 
-def compute_diff(state: SyncState, sync: SyncConfig, now: datetime) -> DiffSummary:
-    """Rebuild `pending` and `rejected_rows` from `model_rows` against the committed snapshot."""
-    conn = state.conn
-    types = column_types(conn, "model_rows")
-    check_model_columns(sync, list(types))
-    first_run = not state.initialized
+@dataclass(frozen=True)
+class Window:
+    """One time partition: its rows are diffed against the previous window's, not the state."""
 
-    conn.execute(f"create or replace temp table __rs_current as {_render_sql(sync, types)}")
+    key: str
+    end: datetime
+    rows: str  # relation holding the model over this window
+    previous_rows: str | None  # relation holding the model over the window before (None: first)
+
+
+def compute_diff(
+    state: SyncState, sync: SyncConfig, now: datetime, window: Window | None = None
+) -> DiffSummary:
+    """Rebuild the pending changes (of one window, for partitioned syncs).
+
+    Unpartitioned: `model_rows` against the committed snapshot. Partitioned: the window's rows
+    against the previous window's, so a window's events depend only on the model.
+    """
+    conn = state.conn
+    current = window.rows if window else "model_rows"
+    types = column_types(conn, current)
+    check_model_columns(sync, list(types))
+    render = _render_sql(sync, types)
+    if window is None:
+        first_run, base, default_ts = not state.initialized, "snapshot", now
+    else:
+        first_run, base, default_ts = window.previous_rows is None, "__rs_base", window.end
+        previous = window.previous_rows or f"(select * from {current} limit 0)"
+        conn.execute(
+            f"""
+            create or replace temp table __rs_base as
+            select __rs_pk, {_hash_sql()} as __rs_hash, 0::bigint as __rs_version,
+                   false as __rs_deleted, __rs_user_id, __rs_anonymous_id, __rs_props
+            from ({render.replace("from model_rows", f"from {previous}")})
+            where __rs_pk is not null and __rs_key_rows = 1
+            """
+        )
+    conn.execute(
+        f"create or replace temp table __rs_current as "
+        f"{render.replace('from model_rows', f'from {current}')}"
+    )
     conn.execute(
         f"""
         create or replace temp table __rs_current_hashed as
-        select *, md5_number(coalesce(__rs_user_id, '') || {SEP} ||
-                             coalesce(__rs_anonymous_id, '') || {SEP} || __rs_props) as __rs_hash
-        from __rs_current
+        select *, {_hash_sql()} as __rs_hash from __rs_current
         """
     )
+    scope = "__rs_window is not distinct from ?"
+    window_key = window.key if window else None
     with state.transaction():
-        conn.execute(f"delete from rejected_rows; insert into rejected_rows {_rejected_sql(sync)}")
+        conn.execute(f"delete from rejected_rows where {scope}", [window_key])
+        conn.execute(f"insert into rejected_rows by name {_rejected_sql(sync)}", [window_key])
         conn.execute(
-            f"create or replace temp table __rs_changes as {_changes_sql(sync, first_run)}"
+            f"create or replace temp table __rs_changes as {_changes_sql(sync, first_run, base)}"
         )
         conn.execute(
             f"""
             create or replace temp table __rs_new_pending as
-            select row_number() over (order by c.__rs_change, c.__rs_pk) as __rs_change_id,
+            select ?::varchar as __rs_window,
+                   (select coalesce(max(__rs_change_id), 0) from pending where not ({scope}))
+                   + row_number() over (order by c.__rs_change, c.__rs_pk) as __rs_change_id,
                    c.__rs_pk, c.__rs_change, c.__rs_hash, c.__rs_version,
                    coalesce(o.__rs_message_id, c.__rs_row_message_id,
-                            {_deterministic_id_sql(sync)}) as __rs_message_id,
+                            {_deterministic_id_sql(sync, window_key)}) as __rs_message_id,
                    coalesce(o.__rs_timestamp, c.__rs_row_timestamp,
                             strftime(?::timestamptz at time zone 'UTC',
                                      '%Y-%m-%dT%H:%M:%S.%fZ')) as __rs_timestamp,
@@ -98,18 +134,28 @@ def compute_diff(state: SyncState, sync: SyncConfig, now: datetime) -> DiffSumma
                    coalesce(o.__rs_attempts, 0) as __rs_attempts,
                    o.__rs_last_error
             from __rs_changes c
-            left join pending o
+            left join (select * from pending where {scope}) o
               on o.__rs_pk = c.__rs_pk and o.__rs_change = c.__rs_change
              and o.__rs_hash is not distinct from c.__rs_hash
              and o.__rs_version = c.__rs_version
             """,
-            [now, now],
+            [window_key, window_key, default_ts, now, window_key],
         )
-        conn.execute("delete from pending; insert into pending select * from __rs_new_pending")
-        conn.execute("drop table __rs_new_pending")
-        conn.execute("drop table __rs_changes")
+        conn.execute(f"delete from pending where {scope}", [window_key])
+        conn.execute("insert into pending by name select * from __rs_new_pending")
+        conn.execute("drop table __rs_new_pending; drop table __rs_changes")
+    summary = _summarize(state, first_run, window_key)
     conn.execute("drop table __rs_current; drop table __rs_current_hashed")
-    return _summarize(state, first_run)
+    conn.execute("drop table if exists __rs_base")
+    return summary
+
+
+def _hash_sql() -> str:
+    """The content hash of a rendered row: a change of any carried value changes it."""
+    return (
+        f"md5_number(coalesce(__rs_user_id, '') || {SEP} || "
+        f"coalesce(__rs_anonymous_id, '') || {SEP} || __rs_props)"
+    )
 
 
 def _render_sql(sync: SyncConfig, types: dict) -> str:
@@ -145,11 +191,11 @@ def _rejected_sql(sync: SyncConfig) -> str:
     )
     no_id = quote_literal(f"neither user ID nor anonymous ID ({id_columns} null or blank)")
     return f"""
-        select coalesce(__rs_pk, '(null)'),
+        select ?::varchar as __rs_window, coalesce(__rs_pk, '(null)') as __rs_pk,
                case when __rs_pk is null then 'null primary key'
                     when __rs_key_rows > 1
                       then 'duplicate primary key (' || __rs_key_rows || ' rows)'
-                    else {no_id} end
+                    else {no_id} end as reason
         from __rs_current
         where __rs_pk is null or __rs_key_rows > 1
            or (__rs_user_id is null and __rs_anonymous_id is null)
@@ -157,7 +203,7 @@ def _rejected_sql(sync: SyncConfig) -> str:
     """
 
 
-def _changes_sql(sync: SyncConfig, first_run: bool) -> str:
+def _changes_sql(sync: SyncConfig, first_run: bool, base: str) -> str:
     def sends(change: str) -> str:
         send = sync.sends(change)
         if change == "added" and first_run and sync.type == "track":
@@ -178,66 +224,80 @@ def _changes_sql(sync: SyncConfig, first_run: bool) -> str:
                v.__rs_user_id, v.__rs_anonymous_id,
                case when {keep_props} or {sends("added")} then v.__rs_props end as __rs_props,
                v.__rs_row_timestamp, v.__rs_row_message_id, {sends("added")} as __rs_send
-        from valid v left join snapshot s on s.__rs_pk = v.__rs_pk
+        from valid v left join {base} s on s.__rs_pk = v.__rs_pk
         where s.__rs_pk is null or s.__rs_deleted
         union all
         select v.__rs_pk, 'changed', v.__rs_hash, s.__rs_version + 1,
                v.__rs_user_id, v.__rs_anonymous_id,
                case when {keep_props} or {sends("changed")} then v.__rs_props end,
                v.__rs_row_timestamp, v.__rs_row_message_id, {sends("changed")}
-        from valid v join snapshot s on s.__rs_pk = v.__rs_pk
+        from valid v join {base} s on s.__rs_pk = v.__rs_pk
         where not s.__rs_deleted and s.__rs_hash is distinct from v.__rs_hash
         union all
         select s.__rs_pk, 'removed', null, s.__rs_version + 1,
                s.__rs_user_id, s.__rs_anonymous_id, coalesce(s.__rs_props, '{{}}'),
                null, null, {sends("removed")}
-        from snapshot s anti join present p on p.__rs_pk = s.__rs_pk
+        from {base} s anti join present p on p.__rs_pk = s.__rs_pk
         where not s.__rs_deleted
     """
 
 
-def _deterministic_id_sql(sync: SyncConfig) -> str:
-    """A UUID-shaped md5 of (sync, key, version, change, content): same change, same ID."""
+def _deterministic_id_sql(sync: SyncConfig, window: str | None) -> str:
+    """A UUID-shaped md5 of (sync, window, key, version, change, content): same change, same ID."""
+    scope = sync.name if window is None else f"{sync.name}{chr(31)}{window}"
     digest = (
-        f"md5({quote_literal(sync.name)} || {SEP} || c.__rs_pk || {SEP} || c.__rs_version || "
+        f"md5({quote_literal(scope)} || {SEP} || c.__rs_pk || {SEP} || c.__rs_version || "
         f"{SEP} || c.__rs_change || {SEP} || coalesce(c.__rs_hash::varchar, ''))"
     )
     parts = [(1, 8), (9, 4), (13, 4), (17, 4), (21, 12)]
     return " || '-' || ".join(f"substr({digest}, {start}, {length})" for start, length in parts)
 
 
-def _summarize(state: SyncState, first_run: bool) -> DiffSummary:
+def _summarize(state: SyncState, first_run: bool, window: str | None) -> DiffSummary:
     conn = state.conn
+    scope = "__rs_window is not distinct from ?"
     rows = conn.execute(
-        "select __rs_change, count(*), count(*) filter (where __rs_send) from pending group by 1"
+        "select __rs_change, count(*), count(*) filter (where __rs_send) from pending "
+        f"where {scope} group by 1",
+        [window],
     ).fetchall()
     counts = {change: 0 for change in CHANGE_TYPES}
     to_send = {change: 0 for change in CHANGE_TYPES}
     for change, total, sending in rows:
         counts[change], to_send[change] = int(total), int(sending)
     sample = conn.execute(
-        f"select * from rejected_rows order by 1 limit {REJECTED_SAMPLE}"
+        f"select __rs_pk, reason from rejected_rows where {scope} order by 1 "
+        f"limit {REJECTED_SAMPLE}",
+        [window],
     ).fetchall()
     return DiffSummary(
-        model_rows=state.count("model_rows"),
+        model_rows=state.count("__rs_current"),
         counts=counts,
         to_send=to_send,
-        rejected_count=state.count("rejected_rows"),
+        rejected_count=_scalar(state, f"select count(*) from rejected_rows where {scope}", window),
         rejected_sample=[(str(pk), str(reason)) for pk, reason in sample],
         first_run=first_run,
     )
 
 
-def pending_frame(state: SyncState, sync: SyncConfig) -> pd.DataFrame:
-    """The diff as users read it: key, change type, and the fields the event carries."""
+def _scalar(state: SyncState, query: str, *params: object) -> int:
+    return int(state.conn.execute(query, list(params)).fetchall()[0][0])
+
+
+def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.DataFrame:
+    """The diff as users read it: (window,) key, change type, and the fields the event carries."""
     frame = state.conn.execute(
         """
-        select __rs_pk, __rs_change, __rs_send, __rs_message_id, __rs_timestamp,
+        select __rs_window, __rs_pk, __rs_change, __rs_send, __rs_message_id, __rs_timestamp,
                __rs_user_id, __rs_anonymous_id, __rs_props
-        from pending order by __rs_change_id
-        """
+        from pending
+        where (__rs_window is null and len(?::varchar[]) = 0) or list_contains(?, __rs_window)
+        order by __rs_window, __rs_change_id
+        """,
+        [windows, windows],
     ).df()
     frame.columns = [
+        "partition",
         sync.primary_key,
         "change_type",
         "will_send",
@@ -247,6 +307,8 @@ def pending_frame(state: SyncState, sync: SyncConfig) -> pd.DataFrame:
         "anonymous_id",
         "__props",
     ]
+    if not sync.partitions:
+        frame = frame.drop(columns="partition")
     props = [orjson.loads(p) if p else {} for p in frame.pop("__props")]
     for name in sync.mapping:
         column = name if name not in frame.columns else f"{name} (mapped)"

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from .config import SyncConfig
+from .jsonvalues import quote_literal
 from .rudderstack import OutgoingEvent
 from .state import SyncState
 
@@ -62,12 +63,15 @@ def build_event(
     return event
 
 
-def iter_outgoing_events(state: SyncState, sync: SyncConfig) -> Iterator[OutgoingEvent]:
-    """Every pending change that sends an event, serialized, in change order."""
+def iter_outgoing_events(
+    state: SyncState, sync: SyncConfig, window: str | None = None
+) -> Iterator[OutgoingEvent]:
+    """Every pending change (of one window) that sends an event, serialized, in change order."""
     # A cursor of its own: the caller commits on the state's connection while this still reads.
     cursor = state.conn.cursor()
     reader = cursor.sql(
-        f"select {_PENDING_COLUMNS} from pending where __rs_send order by __rs_change_id"
+        f"select {_PENDING_COLUMNS} from pending where __rs_send and {_window_filter(window)} "
+        "order by __rs_change_id"
     ).to_arrow_reader(READ_BATCH_ROWS)
     try:
         yield from _events_from_batches(sync, reader)
@@ -93,11 +97,18 @@ def _events_from_batches(sync: SyncConfig, reader: Any) -> Iterator[OutgoingEven
             yield OutgoingEvent(ref=change_id, message_id=message_id, body=orjson.dumps(event))
 
 
-def sample_payloads(state: SyncState, sync: SyncConfig) -> dict[str, dict[str, Any]]:
+def _window_filter(window: str | None) -> str:
+    """SQL selecting one window's pending changes (relations take no parameters)."""
+    return "__rs_window is null" if window is None else f"__rs_window = {quote_literal(window)}"
+
+
+def sample_payloads(
+    state: SyncState, sync: SyncConfig, window: str | None = None
+) -> dict[str, dict[str, Any]]:
     """One payload per change type that sends, as users see it in the UI and logs."""
     rows = state.conn.execute(
         f"""
-        select {_PENDING_COLUMNS} from pending where __rs_send
+        select {_PENDING_COLUMNS} from pending where __rs_send and {_window_filter(window)}
         qualify row_number() over (partition by __rs_change order by __rs_change_id) = 1
         order by __rs_change_id
         """

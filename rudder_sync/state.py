@@ -45,6 +45,7 @@ create table if not exists snapshot (
     __rs_committed_at timestamptz not null
 );
 create table if not exists pending (
+    __rs_window varchar,
     __rs_change_id bigint,
     __rs_pk varchar,
     __rs_change varchar,
@@ -60,9 +61,10 @@ create table if not exists pending (
     __rs_attempts integer,
     __rs_last_error varchar
 );
-create table if not exists rejected_rows (__rs_pk varchar, reason varchar);
+create table if not exists rejected_rows (__rs_window varchar, __rs_pk varchar, reason varchar);
 create table if not exists delivery_log (
     run_id varchar,
+    window_key varchar,
     change_id bigint,
     pk varchar,
     change varchar,
@@ -116,15 +118,19 @@ class SyncState:
     # -- model rows -----------------------------------------------------------------------------
     def replace_model_rows(self, reader: pa.RecordBatchReader) -> int:
         """Store the model's result, streamed from the warehouse, as `model_rows`."""
+        return self.replace_table("model_rows", reader)
+
+    def replace_table(self, table: str, reader: pa.RecordBatchReader) -> int:
+        """Store a model result streamed from the warehouse (Arrow batches, never all in memory)."""
         self.conn.register("__rs_model_reader", reader)
         try:
             with self.transaction():
                 self.conn.execute(
-                    "create or replace table model_rows as select * from __rs_model_reader"
+                    f'create or replace table "{table}" as select * from __rs_model_reader'
                 )
         finally:
             self.conn.unregister("__rs_model_reader")
-        return self.count("model_rows")
+        return self.count(f'"{table}"')
 
     def count(self, table: str, where: str = "true") -> int:
         rows = self.conn.execute(f"select count(*) from {table} where {where}").fetchall()
@@ -157,39 +163,50 @@ class SyncState:
             "__rs_change_id in (select unnest(?::bigint[]))", [list(change_ids)], run_id, status
         )
 
-    def commit_silent_changes(self) -> int:
+    def commit_silent_changes(self, window: str | None = None) -> int:
         """Commit the changes that send no event (a first-run baseline, an unsent change type).
 
         The same transaction marks the state initialised, so a crash can never turn an unsent
         baseline into `added` events at the next run.
         """
-        return self._commit("not __rs_send", [], run_id="", status="committed", initialize=True)
+        return self._commit(
+            "not __rs_send and __rs_window is not distinct from ?",
+            [window],
+            run_id="",
+            status="committed",
+            initialize=window is None,
+        )
 
     def _commit(
         self, where: str, params: list[object], run_id: str, status: str, initialize: bool = False
     ) -> int:
-        """One transaction: the snapshot takes the changes, pending drops them, the log records."""
+        """One transaction: the snapshot takes the changes, pending drops them, the log records.
+
+        Changes of a time window never touch the snapshot: windows diff against each other.
+        """
         with self.transaction():
             self.conn.execute(
                 f"create or replace temp table __rs_commit as select * from pending where {where}",
                 params,
             )
             self.conn.execute(
-                "delete from snapshot where __rs_pk in (select __rs_pk from __rs_commit)"
+                "delete from snapshot where __rs_pk in "
+                "(select __rs_pk from __rs_commit where __rs_window is null)"
             )
             self.conn.execute(
                 """
                 insert into snapshot
                 select __rs_pk, __rs_hash, __rs_version, __rs_change = 'removed',
                        __rs_user_id, __rs_anonymous_id, __rs_props, now()
-                from __rs_commit
+                from __rs_commit where __rs_window is null
                 """
             )
             if status != "committed":
                 self.conn.execute(
                     """
                     insert into delivery_log
-                    select ?, __rs_change_id, __rs_pk, __rs_change, __rs_message_id, ?, null,
+                    select ?, __rs_window, __rs_change_id, __rs_pk, __rs_change,
+                           __rs_message_id, ?, null,
                            __rs_attempts + 1, now()
                     from __rs_commit
                     """,
@@ -226,7 +243,8 @@ class SyncState:
             self.conn.execute(
                 """
                 insert into delivery_log
-                select ?, p.__rs_change_id, p.__rs_pk, p.__rs_change, p.__rs_message_id,
+                select ?, p.__rs_window, p.__rs_change_id, p.__rs_pk, p.__rs_change,
+                       p.__rs_message_id,
                        'rejected', f.error, p.__rs_attempts, now()
                 from pending p join __rs_failed f on p.__rs_change_id = f.change_id
                 """,

@@ -10,8 +10,9 @@ import duckdb
 import yaml
 from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
-from rudder_sync.assets import build_sync_assets
+from rudder_sync.assets import IO_MANAGER_KEY, build_sync_assets
 from rudder_sync.config import ProjectConfig, load_config
+from rudder_sync.io_manager import SyncOutputIOManager
 from rudder_sync.rudderstack import RudderstackResource
 from rudder_sync.warehouse import DuckDBWarehouse
 
@@ -125,6 +126,7 @@ def run_sync(
         resources={
             "warehouse": DuckDBWarehouse(database=str(config.warehouse)),
             "rudderstack": rudderstack,
+            IO_MANAGER_KEY: SyncOutputIOManager(directory=str(config.state / "outputs")),
         },
         instance=instance,
         raise_on_error=raise_on_error,

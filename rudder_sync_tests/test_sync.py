@@ -187,7 +187,7 @@ def test_deterministic_message_ids_are_stable_for_a_change_and_new_for_the_next(
     )
     assert not failed.success
     assert gateway.events == []
-    gateway._faults.clear()
+    gateway.clear_faults()
 
     _run(project, "events", gateway)  # the pending change goes out now
     first = gateway.events[-1]
@@ -340,7 +340,7 @@ def test_gateway_rejected_events_are_recorded_and_retried_next_run(
     assert "event is not a valid rudder event" in rejected["error"].iloc[0]
 
     first_id = _pending_message_ids(project, "traits")
-    gateway._rejections.clear()
+    gateway.clear_faults()
     _run(project, "traits", gateway)
     resent = gateway.events[-1]
     assert resent["userId"] == "u4" and resent["messageId"] == first_id["4"]
@@ -360,7 +360,7 @@ def test_unavailable_data_plane_commits_nothing_then_delivers_everything(
     assert not result.success
     ids = _pending_message_ids(project, "traits")
     assert len(ids) == 3
-    gateway._faults.clear()
+    gateway.clear_faults()
     _run(project, "traits", gateway)
     assert sorted(e["messageId"] for e in gateway.events) == sorted(ids.values())
 

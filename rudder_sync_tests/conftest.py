@@ -1,0 +1,14 @@
+"""Shared fixtures: a real RudderStack-like gateway per test."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from rudder_sync_tests.gateway import TestGateway
+
+
+@pytest.fixture
+def gateway() -> Iterator[TestGateway]:
+    """A fresh gateway on 127.0.0.1 (valid key "test-write-key"), stopped after the test."""
+    with TestGateway() as running:
+        yield running
