@@ -116,8 +116,20 @@ def run_sync(
     sync_name: str,
     rudderstack: RudderstackResource,
     raise_on_error: bool = True,
+    partition_key: str | None = None,
+    partition_range: tuple[str, str] | None = None,
+    dry_run: bool = False,
 ) -> ExecuteInProcessResult:
-    """Materialize the sync's three assets in real Dagster, as its job would."""
+    """Materialize the sync's three assets in real Dagster, as its job would.
+
+    A partition range runs as one single-run backfill, the way `--partition-range` does.
+    """
+    tags = {}
+    if partition_range:
+        tags = {
+            "dagster/asset_partition_range_start": partition_range[0],
+            "dagster/asset_partition_range_end": partition_range[1],
+        }
     config = project.config()
     assets = build_sync_assets(config.syncs[sync_name], config.state)
     instance = DagsterInstance.ephemeral()
@@ -130,6 +142,9 @@ def run_sync(
         },
         instance=instance,
         raise_on_error=raise_on_error,
+        partition_key=partition_key,
+        tags=tags,
+        run_config={"ops": {f"{sync_name}__events": {"config": {"dry_run": dry_run}}}},
     )
     result.run_logs = [  # type: ignore[attr-defined]
         _log_text(entry) for entry in instance.all_logs(result.run_id)

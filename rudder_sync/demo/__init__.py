@@ -47,6 +47,31 @@ def seed_users(conn: duckdb.DuckDBPyConnection, count: int) -> None:
         """
     )
     conn.execute(f"update users set user_id = null, anon_id = '  ' where id = {count}")
+    seed_plan_history(conn, count)
+
+
+def seed_plan_history(conn: duckdb.DuckDBPyConnection, count: int) -> None:
+    """An SCD-2 table of plans over the first two weeks of 2024, for the partitioned demo sync.
+
+    Each user signs up on a day of its own, some upgrade a few days later, some churn.
+    """
+    conn.execute(
+        f"""
+        create or replace table plan_history as
+        with users as (
+            select i as id, 'user-' || i as user_id,
+                   timestamptz '2024-01-01 00:00:00+00' + to_hours((i * 7) % 336) as signed_up
+            from range(1, {count} + 1) t(i)
+        )
+        select id, user_id, 'free' as plan, signed_up as valid_from,
+               case when id % 3 = 0 then signed_up + to_days(2 + id % 4)
+                    when id % 11 = 0 then signed_up + to_days(1 + id % 5) end as valid_to
+        from users
+        union all
+        select id, user_id, 'pro', signed_up + to_days(2 + id % 4), null
+        from users where id % 3 = 0
+        """
+    )
 
 
 def advance_demo(path: Path) -> None:

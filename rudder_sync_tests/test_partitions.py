@@ -1,0 +1,276 @@
+"""Partitioned syncs: a week of SCD-2 history replayed window by window, at historical times."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rudder_sync.config import ConfigError, parse_config
+
+from .gateway import TestGateway
+from .helpers import (
+    WRITE_KEY,
+    Project,
+    asset_metadata,
+    rudderstack_for,
+    run_sync,
+    sql,
+    write_project,
+)
+
+SCD2_MODEL = (
+    "select id, user_id, email, plan from users_history "
+    "where valid_from < $partition_end and (valid_to is null or valid_to >= $partition_end)"
+)
+HISTORY_SYNC: dict[str, Any] = {
+    "model": SCD2_MODEL,
+    "primary_key": "id",
+    "type": "track",
+    "user_id": "user_id",
+    "mapping": {"email": "email", "plan": "plan"},
+    "events": {"added": "Signed Up", "changed": "Plan Changed", "removed": "Account Deleted"},
+    "send_initial_results": True,
+    "partitions": {"start": "2024-01-01", "cadence": "daily"},
+}
+
+# u1 and u3 exist before the first window; u2 signs up on Jan 3; u1 upgrades on Jan 5;
+# u3 is deleted on Jan 6; u4 signs up and is deleted within Jan 4 (never visible at a window end).
+HISTORY = """
+create or replace table users_history as select * from (values
+ (1, 'u1', 'u1@x.io', 'free', timestamptz '2023-12-31 00:00+00', timestamptz '2024-01-05 12:00+00'),
+ (1, 'u1', 'u1@x.io', 'pro',  timestamptz '2024-01-05 12:00+00', null),
+ (2, 'u2', 'u2@x.io', 'free', timestamptz '2024-01-03 10:00+00', null),
+ (3, 'u3', 'u3@x.io', 'team', timestamptz '2023-12-30 00:00+00', timestamptz '2024-01-06 08:00+00'),
+ (4, 'u4', 'u4@x.io', 'free', timestamptz '2024-01-04 01:00+00', timestamptz '2024-01-04 02:00+00')
+) t(id, user_id, email, plan, valid_from, valid_to)
+"""
+
+EXPECTED = {  # window -> (userId, event, plan) sent for it
+    "2024-01-01": [("u1", "Signed Up", "free"), ("u3", "Signed Up", "team")],
+    "2024-01-02": [],
+    "2024-01-03": [("u2", "Signed Up", "free")],
+    "2024-01-04": [],
+    "2024-01-05": [("u1", "Plan Changed", "pro")],
+    "2024-01-06": [("u3", "Account Deleted", "team")],
+    "2024-01-07": [],
+}
+
+
+def _window_end(day: str) -> str:
+    return f"2024-01-{int(day[-2:]) + 1:02d}T00:00:00.000000Z"
+
+
+def _by_window(events: list[dict[str, Any]]) -> dict[str, list[tuple[str, str, str]]]:
+    """Events grouped by the window whose end is their timestamp."""
+    grouped: dict[str, list[tuple[str, str, str]]] = {day: [] for day in EXPECTED}
+    ends = {_window_end(day): day for day in EXPECTED}
+    for event in events:
+        day = ends[event["timestamp"]]
+        grouped[day].append((event["userId"], event["event"], event["properties"]["plan"]))
+    return {day: sorted(rows) for day, rows in grouped.items()}
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Project:
+    project = write_project(tmp_path, {"history": HISTORY_SYNC}, users=0)
+    sql(project.warehouse, HISTORY)
+    return project
+
+
+def test_week_backfill_sends_exact_events_per_day_at_window_ends(
+    history: Project, gateway: TestGateway
+) -> None:
+    result = run_sync(
+        history,
+        "history",
+        rudderstack_for(gateway.url),
+        partition_range=("2024-01-01", "2024-01-07"),
+    )
+    assert _by_window(gateway.events) == EXPECTED
+    assert gateway.schema_errors == []
+    diff = asset_metadata(result, "history", "diff")
+    assert (diff["added"], diff["changed"], diff["removed"]) == (3, 1, 1)
+    events = asset_metadata(result, "history", "events")
+    assert events["events_accepted"] == 5 and "2024-01-05" in events["windows"]
+    logs = "\n".join(result.run_logs)
+    assert "window 2024-01-03 done (3 of 7)" in logs
+
+
+def test_rerunning_a_day_resends_identical_events(history: Project, gateway: TestGateway) -> None:
+    run_sync(
+        history,
+        "history",
+        rudderstack_for(gateway.url),
+        partition_range=("2024-01-01", "2024-01-07"),
+    )
+    first = {e["messageId"]: e for e in gateway.events}
+    run_sync(history, "history", rudderstack_for(gateway.url), partition_key="2024-01-05")
+    (again,) = gateway.events[5:]
+    assert again == first[again["messageId"]]
+    assert again["event"] == "Plan Changed"
+
+
+def test_a_window_depends_only_on_the_model_not_on_run_order(
+    history: Project, tmp_path: Path, gateway: TestGateway
+) -> None:
+    run_sync(history, "history", rudderstack_for(gateway.url), partition_key="2024-01-06")
+    alone = list(gateway.events)
+    other = write_project(tmp_path / "other", {"history": HISTORY_SYNC}, users=0)
+    sql(other.warehouse, HISTORY)
+    with TestGateway() as second:
+        run_sync(
+            other,
+            "history",
+            rudderstack_for(second.url),
+            partition_range=("2024-01-01", "2024-01-07"),
+        )
+        in_range = [e for e in second.events if e["timestamp"] == _window_end("2024-01-06")]
+    assert alone == in_range
+
+
+def test_identify_and_timestamp_column_use_the_rows_time(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    sync = {
+        "model": "select id, user_id, plan, valid_from from users_history where "
+        "valid_from >= $partition_start and valid_from < $partition_end",
+        "primary_key": "id",
+        "type": "identify",
+        "user_id": "user_id",
+        "timestamp": "valid_from",
+        "mapping": {"plan": "plan"},
+        "partitions": {"start": "2024-01-03", "cadence": "daily"},
+    }
+    project = write_project(tmp_path, {"signups": sync}, users=0)
+    sql(
+        project.warehouse,
+        HISTORY.replace("(1, 'u1', 'u1@x.io', 'pro'", "(5, 'u1', 'u1@x.io', 'pro'"),
+    )
+    run_sync(
+        project,
+        "signups",
+        rudderstack_for(gateway.url),
+        partition_range=("2024-01-03", "2024-01-05"),
+    )
+    sent = sorted((e["userId"], e["timestamp"]) for e in gateway.events)
+    assert sent == [
+        ("u1", "2024-01-05T12:00:00.000000Z"),
+        ("u2", "2024-01-03T10:00:00.000000Z"),
+        ("u4", "2024-01-04T01:00:00.000000Z"),
+    ]
+
+
+def test_run_config_dry_run_counts_a_backfill_without_sending(
+    history: Project, gateway: TestGateway
+) -> None:
+    result = run_sync(
+        history,
+        "history",
+        rudderstack_for(gateway.url),
+        partition_range=("2024-01-01", "2024-01-07"),
+        dry_run=True,
+    )
+    assert gateway.requests == []
+    events = asset_metadata(result, "history", "events")
+    assert events["status"] == "dry_run" and events["events_accepted"] == 5
+    assert "| 2024-01-05 | 0 | 1 | 0 |" in events["windows"]
+    # nothing was recorded as delivered: the real run sends everything
+    run_sync(
+        history,
+        "history",
+        rudderstack_for(gateway.url),
+        partition_range=("2024-01-01", "2024-01-07"),
+    )
+    assert _by_window(gateway.events) == EXPECTED
+
+
+def test_failing_window_stops_the_run_and_names_it(history: Project, gateway: TestGateway) -> None:
+    run_sync(
+        history,
+        "history",
+        rudderstack_for(gateway.url),
+        partition_range=("2024-01-01", "2024-01-02"),
+    )
+    gateway.fail_next(503, times=1000)
+    result = run_sync(
+        history,
+        "history",
+        rudderstack_for(gateway.url, retry_max_seconds=0.3),
+        partition_range=("2024-01-03", "2024-01-07"),
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert "window 2024-01-03 (1 of 5) failed" in "\n".join(result.run_logs)
+
+
+def test_partitioned_and_unpartitioned_syncs_side_by_side(tmp_path: Path) -> None:
+    from .helpers import IDENTIFY_SYNC
+
+    project = write_project(tmp_path, {"history": HISTORY_SYNC, "traits": IDENTIFY_SYNC})
+    config = project.config()
+    assert config.syncs["history"].partitions is not None
+    assert config.syncs["traits"].partitions is None
+
+
+@pytest.mark.parametrize(
+    ("partitions", "message"),
+    [
+        ({"start": "2024-01-01", "cadence": "yearly"}, "partitions.cadence"),
+        ({"start": "2024-01-01", "cadence": "daily", "timezone": "Mars/Olympus"}, "time zone"),
+        ({"cadence": "daily"}, "partitions.start"),
+    ],
+)
+def test_bad_partitions_fail_at_load(partitions: dict[str, Any], message: str) -> None:
+    raw = {"syncs": {"history": dict(HISTORY_SYNC, partitions=partitions)}}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+def test_partition_parameters_need_partitions() -> None:
+    raw = {"syncs": {"history": {k: v for k, v in HISTORY_SYNC.items() if k != "partitions"}}}
+    with pytest.raises(ConfigError, match=r"uses \$partition_end but the sync has no 'partitions'"):
+        parse_config(raw)
+
+
+def test_cli_range_backfill_and_single_window(history: Project, gateway: TestGateway) -> None:
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
+    env.update(
+        RUDDER_SYNC_CONFIG=str(history.config_path),
+        RUDDERSTACK_DATA_PLANE_URL=gateway.url,
+        RUDDERSTACK_WRITE_KEY=WRITE_KEY,
+    )
+    command = [
+        dagster,
+        "asset",
+        "materialize",
+        "-m",
+        "rudder_sync.definitions",
+        "--select",
+        "history/snapshot,history/diff,history/events",
+        "--partition-range",
+        "2024-01-01...2024-01-07",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _by_window(gateway.events) == EXPECTED
+
+    single = [
+        dagster,
+        "job",
+        "execute",
+        "-m",
+        "rudder_sync.definitions",
+        "-j",
+        "history",
+        "--tags",
+        '{"dagster/partition": "2024-01-03"}',
+    ]
+    result = subprocess.run(single, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [(e["userId"], e["event"]) for e in gateway.events[5:]] == [("u2", "Signed Up")]
