@@ -14,9 +14,13 @@ from typing import Any
 import orjson
 import pandas as pd
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    AutomationCondition,
     BackfillPolicy,
     Config,
     Failure,
@@ -41,6 +45,7 @@ from .delivery import (
 )
 from .diff import DiffSummary, ModelColumnsError, check_model_columns, compute_diff, pending_frame
 from .events import sample_payloads
+from .guard import evaluate_guard
 from .jsonvalues import column_types
 from .partitions import (
     MissingWindowError,
@@ -57,10 +62,22 @@ from .warehouse import DuckDBWarehouse, WarehouseError
 
 PREVIEW_ROWS = 10
 IO_MANAGER_KEY = "rudder_sync_io_manager"
+CHANGE_GUARD = "change_guard"
+REJECTED_ROWS = "rejected_rows"
+GATEWAY_REJECTIONS = "gateway_rejections"
 
 
 def asset_key(sync: SyncConfig, step: str) -> AssetKey:
     return AssetKey([sync.name, step])
+
+
+class DiffRunConfig(Config):
+    """Run config of a sync's diff step."""
+
+    approve_large_change: bool = Field(
+        default=False,
+        description="Let this one run deliver a diff that trips the change guard.",
+    )
 
 
 class SyncRunConfig(Config):
@@ -81,14 +98,21 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         "partitions_def": partitions,
         "backfill_policy": BackfillPolicy.single_run() if partitions else None,
     }
+    upstream = [AssetKey.from_user_string(key) for key in sync.upstream]
+    # With upstream assets, each step runs when what it depends on was updated (and is not
+    # already running), so the sync follows the user's own pipeline, e.g. dbt models.
+    automation = AutomationCondition.eager() if upstream else None
+    diff_key = asset_key(sync, "diff")
 
     def windows(context: AssetExecutionContext) -> list[WindowSpec]:
         return windows_for(partitions, context.partition_keys) if partitions else []
 
     @asset(
         key=asset_key(sync, "snapshot"),
+        deps=upstream,
         kinds={"duckdb"},
         description=f"Result of the model of sync '{sync.name}', stored in its state.",
+        automation_condition=automation,
         **common,
     )
     def snapshot(
@@ -119,16 +143,31 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         return MaterializeResult(metadata=metadata)
 
     @asset(
-        key=asset_key(sync, "diff"),
+        key=diff_key,
         deps=[snapshot],
         kinds={"duckdb", "pandas"},
         io_manager_key=IO_MANAGER_KEY,
         description=f"Rows added, changed or removed since the last delivery of '{sync.name}'.",
+        automation_condition=automation,
+        check_specs=[
+            AssetCheckSpec(
+                CHANGE_GUARD,
+                asset=diff_key,
+                blocking=True,
+                description="Stops delivery when the diff removes or changes a suspicious share "
+                "of rows or sends too many events (the sync's 'guard').",
+            ),
+            AssetCheckSpec(
+                REJECTED_ROWS,
+                asset=diff_key,
+                description="Rows left out: null or duplicate primary key, no user/anonymous ID.",
+            ),
+        ],
         **common,
     )
     def diff(
-        context: AssetExecutionContext, rudderstack: RudderstackResource
-    ) -> Output[pd.DataFrame]:
+        context: AssetExecutionContext, config: DiffRunConfig, rudderstack: RudderstackResource
+    ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
         now = datetime.now(UTC)
         with _open_state(sync, state_dir, rudderstack) as state:
             if partitions is None:
@@ -146,7 +185,31 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
             frame = pending_frame(state, sync, [k for k in summaries if k])
         for key, summary in summaries.items():
             _log_diff(context, sync, summary, key)
-        return Output(frame, metadata=_diff_metadata(sync, summaries, frame))
+        yield Output(frame, metadata=_diff_metadata(sync, summaries, frame))
+        yield _rejected_rows_check(summaries)
+        verdict = evaluate_guard(sync.guard, summaries.values())
+        if not verdict.passed:
+            action = (
+                "approved by run config approve_large_change, delivering"
+                if config.approve_large_change
+                else "nothing will be sent or committed. If this change is intended, re-run with "
+                f"run config ops: {{{sync.name}__diff: {{config: {{approve_large_change: true}}}}}}"
+            )
+            log = context.log.warning if config.approve_large_change else context.log.error
+            log(
+                f"sync '{sync.name}': change guard tripped ({'; '.join(verdict.tripped)}): {action}"
+            )
+        yield AssetCheckResult(
+            check_name=CHANGE_GUARD,
+            passed=verdict.passed or config.approve_large_change,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                **verdict.figures,
+                "tripped": "; ".join(verdict.tripped) or "none",
+                "approved": config.approve_large_change,
+                **{k: -1 if v is None else v for k, v in sync.guard.model_dump().items()},
+            },
+        )
 
     @asset(
         key=asset_key(sync, "events"),
@@ -154,11 +217,19 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         kinds={"rudderstack"},
         io_manager_key=IO_MANAGER_KEY,
         description=f"Events of '{sync.name}' delivered to RudderStack (one row per event).",
+        automation_condition=automation,
+        check_specs=[
+            AssetCheckSpec(
+                GATEWAY_REJECTIONS,
+                asset=asset_key(sync, "events"),
+                description="Events RudderStack rejected (kept pending, retried next run).",
+            )
+        ],
         **common,
     )
     def events(
         context: AssetExecutionContext, config: SyncRunConfig, rudderstack: RudderstackResource
-    ) -> Output[pd.DataFrame]:
+    ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
         sender = (
             rudderstack.model_copy(update={"data_plane_url": None})
             if config.dry_run
@@ -209,9 +280,33 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
             metadata["windows"] = MetadataValue.md(
                 markdown_table(pd.DataFrame.from_dict(per_window, orient="index"), index="window")
             )
-        return Output(frame, metadata=metadata)
+        yield Output(frame, metadata=metadata)
+        yield AssetCheckResult(
+            check_name=GATEWAY_REJECTIONS,
+            passed=not total.rejected,
+            severity=AssetCheckSeverity.WARN,
+            metadata={
+                "rejected": len(total.rejected),
+                "sample": MetadataValue.json(rejected_sample),
+            },
+        )
 
     return [snapshot, diff, events]
+
+
+def _rejected_rows_check(summaries: dict[str, DiffSummary]) -> AssetCheckResult:
+    count = sum(s.rejected_count for s in summaries.values())
+    sample = [
+        {"key": pk, "reason": reason, **({"window": key} if key else {})}
+        for key, summary in summaries.items()
+        for pk, reason in summary.rejected_sample
+    ][:REJECTED_SAMPLE]
+    return AssetCheckResult(
+        check_name=REJECTED_ROWS,
+        passed=count == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"rejected": count, "sample": MetadataValue.json(sample)},
+    )
 
 
 def _in(window: str | None) -> str:
@@ -230,9 +325,10 @@ def _announce_dry_run(
     reason = (
         "run config dry_run is true" if by_run_config else "RUDDERSTACK_DATA_PLANE_URL is not set"
     )
+    how = "" if by_run_config else " Set it and RUDDERSTACK_WRITE_KEY to deliver."
     context.log.warning(
         f"DRY RUN for sync '{sync.name}': {reason}, so events are built and validated but NOT "
-        "sent. Set RUDDERSTACK_DATA_PLANE_URL and RUDDERSTACK_WRITE_KEY to deliver."
+        f"sent.{how}"
     )
     for change, payload in samples.items():
         context.log.info(f"would send ({change}): {orjson.dumps(payload).decode()}")

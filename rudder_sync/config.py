@@ -17,7 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from dagster._utils.schedules import is_valid_cron_string
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_ENV_VAR = "RUDDER_SYNC_CONFIG"
 CHANGE_TYPES: tuple[str, ...] = ("added", "changed", "removed")
@@ -58,6 +59,26 @@ class PartitionsConfig(BaseModel):
         return self.start.isoformat()
 
 
+class TriggerConfig(BaseModel):
+    """Start the sync when a cheap query on the warehouse answers something new."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sql: str
+    every_seconds: int = Field(default=60, ge=5)
+
+
+class GuardConfig(BaseModel):
+    """Thresholds above which a diff is held back as suspicious; null turns one off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_removed_fraction: float | None = Field(default=0.2, ge=0, le=1)
+    max_changed_fraction: float | None = Field(default=0.5, ge=0, le=1)
+    max_events: int | None = Field(default=100_000, ge=0)
+    min_rows: int = Field(default=100, ge=0)  # fractions apply from this many compared rows
+
+
 class SyncConfig(BaseModel):
     """One sync: a model, its key, and how its rows become RudderStack events."""
 
@@ -75,6 +96,30 @@ class SyncConfig(BaseModel):
     timestamp: str | None = None
     message_id: str | None = None
     partitions: PartitionsConfig | None = None
+    schedule: str | None = None
+    trigger: TriggerConfig | None = None
+    upstream: list[str] = []
+    guard: GuardConfig = GuardConfig()
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is not None and not is_valid_cron_string(value):
+            raise ValueError(
+                f"{value!r} is not a cron expression; use five fields, e.g. '*/15 * * * *'"
+            )
+        return value
+
+    @field_validator("upstream")
+    @classmethod
+    def _asset_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*", key):
+                raise ValueError(
+                    f"{key!r} is not an asset key; write it as path parts joined by '/', "
+                    "e.g. analytics/users"
+                )
+        return value
 
     @field_validator("model")
     @classmethod
@@ -232,6 +277,8 @@ def parse_sync(name: str, body: Any) -> SyncConfig:
         raise ConfigError(_describe_validation_error(prefix, exc)) from None
     _check_semantics(prefix, sync, body)
     check_model_sql(prefix, sync.model, partitioned=sync.partitions is not None)
+    if sync.trigger is not None:
+        check_model_sql(prefix, sync.trigger.sql, key="trigger.sql")
     return sync
 
 
@@ -272,35 +319,35 @@ def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> 
                 )
 
 
-def check_model_sql(prefix: str, sql: str, partitioned: bool = False) -> None:
+def check_model_sql(prefix: str, sql: str, partitioned: bool = False, key: str = "model") -> None:
     """Parse the model without running it, so a typo fails at load time rather than mid-run."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise ConfigError(
-            f"{prefix}: key 'model' is not valid SQL: {first_line}. Fix: correct the query."
+            f"{prefix}: key '{key}' is not valid SQL: {first_line}. Fix: correct the query."
         ) from None
     if len(statements) != 1:
         raise ConfigError(
-            f"{prefix}: key 'model' must be exactly one query, found {len(statements)} statements. "
+            f"{prefix}: key '{key}' must be exactly one query, found {len(statements)} statements. "
             "Fix: keep a single SELECT (no trailing statements)."
         )
     if statements[0].type != duckdb.StatementType.SELECT:
         raise ConfigError(
-            f"{prefix}: key 'model' must be a SELECT query, not {statements[0].type.name}. "
+            f"{prefix}: key '{key}' must be a SELECT query, not {statements[0].type.name}. "
             "Fix: write a query that returns rows; the model runs read-only."
         )
     used = set(statements[0].named_parameters)
     unknown = sorted(used - set(PARTITION_PARAMETERS))
     if unknown:
         raise ConfigError(
-            f"{prefix}: key 'model' uses unknown parameter ${unknown[0]}. Fix: the only "
+            f"{prefix}: key '{key}' uses unknown parameter ${unknown[0]}. Fix: the only "
             "parameters are $partition_start and $partition_end (partitioned syncs)."
         )
     if used and not partitioned:
         raise ConfigError(
-            f"{prefix}: key 'model' uses ${sorted(used)[0]} but the sync has no 'partitions'. "
+            f"{prefix}: key '{key}' uses ${sorted(used)[0]} but the sync has no 'partitions'. "
             "Fix: add 'partitions: {start: ..., cadence: daily}', or drop the parameter."
         )
 
@@ -329,6 +376,11 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "partitions": "e.g. 'partitions: {start: 2024-01-01, cadence: daily, timezone: UTC}' "
         "(cadence: hourly, daily, weekly or monthly)",
         "type": "use 'track' or 'identify'",
+        "schedule": "use a cron expression such as '*/15 * * * *'",
+        "trigger": "e.g. 'trigger: {sql: select max(updated_at) from users, every_seconds: 60}'",
+        "upstream": "list asset keys, e.g. [analytics/users]",
+        "guard": "e.g. 'guard: {max_removed_fraction: 0.2, max_changed_fraction: 0.5, "
+        "max_events: 100000}' (null turns one off)",
         "events": "map change types (added, changed, removed) to event names",
         "mapping": "map event field names to column names, e.g. {email: email}",
         "send_initial_results": "use true or false",

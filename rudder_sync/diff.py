@@ -37,6 +37,7 @@ class DiffSummary:
     rejected_count: int
     rejected_sample: list[tuple[str, str]] = field(default_factory=list)
     first_run: bool = False
+    base_rows: int = 0  # rows the diff compared against: the committed snapshot or last window
 
     @property
     def total_changes(self) -> int:
@@ -145,6 +146,7 @@ def compute_diff(
         conn.execute("insert into pending by name select * from __rs_new_pending")
         conn.execute("drop table __rs_new_pending; drop table __rs_changes")
     summary = _summarize(state, first_run, window_key)
+    summary.base_rows = _scalar(state, f"select count(*) from {base} where not __rs_deleted")
     conn.execute("drop table __rs_current; drop table __rs_current_hashed")
     conn.execute("drop table if exists __rs_base")
     return summary

@@ -119,6 +119,7 @@ def run_sync(
     partition_key: str | None = None,
     partition_range: tuple[str, str] | None = None,
     dry_run: bool = False,
+    approve_large_change: bool = False,
 ) -> ExecuteInProcessResult:
     """Materialize the sync's three assets in real Dagster, as its job would.
 
@@ -144,7 +145,12 @@ def run_sync(
         raise_on_error=raise_on_error,
         partition_key=partition_key,
         tags=tags,
-        run_config={"ops": {f"{sync_name}__events": {"config": {"dry_run": dry_run}}}},
+        run_config={
+            "ops": {
+                f"{sync_name}__diff": {"config": {"approve_large_change": approve_large_change}},
+                f"{sync_name}__events": {"config": {"dry_run": dry_run}},
+            }
+        },
     )
     result.run_logs = [  # type: ignore[attr-defined]
         _log_text(entry) for entry in instance.all_logs(result.run_id)
