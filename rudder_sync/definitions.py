@@ -1,19 +1,23 @@
 """Assembles the Dagster definitions from the sync config named by RUDDER_SYNC_CONFIG.
 
 Loaded by `dagster dev` (pyproject's [tool.dagster] and workspace.yaml) and by
-`dagster job execute -m rudder_sync.definitions -j NAME`.
+`dagster job execute -m rudder_sync.definitions -j NAME`. `sync_definitions` is the one factory
+that both this module and the Dagster Component call.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from dagster import Definitions, EnvVar, in_process_executor
 
 from .assets import IO_MANAGER_KEY, build_sync_assets, build_sync_job
+from .automation import build_failure_sensor, build_schedule, build_trigger_sensor
 from .config import (
     ConfigError,
     ProjectConfig,
+    SyncConfig,
     config_path_from_env,
     default_config_path,
     load_config,
@@ -55,17 +59,38 @@ def rudderstack_from_env() -> RudderstackResource:
     )
 
 
-def build_definitions(project: ProjectConfig, rudderstack: RudderstackResource) -> Definitions:
-    assets = [a for sync in project.syncs.values() for a in build_sync_assets(sync, project.state)]
+def sync_definitions(sync: SyncConfig, state_dir: Path) -> Definitions:
+    """Everything one sync contributes: its assets and checks, job, schedule and trigger sensor."""
+    job = build_sync_job(sync)
+    schedule = build_schedule(sync, job)
+    trigger = build_trigger_sensor(sync, job)
     return Definitions(
-        assets=assets,
-        jobs=[build_sync_job(sync) for sync in project.syncs.values()],
+        assets=build_sync_assets(sync, state_dir),
+        jobs=[job],
+        schedules=[schedule] if schedule else [],
+        sensors=[trigger] if trigger else [],
+    )
+
+
+def shared_definitions(
+    warehouse: Path, state_dir: Path, rudderstack: RudderstackResource
+) -> Definitions:
+    """What all syncs of a project share: resources, the executor, the failure sensor."""
+    return Definitions(
+        sensors=[build_failure_sensor()],
         resources={
-            "warehouse": DuckDBWarehouse(database=str(project.warehouse)),
+            "warehouse": DuckDBWarehouse(database=str(warehouse)),
             "rudderstack": rudderstack,
-            IO_MANAGER_KEY: SyncOutputIOManager(directory=str(project.state / "outputs")),
+            IO_MANAGER_KEY: SyncOutputIOManager(directory=str(state_dir / "outputs")),
         },
         executor=in_process_executor,
+    )
+
+
+def build_definitions(project: ProjectConfig, rudderstack: RudderstackResource) -> Definitions:
+    return Definitions.merge(
+        *(sync_definitions(sync, project.state) for sync in project.syncs.values()),
+        shared_definitions(project.warehouse, project.state, rudderstack),
     )
 
 
