@@ -163,14 +163,27 @@ class SyncConfig(BaseModel):
         return self.event_name(change_type) is not None
 
 
+class DeliveryConfig(BaseModel):
+    """How events are sent (the RudderStack resource's settings); the secrets stay in env vars."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+    max_request_kb: int = Field(default=4000, ge=1, le=4000)
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    retry_max_seconds: float = Field(default=120.0, ge=0)
+    allow_insecure_http: bool = False
+
+
 class ProjectConfig(BaseModel):
-    """The whole YAML file: where the warehouse and state live, and the syncs."""
+    """The whole YAML file: where the warehouse and state live, delivery settings, the syncs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     warehouse: Path
     state: Path
     syncs: dict[str, SyncConfig]
+    delivery: DeliveryConfig = DeliveryConfig()
     source: Path | None = None
 
     def sync(self, name: str) -> SyncConfig:
@@ -232,7 +245,9 @@ def parse_config(
             f"{where}: expected a mapping with keys 'warehouse', 'state' and 'syncs'. "
             "Fix: see the YAML reference in the README."
         )
-    _check_keys(raw, {"warehouse", "state", "syncs"}, f"{where}: top level", required=("syncs",))
+    _check_keys(
+        raw, {"warehouse", "state", "syncs", "delivery"}, f"{where}: top level", required=("syncs",)
+    )
     base = base_dir or Path.cwd()
     warehouse = _path_value(raw.get("warehouse", "warehouse.duckdb"), "warehouse", where, base)
     state = _path_value(raw.get("state", ".rudder_sync"), "state", where, base)
@@ -255,7 +270,22 @@ def parse_config(
             )
         seen_lower[key] = sync.name
         syncs[sync.name] = sync
-    return ProjectConfig(warehouse=warehouse, state=state, syncs=syncs, source=source)
+    delivery_raw = raw.get("delivery") or {}
+    if not isinstance(delivery_raw, Mapping):
+        raise ConfigError(f"{where}: key 'delivery' must be a mapping. Fix: see the README.")
+    _check_keys(delivery_raw, set(DeliveryConfig.model_fields), f"{where}: delivery", ())
+    try:
+        delivery = DeliveryConfig(**delivery_raw)
+    except (ValidationError, TypeError) as exc:
+        detail = (
+            _describe_validation_error(f"{where}: delivery", exc)
+            if isinstance(exc, ValidationError)
+            else str(exc)
+        )
+        raise ConfigError(detail) from None
+    return ProjectConfig(
+        warehouse=warehouse, state=state, syncs=syncs, delivery=delivery, source=source
+    )
 
 
 def parse_sync(name: str, body: Any) -> SyncConfig:
@@ -379,6 +409,10 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "schedule": "use a cron expression such as '*/15 * * * *'",
         "trigger": "e.g. 'trigger: {sql: select max(updated_at) from users, every_seconds: 60}'",
         "upstream": "list asset keys, e.g. [analytics/users]",
+        "max_in_flight": "a number of concurrent requests from 1 to 64",
+        "max_request_kb": "at most 4000 (the gateway's limit)",
+        "request_timeout_seconds": "a number of seconds",
+        "retry_max_seconds": "a number of seconds",
         "guard": "e.g. 'guard: {max_removed_fraction: 0.2, max_changed_fraction: 0.5, "
         "max_events: 100000}' (null turns one off)",
         "events": "map change types (added, changed, removed) to event names",

@@ -16,6 +16,7 @@ from .assets import IO_MANAGER_KEY, build_sync_assets, build_sync_job
 from .automation import build_failure_sensor, build_schedule, build_trigger_sensor
 from .config import (
     ConfigError,
+    DeliveryConfig,
     ProjectConfig,
     SyncConfig,
     config_path_from_env,
@@ -45,17 +46,20 @@ def load_project() -> ProjectConfig:
     return project
 
 
-def rudderstack_from_env() -> RudderstackResource:
+def rudderstack_from_env(delivery: DeliveryConfig | None = None) -> RudderstackResource:
     """Real delivery when a data plane URL is set (secrets read through EnvVar), else a dry run."""
+    settings = (delivery or DeliveryConfig()).model_dump()
     if not os.environ.get(DATA_PLANE_URL_ENV_VAR, "").strip():
-        return RudderstackResource()
+        return RudderstackResource(**settings)
     if not os.environ.get(WRITE_KEY_ENV_VAR, "").strip():
         raise ConfigError(
             f"{DATA_PLANE_URL_ENV_VAR} is set but {WRITE_KEY_ENV_VAR} is not. Fix: export the "
             "source's write key, or unset the data plane URL for a dry run."
         )
     return RudderstackResource(
-        data_plane_url=EnvVar(DATA_PLANE_URL_ENV_VAR), write_key=EnvVar(WRITE_KEY_ENV_VAR)
+        data_plane_url=EnvVar(DATA_PLANE_URL_ENV_VAR),
+        write_key=EnvVar(WRITE_KEY_ENV_VAR),
+        **settings,
     )
 
 
@@ -94,4 +98,5 @@ def build_definitions(project: ProjectConfig, rudderstack: RudderstackResource) 
     )
 
 
-defs = build_definitions(load_project(), rudderstack_from_env())
+_project = load_project()
+defs = build_definitions(_project, rudderstack_from_env(_project.delivery))

@@ -124,6 +124,16 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("no syncs", {"warehouse": "w.duckdb"}, ["'syncs' is missing"]),
     ("empty syncs", {"syncs": {}}, ["'syncs' must map sync names"]),
     ("sync body not a mapping", _config(s1="select 1"), ["sync 's1'", "expected a mapping"]),
+    (
+        "unknown delivery key",
+        {"syncs": {"s1": _track()}, "delivery": {"max_inflight": 2}},
+        ["delivery", "unknown key 'max_inflight'", "did you mean 'max_in_flight'"],
+    ),
+    (
+        "request body over the gateway limit",
+        {"syncs": {"s1": _track()}, "delivery": {"max_request_kb": 9000}},
+        ["delivery", "max_request_kb", "at most 4000"],
+    ),
 ]
 
 
@@ -186,6 +196,15 @@ def test_track_sends_only_configured_change_types() -> None:
     assert [sync.sends(c) for c in ("added", "changed", "removed")] == [True, False, True]
     assert sync.event_name("removed") == "R"
     assert sync.carried_columns == ["user_id", "anon_id", "email", "plan"]
+
+
+def test_delivery_settings_reach_the_resource(tmp_path: Path, monkeypatch: Any) -> None:
+    from rudder_sync.definitions import rudderstack_from_env
+
+    config = parse_config({"syncs": {"s1": _track()}, "delivery": {"retry_max_seconds": 7}})
+    monkeypatch.delenv("RUDDERSTACK_DATA_PLANE_URL", raising=False)
+    resource = rudderstack_from_env(config.delivery)
+    assert resource.dry_run and resource.retry_max_seconds == 7 and resource.max_in_flight == 4
 
 
 def test_missing_file_names_env_var(tmp_path: Path) -> None:
