@@ -1,0 +1,24 @@
+"""rudder_sync: reverse ETL from a DuckDB warehouse to RudderStack, as Dagster assets.
+
+`RudderstackSyncComponent` (a Dagster Component for `dg` projects) is imported on first use, so
+`import rudder_sync` stays light; `dg` finds it through the package's registry entry point.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .component import RudderstackSyncComponent
+
+__all__ = ["RudderstackSyncComponent"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RudderstackSyncComponent":
+        from .component import RudderstackSyncComponent
+
+        return RudderstackSyncComponent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -211,7 +211,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ProjectConfig:
             f"Fix: point {CONFIG_ENV_VAR} at an existing YAML file."
         ) from exc
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as exc:
         raise ConfigError(f"{config_path}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -219,7 +219,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ProjectConfig:
     return parse_config(raw, base_dir=config_path.parent.resolve(), source=config_path)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """YAML silently keeps the last of two equal keys; two syncs of one name are a mistake."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:

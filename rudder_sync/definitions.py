@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import Definitions, EnvVar, in_process_executor
+from dagster import Definitions, EnvVar, definitions, in_process_executor
 
 from .assets import IO_MANAGER_KEY, build_sync_assets, build_sync_job
 from .automation import build_failure_sensor, build_schedule, build_trigger_sensor
@@ -98,5 +98,8 @@ def build_definitions(project: ProjectConfig, rudderstack: RudderstackResource) 
     )
 
 
-_project = load_project()
-defs = build_definitions(_project, rudderstack_from_env(_project.delivery))
+@definitions
+def defs() -> Definitions:
+    """Built when Dagster loads this module (dagster dev, dagster job execute -m), not on import."""
+    project = load_project()
+    return build_definitions(project, rudderstack_from_env(project.delivery))

@@ -1,0 +1,147 @@
+"""`RudderstackSyncComponent`: declare syncs in a `dg` project's `defs.yaml`.
+
+The attributes are the sync YAML document itself (`warehouse`, `state`, `syncs`), validated by
+`config.parse_config` and built by `definitions.build_definitions`, so a sync declared here gets the
+same checks, messages, assets, jobs, schedules and sensors as one in `RUDDER_SYNC_CONFIG`.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from dagster import (
+    Component,
+    ComponentLoadContext,
+    ComponentTypeSpec,
+    Definitions,
+    Model,
+    ResolutionContext,
+    Resolvable,
+    Resolver,
+)
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, create_model
+
+from .config import (
+    SYNC_NAME_PATTERN,
+    ConfigError,
+    DeliveryConfig,
+    ProjectConfig,
+    SyncConfig,
+    UniqueKeyLoader,
+    parse_config,
+)
+from .definitions import build_definitions, rudderstack_from_env
+
+DEFS_FILES = ("defs.yaml", "defs.yml", "component.yaml")
+
+
+def _sync_schema() -> type[BaseModel]:
+    """`SyncConfig` minus `name` (the key under `syncs`): one sync's schema, for `dg check yaml`."""
+    fields: dict[str, Any] = {
+        name: (info.annotation, info)
+        for name, info in SyncConfig.model_fields.items()
+        if name != "name"
+    }
+    return create_model(
+        "RudderstackSync",
+        __config__=ConfigDict(extra="forbid", title="RudderstackSync"),
+        __doc__=SyncConfig.__doc__,
+        **fields,
+    )
+
+
+def _verbatim(context: ResolutionContext, value: Any) -> Any:
+    return value
+
+
+# Validation passes the syncs through untouched, so that `parse_config` reports every mistake with
+# the YAML path's messages; the JSON schema (editors, `dg check yaml`) is `SyncConfig`'s.
+SyncsAttribute = Annotated[
+    Any, PlainValidator(lambda value: value, json_schema_input_type=dict[str, _sync_schema()])
+]
+
+
+class RudderstackSyncAttributes(Model):
+    """The attributes of `RudderstackSyncComponent` in `defs.yaml`: the sync YAML's top level."""
+
+    warehouse: str | None = Field(
+        default=None,
+        description="DuckDB file the models read (read-only). Default: warehouse.duckdb. "
+        "Relative paths resolve against the folder of the defs.yaml; templates such as "
+        "'{{ context.project_root }}/warehouse.duckdb' work.",
+    )
+    state: str | None = Field(
+        default=None,
+        description="Folder for sync state, one DuckDB file per sync; created if missing. "
+        "Default: .rudder_sync. Relative to the folder of the defs.yaml, like warehouse.",
+    )
+    delivery: DeliveryConfig | None = Field(
+        default=None,
+        description="How events are sent (in-flight requests, body limit, timeouts, retry "
+        "budget), as the sync YAML's 'delivery'.",
+    )
+    syncs: SyncsAttribute = Field(
+        description="Sync name (snake_case; also the job name, asset key prefix and group) -> "
+        "the sync, with the keys of the sync YAML. Taken verbatim: no templating inside.",
+        json_schema_extra={"propertyNames": {"pattern": SYNC_NAME_PATTERN.pattern}},
+    )
+
+
+@dataclass
+class RudderstackSyncComponent(Component, Resolvable):
+    """Reverse ETL syncs from a DuckDB warehouse to RudderStack, declared as in the sync YAML.
+
+    Each sync becomes the assets `<sync>/snapshot`, `<sync>/diff` and `<sync>/events` with their
+    checks, a job of the sync's name, and its schedule and trigger sensor when configured; the
+    component adds the resources, the in-process executor and the failure sensor. Events go to
+    `RUDDERSTACK_DATA_PLANE_URL` with `RUDDERSTACK_WRITE_KEY`; without a URL, syncs are dry runs.
+    """
+
+    syncs: Annotated[Mapping[str, Any], Resolver(_verbatim, inject_before_resolve=False)]
+    warehouse: str | None = None
+    state: str | None = None
+    delivery: Annotated[
+        Mapping[str, Any] | None, Resolver(_verbatim, inject_before_resolve=False)
+    ] = None
+
+    @classmethod
+    def model(cls) -> type[BaseModel]:
+        return RudderstackSyncAttributes
+
+    @classmethod
+    def get_spec(cls) -> ComponentTypeSpec:
+        return ComponentTypeSpec(
+            tags=["rudderstack", "reverse-etl", "duckdb"],
+            produces=["asset", "asset_check", "job", "schedule", "sensor", "resource"],
+        )
+
+    def project(self, base_dir: Path, source: Path | None = None) -> ProjectConfig:
+        """The validated syncs; relative paths resolve against `base_dir`."""
+        raw: dict[str, Any] = {"syncs": self.syncs}
+        if self.warehouse is not None:
+            raw["warehouse"] = self.warehouse
+        if self.state is not None:
+            raw["state"] = self.state
+        if self.delivery is not None:
+            raw["delivery"] = dict(self.delivery)
+        return parse_config(raw, base_dir=base_dir.resolve(), source=source)
+
+    def build_defs(self, context: ComponentLoadContext) -> Definitions:
+
+        folder = context.path if context.path.is_dir() else context.path.parent
+        source = next((folder / n for n in DEFS_FILES if (folder / n).is_file()), None)
+        if source is not None:
+            _check_unique_keys(source)
+        project = self.project(folder, source)
+        return build_definitions(project, rudderstack_from_env(project.delivery))
+
+
+def _check_unique_keys(path: Path) -> None:
+    """Dagster's YAML loader keeps the last of two equal keys; the sync YAML refuses them."""
+    try:
+        for _ in yaml.load_all(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader):  # noqa: S506
+            pass
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
