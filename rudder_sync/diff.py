@@ -17,7 +17,7 @@ import pandas as pd
 from .config import CHANGE_TYPES, SyncConfig
 from .jsonvalues import column_types, id_sql, json_object_sql, quote_ident, quote_literal
 from .jsonvalues import timestamp_sql as render_timestamp_sql
-from .state import SyncState
+from .state import SyncState, run
 
 REJECTED_SAMPLE = 20
 SEP = "chr(31)"
@@ -80,61 +80,100 @@ def compute_diff(
 
     Unpartitioned: `model_rows` against the committed snapshot. Partitioned: the window's rows
     against the previous window's, so a window's events depend only on the model.
+
+    Two passes keep the cost near a bare join: every row gets a cheap fingerprint (key, content
+    hash, ID present); only the rows that changed are then rendered to JSON.
     """
     conn = state.conn
     current = window.rows if window else "model_rows"
     types = column_types(conn, current)
     check_model_columns(sync, list(types))
-    render = _render_sql(sync, types)
+    fingerprint = _fingerprint_sql(sync, types)
+    run(conn, f"create or replace temp table __rs_current as {fingerprint} from {current}")
     if window is None:
         first_run, base, default_ts = not state.initialized, "snapshot", now
     else:
         first_run, base, default_ts = window.previous_rows is None, "__rs_base", window.end
         previous = window.previous_rows or f"(select * from {current} limit 0)"
-        conn.execute(
+        run(
+            conn,
             f"""
             create or replace temp table __rs_base as
-            select __rs_pk, {_hash_sql()} as __rs_hash, 0::bigint as __rs_version,
-                   false as __rs_deleted, __rs_user_id, __rs_anonymous_id, __rs_props
-            from ({render.replace("from model_rows", f"from {previous}")})
-            where __rs_pk is not null and __rs_key_rows = 1
-            """
+            select __rs_pk, __rs_hash, 0::bigint as __rs_version, false as __rs_deleted,
+                   null::varchar as __rs_user_id, null::varchar as __rs_anonymous_id,
+                   null::varchar as __rs_props
+            from ({_fingerprint_sql(sync, column_types(conn, previous))} from {previous})
+            where __rs_pk is not null and __rs_key_rows = 1 and __rs_has_id
+            """,
         )
-    conn.execute(
-        f"create or replace temp table __rs_current as "
-        f"{render.replace('from model_rows', f'from {current}')}"
-    )
-    conn.execute(
-        f"""
-        create or replace temp table __rs_current_hashed as
-        select *, {_hash_sql()} as __rs_hash from __rs_current
-        """
-    )
     scope = "__rs_window is not distinct from ?"
     window_key = window.key if window else None
     with state.transaction():
-        conn.execute(f"delete from rejected_rows where {scope}", [window_key])
-        conn.execute(f"insert into rejected_rows by name {_rejected_sql(sync)}", [window_key])
-        conn.execute(
-            f"create or replace temp table __rs_changes as {_changes_sql(sync, first_run, base)}"
+        run(conn, f"delete from rejected_rows where {scope}", [window_key])
+        run(conn, f"insert into rejected_rows by name {_rejected_sql(sync)}", [window_key])
+        run(
+            conn,
+            f"create or replace temp table __rs_changes as {_changes_sql(sync, first_run, base)}",
         )
-        conn.execute(
+        render = _render_sql(sync, types)
+        run(
+            conn,
+            f"""
+            create or replace temp table __rs_rendered as
+            {render} from {current} m
+            semi join (select __rs_pk from __rs_changes
+                       where __rs_render and __rs_change <> 'removed') r
+              on r.__rs_pk = cast(m.{quote_ident(sync.primary_key)} as varchar)
+            """,
+        )
+        if window is not None and window.previous_rows is not None:
+            previous_render = _render_sql(sync, column_types(conn, window.previous_rows))
+            run(
+                conn,
+                f"""
+                insert into __rs_rendered
+                {previous_render} from {window.previous_rows} m
+                semi join (select __rs_pk from __rs_changes
+                           where __rs_render and __rs_change = 'removed') r
+                  on r.__rs_pk = cast(m.{quote_ident(sync.primary_key)} as varchar)
+                """,
+            )
+        run(
+            conn,
             f"""
             create or replace temp table __rs_new_pending as
+            with c as (
+                select c.*,
+                       coalesce(r.__rs_user_id, c.__rs_base_user_id) as __rs_user_id,
+                       coalesce(r.__rs_anonymous_id, c.__rs_base_anonymous_id)
+                           as __rs_anonymous_id,
+                       coalesce(r.__rs_props, c.__rs_base_props,
+                                case when c.__rs_render then '{{}}' end) as __rs_props,
+                       case when c.__rs_change <> 'removed' then r.__rs_row_timestamp end
+                           as __rs_row_timestamp,
+                       case when c.__rs_change <> 'removed' then r.__rs_row_message_id end
+                           as __rs_row_message_id,
+                       case when c.__rs_send then {_digest_sql(sync, window_key)} end
+                           as __rs_digest
+                from __rs_changes c
+                left join __rs_rendered r on r.__rs_pk = c.__rs_pk
+            )
             select ?::varchar as __rs_window,
                    (select coalesce(max(__rs_change_id), 0) from pending where not ({scope}))
                    + row_number() over (order by c.__rs_change, c.__rs_pk) as __rs_change_id,
                    c.__rs_pk, c.__rs_change, c.__rs_hash, c.__rs_version,
-                   coalesce(o.__rs_message_id, c.__rs_row_message_id,
-                            {_deterministic_id_sql(sync, window_key)}) as __rs_message_id,
-                   coalesce(o.__rs_timestamp, c.__rs_row_timestamp,
-                            strftime(?::timestamptz at time zone 'UTC',
-                                     '%Y-%m-%dT%H:%M:%S.%fZ')) as __rs_timestamp,
+                   case when c.__rs_send then coalesce(
+                       o.__rs_message_id, c.__rs_row_message_id, {_uuid_shape("c.__rs_digest")}
+                   ) end as __rs_message_id,
+                   case when c.__rs_send then coalesce(
+                       o.__rs_timestamp, c.__rs_row_timestamp,
+                       strftime(?::timestamptz at time zone 'UTC', '%Y-%m-%dT%H:%M:%S.%fZ')
+                   ) end as __rs_timestamp,
                    c.__rs_user_id, c.__rs_anonymous_id, c.__rs_props, c.__rs_send,
                    coalesce(o.__rs_first_seen, ?::timestamptz) as __rs_first_seen,
                    coalesce(o.__rs_attempts, 0) as __rs_attempts,
                    o.__rs_last_error
-            from __rs_changes c
+            from c
             left join (select * from pending where {scope}) o
               on o.__rs_pk = c.__rs_pk and o.__rs_change = c.__rs_change
              and o.__rs_hash is not distinct from c.__rs_hash
@@ -142,48 +181,66 @@ def compute_diff(
             """,
             [window_key, window_key, default_ts, now, window_key],
         )
-        conn.execute(f"delete from pending where {scope}", [window_key])
-        conn.execute("insert into pending by name select * from __rs_new_pending")
-        conn.execute("drop table __rs_new_pending; drop table __rs_changes")
+        run(conn, f"delete from pending where {scope}", [window_key])
+        run(conn, "insert into pending by name select * from __rs_new_pending")
+        run(conn, "drop table __rs_new_pending; drop table __rs_changes; drop table __rs_rendered")
     summary = _summarize(state, first_run, window_key)
     summary.base_rows = _scalar(state, f"select count(*) from {base} where not __rs_deleted")
-    conn.execute("drop table __rs_current; drop table __rs_current_hashed")
-    conn.execute("drop table if exists __rs_base")
+    run(conn, "drop table __rs_current; drop table if exists __rs_base")
     return summary
 
 
-def _hash_sql() -> str:
-    """The content hash of a rendered row: a change of any carried value changes it."""
-    return (
-        f"md5_number(coalesce(__rs_user_id, '') || {SEP} || "
-        f"coalesce(__rs_anonymous_id, '') || {SEP} || __rs_props)"
+def _fingerprint_sql(sync: SyncConfig, types: dict) -> str:
+    """Per model row: key, whether the key repeats, whether it has an ID, a content hash.
+
+    The hash covers the carried columns' raw values and the sync's field names, so a change of any
+    value the event carries, or of the mapping, is a change; other columns are not hashed.
+    """
+    pk = f"cast({quote_ident(sync.primary_key)} as varchar)"
+    user = id_sql(quote_ident(sync.user_id), types[sync.user_id]) if sync.user_id else "null"
+    anonymous = (
+        id_sql(quote_ident(sync.anonymous_id), types[sync.anonymous_id])
+        if sync.anonymous_id
+        else "null"
     )
+    carried = ", ".join(quote_ident(c) for c in sync.carried_columns)
+    shape = quote_literal(
+        f"{sync.type}|{sync.user_id}|{sync.anonymous_id}|"
+        + "|".join(f"{k}={v}" for k, v in sync.mapping.items())
+    )
+    return f"""
+        select {pk} as __rs_pk,
+               hash({carried}, {shape}) as __rs_hash,
+               ({user}) is not null or ({anonymous}) is not null as __rs_has_id,
+               count(*) over (partition by {pk}) as __rs_key_rows
+    """
 
 
 def _render_sql(sync: SyncConfig, types: dict) -> str:
-    """Each model row with its rendered IDs, properties/traits, timestamp and message ID."""
-    pk = quote_ident(sync.primary_key)
+    """Rendered IDs, properties/traits, timestamp and message ID of model rows (`m`)."""
 
     def ident(column: str | None) -> str:
-        return id_sql(quote_ident(column), types[column]) if column else "null::varchar"
+        return id_sql(f"m.{quote_ident(column)}", types[column]) if column else "null::varchar"
 
     props = json_object_sql(
-        [(name, quote_ident(column), types[column]) for name, column in sync.mapping.items()]
+        [(name, f"m.{quote_ident(column)}", types[column]) for name, column in sync.mapping.items()]
     )
-    row_ts = (
-        render_timestamp_sql(quote_ident(sync.timestamp), types[sync.timestamp])
-        if sync.timestamp
-        else "null::varchar"
-    )
+    row_ts = "null::varchar"
+    if sync.timestamp:
+        try:
+            row_ts = render_timestamp_sql(f"m.{quote_ident(sync.timestamp)}", types[sync.timestamp])
+        except TypeError:
+            raise ModelColumnsError(
+                f"sync '{sync.name}': column '{sync.timestamp}' (from 'timestamp') has type "
+                f"{types[sync.timestamp]}. Fix: use a TIMESTAMP, TIMESTAMPTZ, DATE or text column."
+            ) from None
     return f"""
-        select cast({pk} as varchar) as __rs_pk,
+        select cast(m.{quote_ident(sync.primary_key)} as varchar) as __rs_pk,
                {ident(sync.user_id)} as __rs_user_id,
                {ident(sync.anonymous_id)} as __rs_anonymous_id,
                {props} as __rs_props,
                {row_ts} as __rs_row_timestamp,
-               {ident(sync.message_id)} as __rs_row_message_id,
-               count(*) over (partition by cast({pk} as varchar)) as __rs_key_rows
-        from model_rows
+               {ident(sync.message_id)} as __rs_row_message_id
     """
 
 
@@ -199,58 +256,59 @@ def _rejected_sql(sync: SyncConfig) -> str:
                       then 'duplicate primary key (' || __rs_key_rows || ' rows)'
                     else {no_id} end as reason
         from __rs_current
-        where __rs_pk is null or __rs_key_rows > 1
-           or (__rs_user_id is null and __rs_anonymous_id is null)
-        order by 1
+        where __rs_pk is null or __rs_key_rows > 1 or not __rs_has_id
+        order by 2
     """
 
 
 def _changes_sql(sync: SyncConfig, first_run: bool, base: str) -> str:
+    """The changes by key, and for each whether it sends an event and needs rendering."""
+
     def sends(change: str) -> str:
         send = sync.sends(change)
         if change == "added" and first_run and sync.type == "track":
             send = send and sync.send_initial_results
         return "true" if send else "false"
 
-    # Track syncs keep the rendered event in the snapshot: a `removed` event needs the last values.
-    keep_props = "true" if sync.type == "track" else "false"
+    # A `removed` event needs the last values, kept in the snapshot when the sync sends them.
+    keep = "true" if sync.type == "track" and sync.sends("removed") else "false"
     return f"""
         with valid as (
-            select * from __rs_current_hashed
-            where __rs_pk is not null and __rs_key_rows = 1
-              and (__rs_user_id is not null or __rs_anonymous_id is not null)
+            select * from __rs_current
+            where __rs_pk is not null and __rs_key_rows = 1 and __rs_has_id
         ),
         present as (select distinct __rs_pk from __rs_current where __rs_pk is not null)
         select v.__rs_pk, 'added' as __rs_change, v.__rs_hash,
-               coalesce(s.__rs_version, 0) + 1 as __rs_version,
-               v.__rs_user_id, v.__rs_anonymous_id,
-               case when {keep_props} or {sends("added")} then v.__rs_props end as __rs_props,
-               v.__rs_row_timestamp, v.__rs_row_message_id, {sends("added")} as __rs_send
+               coalesce(s.__rs_version, 0) + 1 as __rs_version, {sends("added")} as __rs_send,
+               {sends("added")} or {keep} as __rs_render,
+               null::varchar as __rs_base_user_id, null::varchar as __rs_base_anonymous_id,
+               null::varchar as __rs_base_props
         from valid v left join {base} s on s.__rs_pk = v.__rs_pk
         where s.__rs_pk is null or s.__rs_deleted
         union all
-        select v.__rs_pk, 'changed', v.__rs_hash, s.__rs_version + 1,
-               v.__rs_user_id, v.__rs_anonymous_id,
-               case when {keep_props} or {sends("changed")} then v.__rs_props end,
-               v.__rs_row_timestamp, v.__rs_row_message_id, {sends("changed")}
+        select v.__rs_pk, 'changed', v.__rs_hash, s.__rs_version + 1, {sends("changed")},
+               {sends("changed")} or {keep}, null, null, null
         from valid v join {base} s on s.__rs_pk = v.__rs_pk
         where not s.__rs_deleted and s.__rs_hash is distinct from v.__rs_hash
         union all
-        select s.__rs_pk, 'removed', null, s.__rs_version + 1,
-               s.__rs_user_id, s.__rs_anonymous_id, coalesce(s.__rs_props, '{{}}'),
-               null, null, {sends("removed")}
+        select s.__rs_pk, 'removed', null, s.__rs_version + 1, {sends("removed")},
+               {sends("removed")}, s.__rs_user_id, s.__rs_anonymous_id, s.__rs_props
         from {base} s anti join present p on p.__rs_pk = s.__rs_pk
         where not s.__rs_deleted
     """
 
 
-def _deterministic_id_sql(sync: SyncConfig, window: str | None) -> str:
-    """A UUID-shaped md5 of (sync, window, key, version, change, content): same change, same ID."""
+def _digest_sql(sync: SyncConfig, window: str | None) -> str:
+    """md5 of (sync, window, key, version, change, content): the same change, the same digest."""
     scope = sync.name if window is None else f"{sync.name}{chr(31)}{window}"
-    digest = (
+    return (
         f"md5({quote_literal(scope)} || {SEP} || c.__rs_pk || {SEP} || c.__rs_version || "
         f"{SEP} || c.__rs_change || {SEP} || coalesce(c.__rs_hash::varchar, ''))"
     )
+
+
+def _uuid_shape(digest: str) -> str:
+    """A 32-hex-digit digest as a UUID-shaped messageId."""
     parts = [(1, 8), (9, 4), (13, 4), (17, 4), (21, 12)]
     return " || '-' || ".join(f"substr({digest}, {start}, {length})" for start, length in parts)
 
@@ -311,7 +369,7 @@ def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.
     ]
     if not sync.partitions:
         frame = frame.drop(columns="partition")
-    props = [orjson.loads(p) if p else {} for p in frame.pop("__props")]
+    props = [orjson.loads(p) if isinstance(p, str) else {} for p in frame.pop("__props")]
     for name in sync.mapping:
         column = name if name not in frame.columns else f"{name} (mapped)"
         frame[column] = [p.get(name) for p in props]

@@ -10,6 +10,7 @@ no Python UDFs, so it runs at DuckDB speed on large tables.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import duckdb
@@ -372,6 +373,10 @@ def column_types(conn: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str
     Only binds the query (nothing is executed), so it is cheap even for large models.
     """
     text = relation_sql.strip().rstrip(";").strip()
+    if re.fullmatch(r'[A-Za-z_][\w$]*|"(?:[^"]|"")+"', text):
+        # A table or view name: no failed parse first, which would abort an open transaction.
+        rel = conn.sql(f"SELECT * FROM {text}")
+        return dict(zip(rel.columns, rel.types, strict=True))
     try:
         # Covers queries and plain names alike; wrapping also keeps non-SELECT statements out.
         rel = conn.sql(f"SELECT * FROM ({text})")

@@ -23,7 +23,7 @@ from dagster import (
 
 from .config import PartitionsConfig, SyncConfig
 from .diff import Window, check_model_columns
-from .state import SyncState
+from .state import SyncState, run
 from .warehouse import DuckDBWarehouse
 
 _DEFINITIONS = {
@@ -121,4 +121,4 @@ def _drop_other_window_tables(state: SyncState, keep: set[str]) -> None:
     ).fetchall()
     for (table,) in tables:
         if table not in keep:
-            state.conn.execute(f'drop table "{table}"')
+            run(state.conn, f'drop table "{table}"')

@@ -21,6 +21,7 @@ Commits are DuckDB transactions, so a crash leaves either the old or the new sta
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,14 +30,22 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from .jsonvalues import quote_literal
+
 SCHEMA_VERSION = 1
 LOCK_WAIT_SECONDS = 30.0
+MEMORY_LIMIT_ENV_VAR = "RUDDER_SYNC_DUCKDB_MEMORY_LIMIT"
+DEFAULT_MEMORY_LIMIT = "1GB"
+_HASH_PROBE_SQL = (
+    "select hash(42::integer, 'rudder_sync', 1.5::double, date '2024-01-01', "
+    "timestamptz '2024-01-01 00:00:00+00', null::varchar, [1, 2], {'a': true})"
+)
 
 _SCHEMA = """
 create table if not exists meta (key varchar primary key, value varchar);
 create table if not exists snapshot (
     __rs_pk varchar not null,
-    __rs_hash uhugeint,
+    __rs_hash ubigint,
     __rs_version bigint not null,
     __rs_deleted boolean not null,
     __rs_user_id varchar,
@@ -49,7 +58,7 @@ create table if not exists pending (
     __rs_change_id bigint,
     __rs_pk varchar,
     __rs_change varchar,
-    __rs_hash uhugeint,
+    __rs_hash ubigint,
     __rs_version bigint,
     __rs_message_id varchar,
     __rs_timestamp varchar,
@@ -77,6 +86,16 @@ create table if not exists delivery_log (
 """
 
 
+def run(conn: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> list[tuple]:
+    """Execute a statement and drain its result.
+
+    DuckDB refuses the next statement, or silently aborts the transaction at it, while a result is
+    left unfinished on the connection.
+    """
+    result = conn.execute(sql, params) if params is not None else conn.execute(sql)
+    return result.fetchall()
+
+
 class StateError(RuntimeError):
     """The sync's state cannot be used; the message says why and what to do."""
 
@@ -91,11 +110,11 @@ class SyncState:
 
     # -- meta -----------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
-        rows = self.conn.execute("select value from meta where key = ?", [key]).fetchall()
+        rows = run(self.conn, "select value from meta where key = ?", [key])
         return rows[0][0] if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self.conn.execute("insert or replace into meta values (?, ?)", [key, value])
+        run(self.conn, "insert or replace into meta values (?, ?)", [key, value])
 
     @property
     def initialized(self) -> bool:
@@ -125,35 +144,37 @@ class SyncState:
         self.conn.register("__rs_model_reader", reader)
         try:
             with self.transaction():
-                self.conn.execute(
-                    f'create or replace table "{table}" as select * from __rs_model_reader'
+                run(
+                    self.conn,
+                    f'create or replace table "{table}" as select * from __rs_model_reader',
                 )
         finally:
             self.conn.unregister("__rs_model_reader")
         return self.count(f'"{table}"')
 
     def count(self, table: str, where: str = "true") -> int:
-        rows = self.conn.execute(f"select count(*) from {table} where {where}").fetchall()
+        rows = run(self.conn, f"select count(*) from {table} where {where}")
         return int(rows[0][0])
 
     def has_table(self, table: str) -> bool:
-        rows = self.conn.execute(
+        rows = run(
+            self.conn,
             "select count(*) from duckdb_tables() where table_name = ? and database_name = "
             "current_database()",
             [table],
-        ).fetchall()
+        )
         return bool(rows[0][0])
 
     # -- commits --------------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.conn.execute("begin transaction")
+        run(self.conn, "begin transaction")
         try:
             yield
         except BaseException:
-            self.conn.execute("rollback")
+            run(self.conn, "rollback")
             raise
-        self.conn.execute("commit")
+        run(self.conn, "commit")
 
     def commit_changes(self, change_ids: Sequence[int], run_id: str, status: str) -> int:
         """Move accepted changes from `pending` into `snapshot`, logging them as `status`."""
@@ -185,24 +206,28 @@ class SyncState:
         Changes of a time window never touch the snapshot: windows diff against each other.
         """
         with self.transaction():
-            self.conn.execute(
+            run(
+                self.conn,
                 f"create or replace temp table __rs_commit as select * from pending where {where}",
                 params,
             )
-            self.conn.execute(
+            run(
+                self.conn,
                 "delete from snapshot where __rs_pk in "
-                "(select __rs_pk from __rs_commit where __rs_window is null)"
+                "(select __rs_pk from __rs_commit where __rs_window is null)",
             )
-            self.conn.execute(
+            run(
+                self.conn,
                 """
                 insert into snapshot
                 select __rs_pk, __rs_hash, __rs_version, __rs_change = 'removed',
                        __rs_user_id, __rs_anonymous_id, __rs_props, now()
                 from __rs_commit where __rs_window is null
-                """
+                """,
             )
             if status != "committed":
-                self.conn.execute(
+                run(
+                    self.conn,
                     """
                     insert into delivery_log
                     select ?, __rs_window, __rs_change_id, __rs_pk, __rs_change,
@@ -212,12 +237,13 @@ class SyncState:
                     """,
                     [run_id, status],
                 )
-            self.conn.execute(
+            run(
+                self.conn,
                 "delete from pending where __rs_change_id in "
-                "(select __rs_change_id from __rs_commit)"
+                "(select __rs_change_id from __rs_commit)",
             )
             count = self.count("__rs_commit")
-            self.conn.execute("drop table __rs_commit")
+            run(self.conn, "drop table __rs_commit")
             if initialize:
                 self.set_meta("initialized", "true")
         return count
@@ -229,18 +255,21 @@ class SyncState:
         ids = [change_id for change_id, _ in failures]
         errors = [error for _, error in failures]
         with self.transaction():
-            self.conn.execute(
+            run(
+                self.conn,
                 "create or replace temp table __rs_failed as "
                 "select unnest(?::bigint[]) as change_id, unnest(?::varchar[]) as error",
                 [ids, errors],
             )
-            self.conn.execute(
+            run(
+                self.conn,
                 """
                 update pending set __rs_attempts = __rs_attempts + 1, __rs_last_error = f.error
                 from __rs_failed f where pending.__rs_change_id = f.change_id
-                """
+                """,
             )
-            self.conn.execute(
+            run(
+                self.conn,
                 """
                 insert into delivery_log
                 select ?, p.__rs_window, p.__rs_change_id, p.__rs_pk, p.__rs_change,
@@ -250,7 +279,7 @@ class SyncState:
                 """,
                 [run_id],
             )
-            self.conn.execute("drop table __rs_failed")
+            run(self.conn, "drop table __rs_failed")
 
     def close(self) -> None:
         self.conn.close()
@@ -282,7 +311,7 @@ def _connect_with_wait(path: Path, sync_name: str, wait: float) -> duckdb.DuckDB
     while True:
         try:
             conn = duckdb.connect(str(path))
-            conn.execute("set enable_progress_bar = false")
+            _configure(conn)
             return conn
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
@@ -295,6 +324,19 @@ def _connect_with_wait(path: Path, sync_name: str, wait: float) -> duckdb.DuckDB
             delay = min(delay * 2, 2.0)
 
 
+def _configure(conn: duckdb.DuckDBPyConnection) -> None:
+    """Bound DuckDB's memory so a diff of a huge model spills to disk instead of growing RSS."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV_VAR, "").strip() or DEFAULT_MEMORY_LIMIT
+    run(conn, "set enable_progress_bar = false")
+    run(conn, "set preserve_insertion_order = false")
+    run(conn, f"set memory_limit = {quote_literal(limit)}")
+
+
+def _hash_probe(conn: duckdb.DuckDBPyConnection) -> str:
+    """DuckDB's row hash of fixed values: if an upgrade changes the hash, stored hashes are void."""
+    return str(run(conn, _HASH_PROBE_SQL)[0][0])
+
+
 def _ensure_schema(state: SyncState) -> None:
     has_meta = state.has_table("meta")
     if has_meta:
@@ -305,7 +347,15 @@ def _ensure_schema(state: SyncState) -> None:
                 f"this rudder_sync reads version {SCHEMA_VERSION}. Fix: use the rudder_sync "
                 "version that wrote it, or move the file away to start a full resync."
             )
+        if state.get_meta("hash_probe") != _hash_probe(state.conn):
+            raise StateError(
+                f"sync '{state.sync_name}': state {state.path} was written by a DuckDB whose row "
+                f"hash differs from this one ({duckdb.__version__}), so its snapshot cannot be "
+                "compared. Fix: use the DuckDB version that wrote it, or move the file away to "
+                "start a full resync (the change guard will ask you to approve it)."
+            )
         return
     with state.transaction():
-        state.conn.execute(_SCHEMA)
+        run(state.conn, _SCHEMA)
         state.set_meta("schema_version", str(SCHEMA_VERSION))
+        state.set_meta("hash_probe", _hash_probe(state.conn))
