@@ -77,20 +77,22 @@ def deliver_pending(
     """
     status = "dry_run" if rudderstack.dry_run else "delivered"
     report = DeliveryReport(status=status, stats=stats or DeliveryStats())
+    # Closed explicitly: its cursor keeps the state file open (and locked against other
+    # processes), and after a failure only the cyclic garbage collector would free it.
+    events = iter_outgoing_events(state, sync, window)
     if not commit:
-        for outcome in rudderstack.deliver(
-            iter_outgoing_events(state, sync, window), stats=report.stats, log=log
-        ):
-            report.accepted += len(outcome.accepted)
-            report.rejected.extend((int(e.ref), r) for e, r in outcome.rejected)  # type: ignore[call-overload]
+        try:
+            for outcome in rudderstack.deliver(events, stats=report.stats, log=log):
+                report.accepted += len(outcome.accepted)
+                report.rejected.extend((int(e.ref), r) for e, r in outcome.rejected)  # type: ignore[call-overload]
+        finally:
+            events.close()
         return report
     report.committed_without_event = state.commit_silent_changes(window)
 
     buffer = _CommitBuffer(state, run_id, status)
     try:
-        for outcome in rudderstack.deliver(
-            iter_outgoing_events(state, sync, window), stats=report.stats, log=log
-        ):
+        for outcome in rudderstack.deliver(events, stats=report.stats, log=log):
             if outcome.accepted:
                 ids = [int(event.ref) for event in outcome.accepted]  # type: ignore[call-overload]
                 report.accepted += len(ids)
@@ -101,6 +103,7 @@ def deliver_pending(
                 buffer.flush()
                 state.record_failures(failures, run_id)
     finally:
+        events.close()
         # Whatever happens (a 401, retries exhausted, a crash of our own), keep what was accepted.
         buffer.flush()
     return report

@@ -32,7 +32,8 @@ import pyarrow as pa
 
 from .jsonvalues import quote_literal
 
-SCHEMA_VERSION = 1
+# 2: the snapshot's row hash is DuckDB's hash() as UBIGINT (1 was an md5 as UHUGEINT).
+SCHEMA_VERSION = 2
 LOCK_WAIT_SECONDS = 30.0
 MEMORY_LIMIT_ENV_VAR = "RUDDER_SYNC_DUCKDB_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = "1GB"
@@ -313,8 +314,14 @@ def _connect_with_wait(path: Path, sync_name: str, wait: float) -> duckdb.DuckDB
             conn = duckdb.connect(str(path))
             _configure(conn)
             return conn
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+        except duckdb.Error as exc:
+            if not (isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()):
+                raise StateError(
+                    f"sync '{sync_name}': cannot open its state {path}: {str(exc).strip()}. "
+                    "Fix: if the file is damaged or is not rudder_sync state, move it away; "
+                    "the next run then starts a full resync."
+                ) from exc
+            if time.monotonic() >= deadline:
                 raise StateError(
                     f"sync '{sync_name}': cannot open its state {path}: another run of this sync "
                     f"is still holding it after {wait:.0f}s. Fix: wait for that run to finish; "
@@ -341,6 +348,11 @@ def _ensure_schema(state: SyncState) -> None:
     has_meta = state.has_table("meta")
     if has_meta:
         version = state.get_meta("schema_version")
+        if version == "1" and state.get_meta("hash_probe") is not None:
+            # Written by this layout before the version was raised to 2 (2636289..): same tables.
+            with state.transaction():
+                state.set_meta("schema_version", str(SCHEMA_VERSION))
+            version = str(SCHEMA_VERSION)
         if version != str(SCHEMA_VERSION):
             raise StateError(
                 f"sync '{state.sync_name}': state {state.path} has schema version {version}, "

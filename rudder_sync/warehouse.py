@@ -56,6 +56,7 @@ class DuckDBWarehouse(DuckDBResource):
             conn = duckdb.connect(self.database, read_only=True, config=config)
         except duckdb.Error as exc:
             raise WarehouseError(f"cannot open warehouse {self.database}: {exc}") from exc
+        reader: pa.RecordBatchReader | None = None
         try:
             try:
                 conn.execute("set enable_progress_bar = false")
@@ -67,6 +68,10 @@ class DuckDBWarehouse(DuckDBResource):
                 raise WarehouseError(str(exc).strip()) from exc
             yield reader
         finally:
+            # The reader holds the query result, and with it the database: closed here, not when
+            # a traceback that references it is garbage-collected, so writers are not locked out.
+            if reader is not None:
+                reader.close()
             conn.close()
 
 

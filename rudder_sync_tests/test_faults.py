@@ -1,0 +1,477 @@
+"""Fault injection: a data plane that misbehaves on demand loses nothing and duplicates safely.
+
+Every scenario runs a real sync (real Dagster, real DuckDB state) against the test gateway on
+127.0.0.1 and checks the result against the seeded model: the set of (primary key, change type)
+delivered is exactly the expected one, and any event seen twice is the same messageId with the
+same body.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import re
+import ssl
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import duckdb
+import pytest
+from dagster import ExecuteInProcessResult
+
+from rudder_sync.state import state_path
+
+from .gateway import DISABLED_WRITE_KEY, TestGateway, _Handler, _Server
+from .helpers import Project, asset_metadata, rudderstack_for, run_sync, sql, write_project
+
+SYNC_NAME = "orders"
+EVENTS = {"added": "Row Added", "changed": "Row Changed", "removed": "Row Removed"}
+CHANGE_OF_EVENT = {name: change for change, name in EVENTS.items()}
+SYNC: dict[str, Any] = {
+    "model": "select id, user_id, anon_id, email, plan from users",
+    "primary_key": "id",
+    "type": "track",
+    "user_id": "user_id",
+    "anonymous_id": "anon_id",
+    "mapping": {"email": "email", "plan": "plan"},
+    "events": EVENTS,
+}
+# Small bodies, so that a few hundred events make a few dozen requests.
+SMALL_BODIES_KB = 6
+
+
+# -- the seeded model and what it must deliver ---------------------------------------------------
+
+
+@dataclass
+class SeededModel:
+    """A sync whose baseline is committed and whose warehouse then changed in known ways."""
+
+    project: Project
+    expected: set[tuple[int, str]]
+
+    @property
+    def state_file(self) -> Path:
+        return state_path(self.project.state_dir, SYNC_NAME, dry_run=False)
+
+
+def seed_model(
+    root: Path,
+    url: str,
+    rows: int,
+    added: int,
+    pad: int = 0,
+    extra: dict[str, dict[str, Any]] | None = None,
+    baseline: Callable[[Project], None] | None = None,
+) -> SeededModel:
+    """Users 1..rows committed as the baseline, then changed: every 4th row's plan, every 10th
+    row (from 1) deleted, `added` new rows. Returns what the next run must deliver.
+
+    `pad` lengthens every email (bigger events); `extra` adds other syncs to the project;
+    `baseline` replaces the first run (which records the rows and sends nothing).
+    """
+    project = write_project(root, {SYNC_NAME: SYNC, **(extra or {})}, users=rows)
+    padding = f"|| repeat('.', {pad})" if pad else ""
+    if pad:
+        sql(project.warehouse, f"update users set email = email {padding}")
+    if baseline is None:
+        run_sync(project, SYNC_NAME, rudderstack_for(url))
+    else:
+        baseline(project)
+    sql(
+        project.warehouse,
+        f"""
+        update users set plan = 'pro' where id % 4 = 0;
+        delete from users where id % 10 = 1;
+        insert into users select i, 'u' || i, 'a' || i, 'user' || i || '@example.com' {padding},
+               'free', 'DE', timestamptz '2024-06-01 00:00:00+00', 'e' || i
+        from range({rows + 1}, {rows + added + 1}) t(i);
+        """,
+    )
+    expected = {(i, "removed") for i in range(1, rows + 1) if i % 10 == 1}
+    expected |= {(i, "changed") for i in range(1, rows + 1) if i % 4 == 0 and i % 10 != 1}
+    expected |= {(i, "added") for i in range(rows + 1, rows + added + 1)}
+    return SeededModel(project=project, expected=expected)
+
+
+def change_key(event: dict[str, Any]) -> tuple[int, str]:
+    """(primary key, change type) of a delivered event of the seeded model."""
+    return int(event["userId"][1:]), CHANGE_OF_EVENT[event["event"]]
+
+
+def assert_delivered_exactly(events: list[dict[str, Any]], expected: set[tuple[int, str]]) -> int:
+    """Every expected change delivered, nothing else, and repeats only as identical events
+    under the same messageId. Returns the number of repeats."""
+    first_by_id: dict[str, dict[str, Any]] = {}
+    ids_by_change: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for event in events:
+        message_id = event["messageId"]
+        first = first_by_id.setdefault(message_id, event)
+        assert event == first, f"messageId {message_id} carried two different events"
+        ids_by_change[change_key(event)].add(message_id)
+    delivered = set(ids_by_change)
+    missing, unexpected = expected - delivered, delivered - expected
+    assert not missing, f"{len(missing)} changes never delivered, e.g. {sorted(missing)[:5]}"
+    assert not unexpected, f"{len(unexpected)} unexpected events, e.g. {sorted(unexpected)[:5]}"
+    split = {key: ids for key, ids in ids_by_change.items() if len(ids) > 1}
+    assert not split, f"changes sent under several messageIds: {list(split.items())[:3]}"
+    return len(events) - len(first_by_id)
+
+
+@contextmanager
+def read_state(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The state file, read-only, from this (test) process.
+
+    gc first: after a failed delivery a reference cycle can keep the run's cursor open until the
+    cyclic GC runs; test_crash.py checks that separately (in-process runs only share a process
+    with the test here).
+    """
+    gc.collect()
+    with duckdb.connect(str(path), read_only=True) as conn:
+        yield conn
+
+
+def assert_state_settled(model: SeededModel) -> None:
+    """Nothing pending, and the snapshot holds exactly the live keys of the model."""
+    with read_state(model.state_file) as conn:
+        pending = conn.execute("select count(*) from pending where __rs_send").fetchone()
+        live = conn.execute("select count(*) from snapshot where not __rs_deleted").fetchone()
+    with duckdb.connect(str(model.project.warehouse), read_only=True) as conn:
+        rows = conn.execute("select count(*) from users").fetchone()
+    assert pending == (0,)
+    assert live == rows
+
+
+def state_digest(model: SeededModel) -> dict[str, list[tuple[Any, ...]]]:
+    """What a run must not change when it delivers nothing: snapshot, delivery log, meta."""
+    with read_state(model.state_file) as conn:
+        return {
+            "snapshot": conn.execute(
+                "select __rs_pk, __rs_hash, __rs_version, __rs_deleted, __rs_props "
+                "from snapshot order by __rs_pk"
+            ).fetchall(),
+            "delivered": conn.execute(
+                "select * from delivery_log where status = 'delivered' order by all"
+            ).fetchall(),
+            "meta": conn.execute("select * from meta order by key").fetchall(),
+        }
+
+
+def pending_message_ids(model: SeededModel) -> dict[tuple[int, str], str]:
+    with read_state(model.state_file) as conn:
+        rows = conn.execute(
+            "select __rs_pk, __rs_change, __rs_message_id from pending where __rs_send"
+        ).fetchall()
+    return {(int(pk), change): message_id for pk, change, message_id in rows}
+
+
+def failure_text(result: ExecuteInProcessResult) -> str:
+    """The messages of the run's failed steps."""
+    return "\n".join(
+        event.event_specific_data.error.message  # type: ignore[union-attr]
+        for event in result.all_events
+        if event.is_step_failure
+    )
+
+
+def gave_up_after(message: str) -> float:
+    """The seconds a request was retried before the delivery gave up, from its message."""
+    found = re.search(r"gave up on a request of [\d,]+ events after ([\d.]+)s", message)
+    assert found, f"no 'gave up' in: {message}"
+    return float(found.group(1))
+
+
+def wait_until_idle(gateway: TestGateway, timeout: float = 15.0) -> None:
+    """Wait until every request the gateway started (slow ones included) has been answered."""
+    deadline = time.monotonic() + timeout
+    while len(gateway.requests) < gateway._request_count:
+        assert time.monotonic() < deadline, "the gateway never finished its requests"
+        time.sleep(0.02)
+
+
+class FixedPortGateway(TestGateway):
+    """The test gateway on a chosen address (port 0: any), optionally behind TLS.
+
+    A fixed port brings a data plane back where it was; another host or TLS serves the
+    transport-security tests.
+    """
+
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.port, self.host, self.tls = port, host, tls
+
+    def start(self) -> Self:
+        self._server = _Server((self.host, self.port), _Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        self._server.gateway = self
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="test-gateway",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+# -- transient faults: the run succeeds, nothing is lost -----------------------------------------
+
+FAULT_KINDS = (
+    "500",
+    "502",
+    "503",
+    "504",
+    "429",
+    "429-retry-after-0",
+    "429-retry-after-1",
+    "slow",
+    "timeout",
+    "cut",
+    "cut-after-storing",
+)
+FAILING = {kind for kind in FAULT_KINDS if kind != "slow"}
+
+
+def _script(gateway: TestGateway, plan: list[str]) -> None:
+    """Queue one scripted answer per coming request ("ok": answered normally)."""
+    for step in plan:
+        if step == "ok":
+            gateway.delay_next(0.0)
+        elif step == "slow":
+            gateway.delay_next(0.2)  # well inside request_timeout_seconds
+        elif step == "timeout":
+            gateway.delay_next(1.2)  # beyond it: the events are stored after the client gave up
+        elif step == "cut":
+            gateway.cut_next()
+        elif step == "cut-after-storing":
+            gateway.cut_next(after_storing=True)
+        elif step.startswith("429-retry-after-"):
+            gateway.fail_next(429, retry_after=step.rsplit("-", 1)[1])
+        else:
+            gateway.fail_next(int(step))
+
+
+def _plan(kinds: tuple[str, ...], faults: int, seed: int) -> list[str]:
+    """`faults` faults drawn from `kinds`, spread over healthy requests in a seeded order."""
+    rng = random.Random(seed)
+    plan = [rng.choice(kinds) for _ in range(faults)] + ["ok"] * faults
+    rng.shuffle(plan)
+    return plan
+
+
+SCENARIOS: dict[str, tuple[str, ...]] = {
+    "5xx": ("500", "502", "503", "504"),
+    "429-with-and-without-retry-after": ("429", "429-retry-after-0", "429-retry-after-1"),
+    "slow-answers-and-timeouts": ("slow", "timeout"),
+    "cut-before-the-answer": ("cut",),
+    "stored-then-cut": ("cut-after-storing",),
+    "everything-at-once": FAULT_KINDS,
+}
+
+
+@pytest.mark.parametrize("kinds", list(SCENARIOS.values()), ids=list(SCENARIOS))
+def test_transient_faults_lose_nothing(
+    tmp_path: Path, gateway: TestGateway, kinds: tuple[str, ...]
+) -> None:
+    model = seed_model(tmp_path, gateway.url, rows=600, added=150)
+    plan = _plan(kinds, faults=10, seed=len(kinds) * 7919)
+    _script(gateway, plan)
+    resource = rudderstack_for(
+        gateway.url,
+        max_request_kb=SMALL_BODIES_KB,
+        retry_max_seconds=30.0,
+        request_timeout_seconds=0.7 if "timeout" in kinds else 10.0,
+    )
+    result = run_sync(model.project, SYNC_NAME, resource)
+    wait_until_idle(gateway)
+    gateway.clear_faults()
+
+    assert len(gateway.requests) >= len(plan), "every scripted answer was used"
+    repeats = assert_delivered_exactly(gateway.events, model.expected)
+    if set(kinds) <= {"cut-after-storing"}:
+        assert repeats > 0, "stored-then-cut must make the client send the same events again"
+    assert gateway.schema_errors == []
+    # every failed attempt was retried with the very same bytes
+    accepted = {r.body for r in gateway.requests if r.status == 200}
+    for request in gateway.requests:
+        if request.status != 200 and request.body is not None:
+            assert request.body in accepted, f"request {request.index} was not re-sent as is"
+    meta = asset_metadata(result, SYNC_NAME, "events")
+    assert meta["retries"] >= sum(step in FAILING for step in plan)  # more if the host is slow
+    assert meta["events_accepted"] == len(model.expected) and meta["events_rejected"] == 0
+    assert_state_settled(model)  # nothing left pending: the next run has nothing to send
+
+
+# -- a data plane that stays down: bounded failure, nothing committed, then everything -----------
+
+RETRY_BUDGET = 1.5
+
+
+@pytest.fixture
+def pinned_gateway() -> Iterator[FixedPortGateway]:
+    """A gateway that a test can stop and bring back on the same URL."""
+    with TestGateway() as probe:
+        port = int(probe.url.rsplit(":", 1)[1])
+    gateway = FixedPortGateway(port).start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+DOWN_MODES = {
+    "connection-refused": "ConnectError",
+    "503-forever": "503 Service Unavailable",
+    "429-retry-after-beyond-the-budget": "429 max requests limit reached",
+    "timeouts-forever": "ReadTimeout",
+}
+
+
+@pytest.mark.parametrize(("mode", "last_error"), list(DOWN_MODES.items()), ids=list(DOWN_MODES))
+def test_data_plane_down_for_the_whole_run(
+    tmp_path: Path, pinned_gateway: FixedPortGateway, mode: str, last_error: str
+) -> None:
+    url, port = pinned_gateway.url, pinned_gateway.port
+    model = seed_model(tmp_path, url, rows=300, added=60)
+    before = state_digest(model)
+    if mode == "connection-refused":
+        pinned_gateway.stop()
+    elif mode == "503-forever":
+        pinned_gateway.fail_next(503, times=10_000)
+    elif mode == "429-retry-after-beyond-the-budget":
+        pinned_gateway.fail_next(429, times=10_000, retry_after=3600)
+    else:
+        pinned_gateway.delay_next(1.0, times=10_000)
+
+    resource = rudderstack_for(
+        url,
+        max_request_kb=SMALL_BODIES_KB,
+        retry_max_seconds=RETRY_BUDGET,
+        request_timeout_seconds=0.3,
+    )
+    started = time.monotonic()
+    result = run_sync(model.project, SYNC_NAME, resource, raise_on_error=False)
+    elapsed = time.monotonic() - started
+
+    assert not result.success
+    assert elapsed < RETRY_BUDGET + 30, f"the run took {elapsed:.1f}s"
+    message = failure_text(result)
+    # a request on the wire at the deadline may take up to request_timeout_seconds more
+    assert gave_up_after(message) <= RETRY_BUDGET + 0.3 + 1.0
+    assert f"sync '{SYNC_NAME}': delivery stopped" in message
+    assert f"retry_max_seconds={RETRY_BUDGET:g}" in message and last_error in message
+    assert "sent at the next run" in message
+    assert state_digest(model) == before, "a run that delivered nothing committed something"
+    recorded_ids = pending_message_ids(model)
+    assert set(recorded_ids) == model.expected
+
+    # the data plane comes back on the same URL: everything goes out, with the recorded IDs
+    if mode == "connection-refused":
+        gateway = FixedPortGateway(port).start()
+    else:
+        wait_until_idle(pinned_gateway)
+        pinned_gateway.clear_faults()
+        gateway = pinned_gateway
+    try:
+        stored_while_down = len(gateway.events)
+        run_sync(model.project, SYNC_NAME, rudderstack_for(url))
+        assert_delivered_exactly(gateway.events, model.expected)
+        assert {change_key(e): e["messageId"] for e in gateway.events} == recorded_ids
+        assert len(gateway.events) - stored_while_down == len(model.expected)
+        assert_state_settled(model)
+    finally:
+        if gateway is not pinned_gateway:
+            gateway.stop()
+
+
+def test_retry_budget_is_configurable(tmp_path: Path, gateway: TestGateway) -> None:
+    """The same outage is retried for as long as retry_max_seconds says, and no longer."""
+    model = seed_model(tmp_path, gateway.url, rows=30, added=5)
+    gateway.fail_next(503, times=10_000)
+    for budget in (0.3, 1.5):
+        resource = rudderstack_for(gateway.url, retry_max_seconds=budget)
+        result = run_sync(model.project, SYNC_NAME, resource, raise_on_error=False)
+        message = failure_text(result)
+        assert not result.success and f"retry_max_seconds={budget:g}" in message
+        assert budget - 0.1 <= gave_up_after(message) <= budget + 1.0, message
+
+
+# -- refusals: stop at the first request, commit nothing ----------------------------------------
+
+AUTH_CASES = {
+    "wrong-write-key-401": ("not-the-write-key", "the write key was rejected (401"),
+    "disabled-source-404": (DISABLED_WRITE_KEY, "the source is disabled (404"),
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "cause", "in_flight"),
+    [
+        (*AUTH_CASES["wrong-write-key-401"], 1),
+        (*AUTH_CASES["wrong-write-key-401"], 4),
+        (*AUTH_CASES["disabled-source-404"], 4),
+    ],
+    ids=["wrong-write-key-401-one-in-flight", "wrong-write-key-401", "disabled-source-404"],
+)
+def test_refused_key_stops_at_the_first_request(
+    tmp_path: Path, gateway: TestGateway, key: str, cause: str, in_flight: int
+) -> None:
+    model = seed_model(tmp_path, gateway.url, rows=600, added=150)
+    before = state_digest(model)
+    resource = rudderstack_for(
+        gateway.url, key=key, max_request_kb=SMALL_BODIES_KB, max_in_flight=in_flight
+    )
+    result = run_sync(model.project, SYNC_NAME, resource, raise_on_error=False)
+    wait_until_idle(gateway)
+
+    assert not result.success
+    requests = gateway.requests
+    # the delivery needs dozens of requests; it stops with those already on the wire
+    assert 1 <= len(requests) <= in_flight
+    assert all(r.status in (401, 404) for r in requests)
+    assert not [line for line in result.run_logs if "; retry " in line], "a refusal was retried"
+    message = failure_text(result)
+    assert "RudderStack refused the delivery" in message and cause in message
+    assert key not in message
+    assert gateway.events == []
+    assert state_digest(model) == before
+    recorded_ids = pending_message_ids(model)
+    assert set(recorded_ids) == model.expected
+
+    run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert_delivered_exactly(gateway.events, model.expected)
+    assert {change_key(e): e["messageId"] for e in gateway.events} == recorded_ids
+
+
+def test_checker_catches_loss_and_unsafe_duplicates() -> None:
+    """The oracle itself: a missing change, an extra one and a re-keyed repeat all fail."""
+    event = {"userId": "u1", "event": "Row Added", "messageId": "m1", "properties": {}}
+    assert assert_delivered_exactly([event, dict(event)], {(1, "added")}) == 1
+    bad_cases = [
+        ([], {(1, "added")}),
+        ([event, {**event, "userId": "u2", "messageId": "m2"}], {(1, "added")}),
+        ([event, {**event, "messageId": "m2"}], {(1, "added")}),
+        ([event, {**event, "properties": {"x": 1}}], {(1, "added")}),
+    ]
+    for events, expected in bad_cases:
+        with pytest.raises(AssertionError):
+            assert_delivered_exactly(events, expected)
