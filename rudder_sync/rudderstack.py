@@ -17,6 +17,7 @@ import importlib.metadata
 import ipaddress
 import logging
 import random
+import ssl
 import threading
 import time
 import zlib
@@ -325,6 +326,18 @@ def _has_id(value: object) -> bool:
     return not isinstance(value, str) or bool(value.strip())
 
 
+def _is_certificate_error(exc: BaseException) -> bool:
+    """Whether a connection failed on certificate verification (not a transient network error)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _parse_retry_after(value: str | None) -> float | None:
     """Retry-After in seconds, from delta-seconds or an HTTP-date; None if absent or garbled."""
     if not value:
@@ -515,6 +528,15 @@ class _Delivery:
         """One POST: (status, body, Retry-After), or (None, error) when no answer came back."""
         try:
             response = self.client.post(self.url, content=payload, headers=headers)
+        except httpx.ConnectError as exc:
+            if _is_certificate_error(exc):  # retrying cannot fix a certificate: stop now
+                raise RudderstackConfigError(
+                    self._redact(
+                        f"TLS certificate of {self.url} could not be verified ({exc}). Fix: use "
+                        "the data plane's real https URL, or install its CA in the trust store."
+                    )
+                ) from None
+            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None
         except httpx.TransportError as exc:  # connect/read/write errors, timeouts, cuts
             return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None
         except httpx.HTTPError as exc:  # not worth retrying, e.g. an undecodable answer
