@@ -88,8 +88,8 @@ def compute_diff(
     current = window.rows if window else "model_rows"
     types = column_types(conn, current)
     check_model_columns(sync, list(types))
-    fingerprint = _fingerprint_sql(sync, types)
-    run(conn, f"create or replace temp table __rs_current as {fingerprint} from {current}")
+    fingerprint = _fingerprint_sql(sync, types, current)
+    run(conn, f"create or replace temp table __rs_current as {fingerprint}")
     if window is None:
         first_run, base, default_ts = not state.initialized, "snapshot", now
     else:
@@ -102,7 +102,7 @@ def compute_diff(
             select __rs_pk, __rs_hash, 0::bigint as __rs_version, false as __rs_deleted,
                    null::varchar as __rs_user_id, null::varchar as __rs_anonymous_id,
                    null::varchar as __rs_props
-            from ({_fingerprint_sql(sync, column_types(conn, previous))} from {previous})
+            from ({_fingerprint_sql(sync, column_types(conn, previous), previous)})
             where __rs_pk is not null and __rs_key_rows = 1 and __rs_has_id
             """,
         )
@@ -190,7 +190,7 @@ def compute_diff(
     return summary
 
 
-def _fingerprint_sql(sync: SyncConfig, types: dict) -> str:
+def _fingerprint_sql(sync: SyncConfig, types: dict, relation: str) -> str:
     """Per model row: key, whether the key repeats, whether it has an ID, a content hash.
 
     The hash covers the carried columns' raw values and the sync's field names, so a change of any
@@ -208,11 +208,16 @@ def _fingerprint_sql(sync: SyncConfig, types: dict) -> str:
         f"{sync.type}|{sync.user_id}|{sync.anonymous_id}|"
         + "|".join(f"{k}={v}" for k, v in sync.mapping.items())
     )
+    # Duplicate keys by aggregation, not a window function: it is cheaper and spills to disk.
     return f"""
-        select {pk} as __rs_pk,
-               hash({carried}, {shape}) as __rs_hash,
-               ({user}) is not null or ({anonymous}) is not null as __rs_has_id,
-               count(*) over (partition by {pk}) as __rs_key_rows
+        with f as (
+            select {pk} as __rs_pk,
+                   hash({carried}, {shape}) as __rs_hash,
+                   ({user}) is not null or ({anonymous}) is not null as __rs_has_id
+            from {relation}
+        ),
+        d as (select __rs_pk, count(*) as n from f group by all having count(*) > 1)
+        select f.*, coalesce(d.n, 1) as __rs_key_rows from f left join d using (__rs_pk)
     """
 
 
