@@ -277,29 +277,34 @@ def _changes_sql(sync: SyncConfig, first_run: bool, base: str) -> str:
 
     # A `removed` event needs the last values, kept in the snapshot when the sync sends them.
     keep = "true" if sync.type == "track" and sync.sends("removed") else "false"
+    # One full outer join of the current keys with the base: a duplicated or ID-less key is not
+    # valid (so neither added nor changed) but present (so not removed).
     return f"""
-        with valid as (
-            select * from __rs_current
-            where __rs_pk is not null and __rs_key_rows = 1 and __rs_has_id
-        ),
-        present as (select distinct __rs_pk from __rs_current where __rs_pk is not null)
-        select v.__rs_pk, 'added' as __rs_change, v.__rs_hash,
-               coalesce(s.__rs_version, 0) + 1 as __rs_version, {sends("added")} as __rs_send,
-               {sends("added")} or {keep} as __rs_render,
-               null::varchar as __rs_base_user_id, null::varchar as __rs_base_anonymous_id,
-               null::varchar as __rs_base_props
-        from valid v left join {base} s on s.__rs_pk = v.__rs_pk
-        where s.__rs_pk is null or s.__rs_deleted
-        union all
-        select v.__rs_pk, 'changed', v.__rs_hash, s.__rs_version + 1, {sends("changed")},
-               {sends("changed")} or {keep}, null, null, null
-        from valid v join {base} s on s.__rs_pk = v.__rs_pk
-        where not s.__rs_deleted and s.__rs_hash is distinct from v.__rs_hash
-        union all
-        select s.__rs_pk, 'removed', null, s.__rs_version + 1, {sends("removed")},
-               {sends("removed")}, s.__rs_user_id, s.__rs_anonymous_id, s.__rs_props
-        from {base} s anti join present p on p.__rs_pk = s.__rs_pk
-        where not s.__rs_deleted
+        select * exclude (__rs_valid, __rs_present) from (
+          select coalesce(c.__rs_pk, s.__rs_pk) as __rs_pk,
+            case when c.__rs_valid and (s.__rs_pk is null or s.__rs_deleted) then 'added'
+                 when c.__rs_valid and not s.__rs_deleted
+                      and s.__rs_hash is distinct from c.__rs_hash then 'changed'
+                 when c.__rs_present is null and not s.__rs_deleted then 'removed'
+            end as __rs_change,
+            c.__rs_valid, c.__rs_present,
+            case when c.__rs_present is null then null else c.__rs_hash end as __rs_hash,
+            coalesce(s.__rs_version, 0) + 1 as __rs_version,
+            case when c.__rs_present is null then {sends("removed")}
+                 when s.__rs_pk is null or s.__rs_deleted then {sends("added")}
+                 else {sends("changed")} end as __rs_send,
+            case when c.__rs_present is null then {sends("removed")}
+                 when s.__rs_pk is null or s.__rs_deleted then {sends("added")} or {keep}
+                 else {sends("changed")} or {keep} end as __rs_render,
+            case when c.__rs_present is null then s.__rs_user_id end as __rs_base_user_id,
+            case when c.__rs_present is null then s.__rs_anonymous_id end
+                as __rs_base_anonymous_id,
+            case when c.__rs_present is null then s.__rs_props end as __rs_base_props
+          from (select __rs_pk, true as __rs_present, __rs_hash,
+                       __rs_key_rows = 1 and __rs_has_id as __rs_valid
+                from __rs_current where __rs_pk is not null) c
+          full outer join {base} s on s.__rs_pk = c.__rs_pk
+        ) where __rs_change is not null
     """
 
 
