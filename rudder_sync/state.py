@@ -36,7 +36,7 @@ from .jsonvalues import quote_literal
 SCHEMA_VERSION = 2
 LOCK_WAIT_SECONDS = 30.0
 MEMORY_LIMIT_ENV_VAR = "RUDDER_SYNC_DUCKDB_MEMORY_LIMIT"
-DEFAULT_MEMORY_LIMIT = "4GB"
+DEFAULT_MEMORY_LIMIT = "1GB"
 _HASH_PROBE_SQL = (
     "select hash(42::integer, 'rudder_sync', 1.5::double, date '2024-01-01', "
     "timestamptz '2024-01-01 00:00:00+00', null::varchar, [1, 2], {'a': true})"
