@@ -30,29 +30,6 @@ __all__ = [
     "timestamp_sql",
 ]
 
-# Types that DuckDB's JSON writer already renders exactly as the rules want.
-_PASSTHROUGH = frozenset(
-    {
-        "null",
-        "boolean",
-        "tinyint",
-        "smallint",
-        "integer",
-        "bigint",
-        "hugeint",
-        "utinyint",
-        "usmallint",
-        "uinteger",
-        "ubigint",
-        "uhugeint",
-        "bignum",
-        "varint",
-        "varchar",
-        "enum",
-        "uuid",
-        "time with time zone",
-    }
-)
 _INTEGERS = frozenset(
     {
         "tinyint",
@@ -69,6 +46,8 @@ _INTEGERS = frozenset(
         "varint",
     }
 )
+# Types that DuckDB's JSON writer already renders exactly as the rules want.
+_PASSTHROUGH = _INTEGERS | {"null", "boolean", "varchar", "enum", "uuid", "time with time zone"}
 _TIMESTAMPS = frozenset(
     {
         "timestamp",
