@@ -11,6 +11,7 @@ import binascii
 import contextlib
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -100,7 +101,11 @@ class _Cut(Exception):
 
 
 class TestGateway:
-    """RudderStack's gateway on an ephemeral 127.0.0.1 port; use as a context manager."""
+    """RudderStack's gateway on 127.0.0.1 (any free port unless given); use as a context manager.
+
+    A fixed port brings a data plane back where it was; another host or a TLS context serves the
+    transport-security tests.
+    """
 
     __test__ = False  # not a pytest test class
 
@@ -111,7 +116,11 @@ class TestGateway:
         max_request_bytes: int = MAX_REQUEST_BYTES,
         validate_schema: bool = True,
         keep_bodies: bool = True,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.port, self.host, self.tls = port, host, tls
         self.write_key = write_key
         self.disabled_write_key = disabled_write_key
         self.max_request_bytes = max_request_bytes
@@ -130,7 +139,10 @@ class TestGateway:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> Self:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server((self.host, self.port), _Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
         self._server.gateway = self
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -164,11 +176,11 @@ class TestGateway:
 
     @property
     def url(self) -> str:
-        """Base URL (the data plane URL), e.g. http://127.0.0.1:54321."""
-        if self._server is None:
+        """Base URL (the data plane URL), e.g. http://127.0.0.1:54321; kept after a stop."""
+        if self.port == 0:
             raise RuntimeError("the test gateway is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     # -- what was received -------------------------------------------------------------------
 

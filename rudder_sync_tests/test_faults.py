@@ -11,15 +11,13 @@ from __future__ import annotations
 import gc
 import random
 import re
-import ssl
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import duckdb
 import pytest
@@ -27,7 +25,7 @@ from dagster import ExecuteInProcessResult
 
 from rudder_sync.state import state_path
 
-from .gateway import DISABLED_WRITE_KEY, TestGateway, _Handler, _Server
+from .gateway import DISABLED_WRITE_KEY, TestGateway
 from .helpers import Project, asset_metadata, rudderstack_for, run_sync, sql, write_project
 
 SYNC_NAME = "orders"
@@ -195,42 +193,8 @@ def wait_until_idle(gateway: TestGateway, timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
-class FixedPortGateway(TestGateway):
-    """The test gateway on a chosen address (port 0: any), optionally behind TLS.
-
-    A fixed port brings a data plane back where it was; another host or TLS serves the
-    transport-security tests.
-    """
-
-    def __init__(
-        self,
-        port: int = 0,
-        host: str = "127.0.0.1",
-        tls: ssl.SSLContext | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.port, self.host, self.tls = port, host, tls
-
-    def start(self) -> Self:
-        self._server = _Server((self.host, self.port), _Handler)
-        if self.tls is not None:
-            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
-        self.port = self._server.server_address[1]
-        self._server.gateway = self
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="test-gateway",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    @property
-    def url(self) -> str:
-        scheme = "https" if self.tls is not None else "http"
-        return f"{scheme}://{self.host}:{self.port}"
+# The test gateway on a chosen address (port 0: any), optionally behind TLS.
+FixedPortGateway = TestGateway
 
 
 # -- transient faults: the run succeeds, nothing is lost -----------------------------------------
@@ -331,7 +295,7 @@ def pinned_gateway() -> Iterator[FixedPortGateway]:
     """A gateway that a test can stop and bring back on the same URL."""
     with TestGateway() as probe:
         port = int(probe.url.rsplit(":", 1)[1])
-    gateway = FixedPortGateway(port).start()
+    gateway = FixedPortGateway(port=port).start()
     try:
         yield gateway
     finally:
@@ -386,7 +350,7 @@ def test_data_plane_down_for_the_whole_run(
 
     # the data plane comes back on the same URL: everything goes out, with the recorded IDs
     if mode == "connection-refused":
-        gateway = FixedPortGateway(port).start()
+        gateway = FixedPortGateway(port=port).start()
     else:
         wait_until_idle(pinned_gateway)
         pinned_gateway.clear_faults()
