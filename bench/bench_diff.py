@@ -76,7 +76,7 @@ def child_setup(root: Path, rows: int) -> dict[str, Any]:
     from rudder_sync.config import load_config
     from rudder_sync.diff import check_model_columns, compute_diff
     from rudder_sync.state import open_state
-    from rudder_sync.warehouse import DuckDBWarehouse
+    from rudder_sync.warehouses import DuckDBWarehouse
 
     if root.exists():
         shutil.rmtree(root)
@@ -165,7 +165,7 @@ def child_ours(root: Path, profile: str | None = None) -> dict[str, Any]:
     from rudder_sync.diff import check_model_columns, compute_diff, pending_frame
     from rudder_sync.jsonvalues import column_types
     from rudder_sync.state import open_state
-    from rudder_sync.warehouse import DuckDBWarehouse
+    from rudder_sync.warehouses import DuckDBWarehouse
 
     project = load_config(root / "rudder_sync.yaml")
     sync = project.syncs[SYNC_NAME]

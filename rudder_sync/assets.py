@@ -58,7 +58,7 @@ from .partitions import (
 )
 from .rudderstack import RudderstackError, RudderstackResource
 from .state import StateError, SyncState, open_state
-from .warehouse import DuckDBWarehouse, WarehouseError
+from .warehouses import WarehouseError, WarehouseResource
 
 PREVIEW_ROWS = 10
 IO_MANAGER_KEY = "rudder_sync_io_manager"
@@ -88,6 +88,12 @@ class SyncRunConfig(Config):
         description="Build, validate and count the events (per window and change type) without "
         "sending them or moving the sync's state: what a run or a backfill would send.",
     )
+    move_destination: bool = Field(
+        default=False,
+        description="Record this run's data plane URL as the sync's destination, replacing the "
+        "one its state was delivered to, without resending anything: for a new URL of the same "
+        "data plane (a custom domain, a proxy).",
+    )
 
 
 def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinition]:
@@ -116,7 +122,9 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         **common,
     )
     def snapshot(
-        context: AssetExecutionContext, warehouse: DuckDBWarehouse, rudderstack: RudderstackResource
+        context: AssetExecutionContext,
+        warehouse: WarehouseResource,
+        rudderstack: RudderstackResource,
     ) -> MaterializeResult:
         with _open_state(sync, state_dir, rudderstack) as state:
             if partitions is None:
@@ -237,9 +245,9 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         )
         keys: list[str | None] = [spec.key for spec in windows(context)] or [None]
         run_id = context.run.run_id
+        destination = destination_label(sender)
         with _open_state(sync, state_dir, rudderstack) as state:
-            if not config.dry_run:
-                state.check_destination(destination_label(rudderstack))
+            moved_from = _settle_destination(context, sync, state, sender, config)
             samples = sample_payloads(state, sync, keys[0])
             _announce_dry_run(context, sync, sender, config.dry_run, samples)
             total = DeliveryReport(status="dry_run" if sender.dry_run else "delivered")
@@ -256,6 +264,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                         window=key,
                         commit=not config.dry_run,
                         stats=total.stats,
+                        destination=destination,
                     )
                 except RudderstackError as exc:
                     if key is None:
@@ -276,6 +285,9 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         rejected_sample = _rejected_sample(sync, frame)
         _log_delivery(context, sync, total, rejected_sample)
         metadata = _delivery_metadata(total, samples, rejected_sample)
+        metadata["destination"] = destination
+        if moved_from is not None:
+            metadata["moved_destination_from"] = moved_from
         if per_window:
             metadata["windows"] = MetadataValue.md(
                 markdown_table(pd.DataFrame.from_dict(per_window, orient="index"), index="window")
@@ -361,6 +373,37 @@ def _rejected_sample(sync: SyncConfig, frame: pd.DataFrame) -> list[dict[str, An
             strict=True,
         )
     ]
+
+
+def _settle_destination(
+    context: AssetExecutionContext,
+    sync: SyncConfig,
+    state: SyncState,
+    sender: RudderstackResource,
+    config: SyncRunConfig,
+) -> str | None:
+    """Refuse a destination other than the one the state was delivered to, unless run config
+    move_destination says it is the same data plane; the destination moved from, if any."""
+    destination = destination_label(sender)
+    if not config.move_destination:
+        if not sender.dry_run:
+            state.check_destination(destination)
+        return None
+    if sender.dry_run:
+        context.log.warning(
+            f"sync '{sync.name}': move_destination ignored: a dry run sends nothing and moves "
+            "no state."
+        )
+        return None
+    recorded = state.move_destination(destination)
+    if recorded == destination:
+        context.log.info(f"sync '{sync.name}': move_destination: already delivered to {recorded}")
+        return None
+    context.log.warning(
+        f"sync '{sync.name}': destination moved from {recorded or '(none recorded)'} to "
+        f"{destination} by run config move_destination; events delivered before are not resent."
+    )
+    return recorded or ""
 
 
 def destination_label(rudderstack: RudderstackResource) -> str:
@@ -465,10 +508,15 @@ def _log_delivery(
 ) -> None:
     stats = report.stats
     verb = "validated (dry run, nothing sent)" if report.status == "dry_run" else "delivered"
+    limits = ""
+    if stats.throttled:
+        limits += f", {stats.throttled} rate-limited (429)"
+    if stats.paced_seconds:
+        limits += f", paced {stats.paced_seconds:.1f}s by max_events_per_second"
     context.log.info(
         f"sync '{sync.name}': {report.accepted} events {verb}, {len(report.rejected)} rejected, "
         f"{report.committed_without_event} changes committed without an event; "
-        f"{stats.requests} requests, {stats.retries} retries, {stats.seconds:.1f}s"
+        f"{stats.requests} requests, {stats.retries} retries{limits}, {stats.seconds:.1f}s"
     )
     for row in rejected:
         context.log.warning(
@@ -491,6 +539,8 @@ def _delivery_metadata(report: DeliveryReport, samples: dict, rejected: list[dic
         "bytes_sent": stats.bytes_sent,
         "seconds": round(stats.seconds, 3),
         "events_per_second": round(stats.events_per_second, 1),
+        "throttled_requests": stats.throttled,
+        "paced_seconds": round(stats.paced_seconds, 3),
     }
     for change, payload in samples.items():
         metadata[f"sample_{change}"] = MetadataValue.json(payload)

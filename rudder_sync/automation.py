@@ -31,7 +31,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from .config import SyncConfig
 from .partitions import partitions_definition
-from .warehouse import DuckDBWarehouse
+from .warehouses import WarehouseResource
 
 FAILURE_SENSOR_NAME = "rudder_sync_failures"
 
@@ -94,7 +94,7 @@ def build_trigger_sensor(
         description=f"Runs sync '{sync.name}' when `{trigger.sql}` answers something new.",
     )
     def trigger_sensor(
-        context: SensorEvaluationContext, warehouse: DuckDBWarehouse
+        context: SensorEvaluationContext, warehouse: WarehouseResource
     ) -> RunRequest | SkipReason:
         with warehouse.read_model(trigger.sql) as reader:
             answer = orjson.dumps(reader.read_all().to_pylist(), default=str).decode()

@@ -56,6 +56,12 @@ def _verbatim(context: ResolutionContext, value: Any) -> Any:
     return value
 
 
+def _warehouse(context: ResolutionContext, value: Any) -> Any:
+    """A path is templated (`{{ context.project_root }}/...`); a mapping is taken verbatim, so its
+    `{env: NAME}` values are read by rudder_sync (as EnvVar), never pasted in by the template."""
+    return context.resolve_value(value) if isinstance(value, str) else value
+
+
 # Validation passes the syncs through untouched, so that `parse_config` reports every mistake with
 # the YAML path's messages; the JSON schema (editors, `dg check yaml`) is `SyncConfig`'s.
 SyncsAttribute = Annotated[
@@ -66,11 +72,13 @@ SyncsAttribute = Annotated[
 class RudderstackSyncAttributes(Model):
     """The attributes of `RudderstackSyncComponent` in `defs.yaml`: the sync YAML's top level."""
 
-    warehouse: str | None = Field(
+    warehouse: str | dict[str, Any] | None = Field(
         default=None,
-        description="DuckDB file the models read (read-only). Default: warehouse.duckdb. "
-        "Relative paths resolve against the folder of the defs.yaml; templates such as "
-        "'{{ context.project_root }}/warehouse.duckdb' work.",
+        description="The warehouse the models read (read-only), as the sync YAML's 'warehouse': "
+        "a DuckDB file path (default warehouse.duckdb; relative to the folder of the defs.yaml; "
+        "templates such as '{{ context.project_root }}/warehouse.duckdb' work), or a mapping "
+        "with 'type' (duckdb, postgres, snowflake, bigquery, redshift, databricks) and that "
+        "type's keys, secrets written as {env: NAME}.",
     )
     state: str | None = Field(
         default=None,
@@ -91,7 +99,7 @@ class RudderstackSyncAttributes(Model):
 
 @dataclass
 class RudderstackSyncComponent(Component, Resolvable):
-    """Reverse ETL syncs from a DuckDB warehouse to RudderStack, declared as in the sync YAML.
+    """Reverse ETL syncs from a warehouse to RudderStack, declared as in the sync YAML.
 
     Each sync becomes the assets `<sync>/snapshot`, `<sync>/diff` and `<sync>/events` with their
     checks, a job of the sync's name, and its schedule and trigger sensor when configured; the
@@ -100,7 +108,9 @@ class RudderstackSyncComponent(Component, Resolvable):
     """
 
     syncs: Annotated[Mapping[str, Any], Resolver(_verbatim, inject_before_resolve=False)]
-    warehouse: str | None = None
+    warehouse: Annotated[
+        str | Mapping[str, Any] | None, Resolver(_warehouse, inject_before_resolve=False)
+    ] = None
     state: str | None = None
     delivery: Annotated[
         Mapping[str, Any] | None, Resolver(_verbatim, inject_before_resolve=False)
@@ -121,7 +131,9 @@ class RudderstackSyncComponent(Component, Resolvable):
         """The validated syncs; relative paths resolve against `base_dir`."""
         raw: dict[str, Any] = {"syncs": self.syncs}
         if self.warehouse is not None:
-            raw["warehouse"] = self.warehouse
+            raw["warehouse"] = (
+                self.warehouse if isinstance(self.warehouse, str) else dict(self.warehouse)
+            )
         if self.state is not None:
             raw["state"] = self.state
         if self.delivery is not None:

@@ -20,6 +20,9 @@ import yaml
 from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .warehouses.settings import WarehouseSettings, WarehouseSettingsError, parse_warehouse
+from .warehouses.sql import ModelSqlError, check_query, named_parameters
+
 CONFIG_ENV_VAR = "RUDDER_SYNC_CONFIG"
 CHANGE_TYPES: tuple[str, ...] = ("added", "changed", "removed")
 SYNC_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -180,7 +183,7 @@ class ProjectConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    warehouse: Path
+    warehouse: WarehouseSettings
     state: Path
     syncs: dict[str, SyncConfig]
     delivery: DeliveryConfig = DeliveryConfig()
@@ -249,7 +252,10 @@ def parse_config(
         raw, {"warehouse", "state", "syncs", "delivery"}, f"{where}: top level", required=("syncs",)
     )
     base = base_dir or Path.cwd()
-    warehouse = _path_value(raw.get("warehouse", "warehouse.duckdb"), "warehouse", where, base)
+    try:
+        warehouse = parse_warehouse(raw.get("warehouse", "warehouse.duckdb"), where, base)
+    except WarehouseSettingsError as exc:
+        raise ConfigError(str(exc)) from None
     state = _path_value(raw.get("state", ".rudder_sync"), "state", where, base)
 
     syncs_raw = raw["syncs"]
@@ -261,7 +267,7 @@ def parse_config(
     syncs: dict[str, SyncConfig] = {}
     seen_lower: dict[str, str] = {}
     for name, body in syncs_raw.items():
-        sync = parse_sync(str(name), body)
+        sync = parse_sync(str(name), body, dialect=warehouse.type)
         key = sync.name.lower()
         if key in seen_lower:
             raise ConfigError(
@@ -288,7 +294,7 @@ def parse_config(
     )
 
 
-def parse_sync(name: str, body: Any) -> SyncConfig:
+def parse_sync(name: str, body: Any, dialect: str = "duckdb") -> SyncConfig:
     """Validate one sync definition; every error names the sync, the key and the fix."""
     prefix = f"sync '{name}'"
     if not SYNC_NAME_PATTERN.match(name):
@@ -306,9 +312,9 @@ def parse_sync(name: str, body: Any) -> SyncConfig:
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(prefix, exc)) from None
     _check_semantics(prefix, sync, body)
-    check_model_sql(prefix, sync.model, partitioned=sync.partitions is not None)
+    check_model_sql(prefix, sync.model, partitioned=sync.partitions is not None, dialect=dialect)
     if sync.trigger is not None:
-        check_model_sql(prefix, sync.trigger.sql, key="trigger.sql")
+        check_model_sql(prefix, sync.trigger.sql, key="trigger.sql", dialect=dialect)
     return sync
 
 
@@ -349,8 +355,20 @@ def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> 
                 )
 
 
-def check_model_sql(prefix: str, sql: str, partitioned: bool = False, key: str = "model") -> None:
-    """Parse the model without running it, so a typo fails at load time rather than mid-run."""
+def check_model_sql(
+    prefix: str, sql: str, partitioned: bool = False, key: str = "model", dialect: str = "duckdb"
+) -> None:
+    """Parse the model without running it, so a typo fails at load time rather than mid-run.
+
+    DuckDB models are parsed by DuckDB itself; other warehouses' by sqlglot in their dialect.
+    """
+    if dialect != "duckdb":
+        try:
+            check_query(sql, dialect)
+        except ModelSqlError as exc:
+            raise ConfigError(f"{prefix}: key '{key}' {exc}. Fix: correct the query.") from None
+        _check_parameters(prefix, key, set(named_parameters(sql)), partitioned)
+        return
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
@@ -368,7 +386,10 @@ def check_model_sql(prefix: str, sql: str, partitioned: bool = False, key: str =
             f"{prefix}: key '{key}' must be a SELECT query, not {statements[0].type.name}. "
             "Fix: write a query that returns rows; the model runs read-only."
         )
-    used = set(statements[0].named_parameters)
+    _check_parameters(prefix, key, set(statements[0].named_parameters), partitioned)
+
+
+def _check_parameters(prefix: str, key: str, used: set[str], partitioned: bool) -> None:
     unknown = sorted(used - set(PARTITION_PARAMETERS))
     if unknown:
         raise ConfigError(

@@ -26,7 +26,7 @@ from .config import (
 from .demo import demo_dir, ensure_demo_warehouse
 from .io_manager import SyncOutputIOManager
 from .rudderstack import RudderstackResource
-from .warehouse import DuckDBWarehouse
+from .warehouses import DuckDBSettings, WarehouseResource, build_warehouse
 
 DATA_PLANE_URL_ENV_VAR = "RUDDERSTACK_DATA_PLANE_URL"
 WRITE_KEY_ENV_VAR = "RUDDERSTACK_WRITE_KEY"
@@ -39,10 +39,12 @@ def load_project() -> ProjectConfig:
         return load_config(path)
     project = load_config(path)
     base = demo_dir()
+    assert isinstance(project.warehouse, DuckDBSettings)
+    warehouse = base / project.warehouse.path.name
     project = project.model_copy(
-        update={"warehouse": base / project.warehouse.name, "state": base / project.state.name}
+        update={"warehouse": DuckDBSettings(path=warehouse), "state": base / project.state.name}
     )
-    ensure_demo_warehouse(project.warehouse)
+    ensure_demo_warehouse(warehouse)
     return project
 
 
@@ -77,13 +79,13 @@ def sync_definitions(sync: SyncConfig, state_dir: Path) -> Definitions:
 
 
 def shared_definitions(
-    warehouse: Path, state_dir: Path, rudderstack: RudderstackResource
+    warehouse: WarehouseResource, state_dir: Path, rudderstack: RudderstackResource
 ) -> Definitions:
     """What all syncs of a project share: resources, the executor, the failure sensor."""
     return Definitions(
         sensors=[build_failure_sensor()],
         resources={
-            "warehouse": DuckDBWarehouse(database=str(warehouse)),
+            "warehouse": warehouse,
             "rudderstack": rudderstack,
             IO_MANAGER_KEY: SyncOutputIOManager(directory=str(state_dir / "outputs")),
         },
@@ -91,10 +93,17 @@ def shared_definitions(
     )
 
 
-def build_definitions(project: ProjectConfig, rudderstack: RudderstackResource) -> Definitions:
+def build_definitions(
+    project: ProjectConfig,
+    rudderstack: RudderstackResource,
+    warehouse: WarehouseResource | None = None,
+) -> Definitions:
+    """All syncs of a project. `warehouse` replaces the one the config describes (Python API)."""
     return Definitions.merge(
         *(sync_definitions(sync, project.state) for sync in project.syncs.values()),
-        shared_definitions(project.warehouse, project.state, rudderstack),
+        shared_definitions(
+            warehouse or build_warehouse(project.warehouse), project.state, rudderstack
+        ),
     )
 
 

@@ -24,7 +24,7 @@ from dagster import (
 from .config import PartitionsConfig, SyncConfig
 from .diff import Window, check_model_columns
 from .state import SyncState, run
-from .warehouse import DuckDBWarehouse
+from .warehouses import WarehouseResource
 
 _DEFINITIONS = {
     "hourly": HourlyPartitionsDefinition,
@@ -73,7 +73,7 @@ def window_table(key: str) -> str:
 def store_window_rows(
     state: SyncState,
     sync: SyncConfig,
-    warehouse: DuckDBWarehouse,
+    warehouse: WarehouseResource,
     partitions: TimeWindowPartitionsDefinition,
     specs: Sequence[WindowSpec],
 ) -> dict[str, int]:

@@ -14,7 +14,7 @@ from rudder_sync.assets import IO_MANAGER_KEY, build_sync_assets
 from rudder_sync.config import ProjectConfig, load_config
 from rudder_sync.io_manager import SyncOutputIOManager
 from rudder_sync.rudderstack import RudderstackResource
-from rudder_sync.warehouse import DuckDBWarehouse
+from rudder_sync.warehouses import build_warehouse
 
 WRITE_KEY = "test-write-key"
 
@@ -137,7 +137,7 @@ def run_sync(
     result = materialize(
         assets,
         resources={
-            "warehouse": DuckDBWarehouse(database=str(config.warehouse)),
+            "warehouse": build_warehouse(config.warehouse),
             "rudderstack": rudderstack,
             IO_MANAGER_KEY: SyncOutputIOManager(directory=str(config.state / "outputs")),
         },

@@ -22,7 +22,7 @@ from dagster import (
 
 from rudder_sync.definitions import build_definitions
 from rudder_sync.state import state_path
-from rudder_sync.warehouse import DuckDBWarehouse
+from rudder_sync.warehouses import DuckDBWarehouse
 
 from .gateway import TestGateway
 from .helpers import IDENTIFY_SYNC, TRACK_SYNC, rudderstack_for, run_sync, sql, write_project

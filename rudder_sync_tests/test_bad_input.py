@@ -27,7 +27,7 @@ from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 from rudder_sync.assets import IO_MANAGER_KEY, build_sync_assets
 from rudder_sync.config import ConfigError, load_config
 from rudder_sync.io_manager import SyncOutputIOManager
-from rudder_sync.warehouse import DuckDBWarehouse
+from rudder_sync.warehouses import build_warehouse
 
 from .gateway import TestGateway
 from .helpers import rudderstack_for
@@ -570,7 +570,7 @@ def _materialize(root: Path, url: str, cases: list[Case]) -> ExecuteInProcessRes
     return materialize(
         assets,
         resources={
-            "warehouse": DuckDBWarehouse(database=str(config.warehouse)),
+            "warehouse": build_warehouse(config.warehouse),
             "rudderstack": rudderstack_for(url),
             IO_MANAGER_KEY: SyncOutputIOManager(directory=str(config.state / "outputs")),
         },

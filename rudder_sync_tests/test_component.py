@@ -143,7 +143,7 @@ def test_component_in_python_and_relative_paths(tmp_path: Path) -> None:
     component = RudderstackSyncComponent.from_attributes_dict(attributes=attributes)
     project = component.project(tmp_path)
     assert project == parse_config(attributes, base_dir=tmp_path)
-    assert project.warehouse == tmp_path / "wh.duckdb"
+    assert project.warehouse.path == tmp_path / "wh.duckdb"
     assert project.state == tmp_path / ".rudder_sync"
     in_python = RudderstackSyncComponent(syncs=_attributes()["syncs"], warehouse="wh.duckdb")
     assert in_python.project(tmp_path) == project

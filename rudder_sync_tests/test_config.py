@@ -184,7 +184,7 @@ def test_valid_config_resolves_paths_against_yaml_folder(tmp_path: Path) -> None
         "    user_id: uid\n"
     )
     config = load_config(path)
-    assert config.warehouse == tmp_path / "conf" / "wh.duckdb"
+    assert config.warehouse.path == tmp_path / "conf" / "wh.duckdb"
     assert config.state == tmp_path / "conf" / ".state"
     sync = config.syncs["users"]
     assert sync.type == "identify" and sync.sends("added") and not sync.sends("removed")

@@ -35,7 +35,7 @@ from rudder_sync.config import load_config
 from rudder_sync.definitions import rudderstack_from_env
 from rudder_sync.io_manager import SyncOutputIOManager
 from rudder_sync.rudderstack import RudderstackResource
-from rudder_sync.warehouse import DuckDBWarehouse
+from rudder_sync.warehouses import build_warehouse
 
 from .gateway import TestGateway
 from .helpers import IDENTIFY_SYNC, Project, rudderstack_for, run_sync, sql, write_project
@@ -182,7 +182,7 @@ def _in_process(project: Project, instance: DagsterInstance, **settings: Any) ->
     return materialize(
         build_sync_assets(config.syncs[SYNC], config.state),
         resources={
-            "warehouse": DuckDBWarehouse(database=str(config.warehouse)),
+            "warehouse": build_warehouse(config.warehouse),
             "rudderstack": resource,
             IO_MANAGER_KEY: SyncOutputIOManager(directory=str(config.state / "outputs")),
         },

@@ -1,45 +1,33 @@
-"""Read-only access to the warehouse that the models query.
-
-Everything above this module sees a warehouse only through `Warehouse.read_model`, which streams a
-model's rows as Arrow record batches. DuckDB is the embedded default; another warehouse (PostgreSQL
-next) is one more class implementing the same method.
-"""
+"""The embedded default: a DuckDB file, opened read-only so syncs never lock writers out."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import duckdb
 import pyarrow as pa
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-BATCH_ROWS = 100_000
+from .base import BATCH_ROWS, WarehouseError, WarehouseResource
 
 
-class WarehouseError(RuntimeError):
-    """The warehouse could not be opened or the model could not run."""
+class DuckDBWarehouse(WarehouseResource):
+    """A DuckDB database file, opened read-only for each model."""
 
+    kind: ClassVar[str] = "duckdb"
+    dialect: ClassVar[str] = "duckdb"
 
-class Warehouse(Protocol):
-    """What the sync needs from a warehouse: run a model, stream its rows."""
-
-    def read_model(
-        self, sql: str, params: Mapping[str, Any] | None = None
-    ) -> Any:  # a context manager yielding a pyarrow.RecordBatchReader
-        ...
-
-
-class DuckDBWarehouse(DuckDBResource):
-    """A DuckDB file opened read-only, so syncs never lock writers out or change the data."""
-
+    database: str = Field(description="Path of the DuckDB file (or ':memory:').")
     connection_config: dict[str, Any] = Field(
-        default={"access_mode": "READ_ONLY"},
-        description="DuckDB settings; access_mode is always READ_ONLY.",
+        default={}, description="DuckDB settings; access_mode is always READ_ONLY."
     )
+
+    def describe(self) -> str:
+        return f"duckdb {self.database}"
 
     @contextmanager
     def read_model(
@@ -57,6 +45,11 @@ class DuckDBWarehouse(DuckDBResource):
         except duckdb.Error as exc:
             raise WarehouseError(f"cannot open warehouse {self.database}: {exc}") from exc
         reader: pa.RecordBatchReader | None = None
+        timer = None
+        if self.statement_timeout_seconds:
+            timer = threading.Timer(self.statement_timeout_seconds, conn.interrupt)
+            timer.daemon = True
+            timer.start()
         try:
             try:
                 conn.execute("set enable_progress_bar = false")
@@ -65,14 +58,25 @@ class DuckDBWarehouse(DuckDBResource):
                 relation = conn.sql(sql, params=bound) if bound else conn.sql(sql)
                 reader = relation.to_arrow_reader(BATCH_ROWS)
             except duckdb.Error as exc:
-                raise WarehouseError(str(exc).strip()) from exc
+                raise WarehouseError(self._message(exc)) from exc
             yield reader
         finally:
+            if timer is not None:
+                timer.cancel()
             # The reader holds the query result, and with it the database: closed here, not when
             # a traceback that references it is garbage-collected, so writers are not locked out.
             if reader is not None:
                 reader.close()
             conn.close()
+
+    def _message(self, exc: duckdb.Error) -> str:
+        text = str(exc).strip()
+        if isinstance(exc, duckdb.InterruptException) and self.statement_timeout_seconds:
+            return (
+                f"{text}: the model ran longer than statement_timeout_seconds="
+                f"{self.statement_timeout_seconds:g}. Fix: make it faster or raise the limit."
+            )
+        return text
 
 
 def _named_parameters(sql: str) -> set[str]:

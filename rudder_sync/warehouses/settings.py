@@ -1,0 +1,278 @@
+"""The `warehouse:` section of the sync YAML: one schema per engine, `{env: NAME}` values, secrets.
+
+```yaml
+warehouse: warehouse.duckdb              # shorthand: a DuckDB file
+warehouse: {type: postgres, url: {env: PG_URL}, statement_timeout_seconds: 600}
+```
+
+Any string value may be written `{env: NAME}`: it must be set when the definitions load, and the
+resource reads it through Dagster's `EnvVar`, so Dagster's storage and UI show the variable's name,
+never its value. A secret written literally (a password, token, private key passphrase, or a URL
+that embeds a password) is refused at load time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import dagster as dg
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .postgres import url_password
+
+
+class WarehouseSettingsError(ValueError):
+    """A `warehouse:` section that cannot work; the message names the key and the fix."""
+
+
+class EnvRef(BaseModel):
+    """`{env: NAME}`: the value of an environment variable, read when the definitions load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    env: str
+
+    def value(self) -> str:
+        return os.environ.get(self.env, "")
+
+
+Text = str | EnvRef
+
+
+class WarehouseSettings(BaseModel):
+    """Keys every warehouse type has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: str
+    statement_timeout_seconds: float | None = Field(default=None, gt=0)
+
+    #: keys whose value is a secret: only through {env: ...}
+    secrets: ClassVar[tuple[str, ...]] = ()
+    #: the extra that installs the driver, and a module it provides
+    extra: ClassVar[str | None] = None
+    driver_module: ClassVar[str | None] = None
+    example: ClassVar[str] = ""
+
+    def resource_kwargs(self) -> dict[str, Any]:
+        """The resource's settings: `{env: NAME}` values become `EnvVar(NAME)`."""
+        kwargs: dict[str, Any] = {}
+        for name, value in self:
+            if name == "type" or value is None:
+                continue
+            key = type(self).model_fields[name].alias or name
+            kwargs[_RESOURCE_NAMES.get(key, key)] = (
+                dg.EnvVar(value.env) if isinstance(value, EnvRef) else value
+            )
+        return kwargs
+
+    def check(self, where: str) -> None:
+        """Checks beyond the schema; subclasses add their own."""
+
+
+_RESOURCE_NAMES = {"path": "database", "schema": "schema_name"}
+
+
+class DuckDBSettings(WarehouseSettings):
+    type: Literal["duckdb"] = "duckdb"
+    path: Path
+    example: ClassVar[str] = "warehouse: {type: duckdb, path: warehouse.duckdb}"
+
+    def resource_kwargs(self) -> dict[str, Any]:
+        kwargs = super().resource_kwargs()
+        kwargs["database"] = str(self.path)
+        return kwargs
+
+
+class PostgresSettings(WarehouseSettings):
+    type: Literal["postgres"] = "postgres"
+    url: Text
+    example: ClassVar[str] = "warehouse: {type: postgres, url: {env: PG_URL}}"
+
+    def check(self, where: str) -> None:
+        literal = isinstance(self.url, str)
+        url = self.url if isinstance(self.url, str) else self.url.value()
+        source = "key 'url'" if literal else f"key 'url' (from {self.url.env})"  # type: ignore[union-attr]
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise WarehouseSettingsError(
+                f"{where}: {source} is not a libpq URI. Fix: "
+                "postgresql://user:password@host:5432/database?sslmode=require."
+            )
+        if literal and url_password(url):
+            raise WarehouseSettingsError(
+                f"{where}: key 'url' embeds a password in the YAML. Fix: write "
+                "'url: {env: PG_URL}' and export PG_URL with the URL."
+            )
+
+
+class SnowflakeSettings(WarehouseSettings):
+    type: Literal["snowflake"] = "snowflake"
+    account: Text
+    user: Text
+    password: Text | None = None
+    private_key_file: Text | None = None
+    private_key_passphrase: Text | None = None
+    role: Text | None = None
+    warehouse: Text | None = None
+    database: Text | None = None
+    schema_: Text | None = Field(default=None, alias="schema")
+    secrets: ClassVar[tuple[str, ...]] = ("password", "private_key_passphrase")
+    extra: ClassVar[str | None] = "snowflake"
+    driver_module: ClassVar[str | None] = "snowflake.connector"
+    example: ClassVar[str] = (
+        "warehouse: {type: snowflake, account: xy12345.eu-central-1, user: RUDDER_SYNC, "
+        "password: {env: SNOWFLAKE_PASSWORD}, warehouse: COMPUTE_WH, database: ANALYTICS}"
+    )
+
+    def check(self, where: str) -> None:
+        if (self.password is None) == (self.private_key_file is None):
+            raise WarehouseSettingsError(
+                f"{where}: set exactly one of 'password' and 'private_key_file'. Fix: e.g. "
+                "'password: {env: SNOWFLAKE_PASSWORD}' or 'private_key_file: /path/rsa_key.p8'."
+            )
+        if self.private_key_passphrase is not None and self.private_key_file is None:
+            raise WarehouseSettingsError(
+                f"{where}: key 'private_key_passphrase' needs 'private_key_file'. Fix: add it."
+            )
+
+
+class BigQuerySettings(WarehouseSettings):
+    type: Literal["bigquery"] = "bigquery"
+    project: Text | None = None
+    location: Text | None = None
+    credentials_file: Text | None = None  # unset: Application Default Credentials
+    extra: ClassVar[str | None] = "bigquery"
+    driver_module: ClassVar[str | None] = "google.cloud.bigquery"
+    example: ClassVar[str] = "warehouse: {type: bigquery, project: my-project, location: EU}"
+
+
+class RedshiftSettings(WarehouseSettings):
+    type: Literal["redshift"] = "redshift"
+    host: Text
+    port: int = 5439
+    database: Text
+    user: Text
+    password: Text
+    secrets: ClassVar[tuple[str, ...]] = ("password",)
+    extra: ClassVar[str | None] = "redshift"
+    driver_module: ClassVar[str | None] = "redshift_connector"
+    example: ClassVar[str] = (
+        "warehouse: {type: redshift, host: ex.abc.eu-west-1.redshift.amazonaws.com, "
+        "database: dev, user: rudder_sync, password: {env: REDSHIFT_PASSWORD}}"
+    )
+
+
+class DatabricksSettings(WarehouseSettings):
+    type: Literal["databricks"] = "databricks"
+    server_hostname: Text
+    http_path: Text
+    access_token: Text
+    catalog: Text | None = None
+    schema_: Text | None = Field(default=None, alias="schema")
+    secrets: ClassVar[tuple[str, ...]] = ("access_token",)
+    extra: ClassVar[str | None] = "databricks"
+    driver_module: ClassVar[str | None] = "databricks.sql"
+    example: ClassVar[str] = (
+        "warehouse: {type: databricks, server_hostname: dbc-1.cloud.databricks.com, "
+        "http_path: /sql/1.0/warehouses/abc, access_token: {env: DATABRICKS_TOKEN}}"
+    )
+
+
+SETTINGS: dict[str, type[WarehouseSettings]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        DuckDBSettings,
+        PostgresSettings,
+        SnowflakeSettings,
+        BigQuerySettings,
+        RedshiftSettings,
+        DatabricksSettings,
+    )
+}
+
+
+def parse_warehouse(raw: Any, where: str, base: Path) -> WarehouseSettings:
+    """Validate the `warehouse:` value; relative DuckDB paths resolve against `base`."""
+    where = f"{where}: warehouse"
+    if isinstance(raw, str):
+        raw = {"type": "duckdb", "path": raw}
+    if not isinstance(raw, Mapping):
+        raise WarehouseSettingsError(
+            f"{where}: expected a DuckDB file path or a mapping with 'type'. Fix: e.g. "
+            f"'{PostgresSettings.example}'."
+        )
+    kind = raw.get("type")
+    if kind not in SETTINGS:
+        close = difflib.get_close_matches(str(kind), list(SETTINGS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise WarehouseSettingsError(
+            f"{where}: key 'type' is {kind!r}{hint}. Fix: use one of {', '.join(SETTINGS)}."
+        )
+    cls = SETTINGS[kind]
+    allowed = {info.alias or name for name, info in cls.model_fields.items()}
+    for key in raw:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = (
+                f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(sorted(allowed))}"
+            )
+            raise WarehouseSettingsError(
+                f"{where}: unknown key '{key}' for type {kind}. Fix: remove it ({hint})."
+            )
+    values = {key: _value(where, cls, key, value) for key, value in raw.items()}
+    _check_driver(where, cls)
+    try:
+        settings = cls(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("str", "EnvRef")))
+        raise WarehouseSettingsError(
+            f"{where}: key '{key}': {error['msg']}. Fix: e.g. '{cls.example}'."
+        ) from None
+    if isinstance(settings, DuckDBSettings) and not settings.path.is_absolute():
+        settings = settings.model_copy(update={"path": base / settings.path.expanduser()})
+    settings.check(where)
+    return settings
+
+
+def _value(where: str, cls: type[WarehouseSettings], key: str, value: Any) -> Any:
+    """`{env: NAME}` checked for being set; secrets refused when written literally."""
+    if isinstance(value, Mapping):
+        if set(value) != {"env"} or not isinstance(value["env"], str) or not value["env"].strip():
+            raise WarehouseSettingsError(
+                f"{where}: key '{key}' must be a value or {{env: NAME}}. Fix: e.g. "
+                f"'{key}: {{env: {key.upper()}}}'."
+            )
+        ref = EnvRef(env=value["env"].strip())
+        if not ref.value().strip():
+            raise WarehouseSettingsError(
+                f"{where}: key '{key}' reads environment variable {ref.env}, which is not set. "
+                f"Fix: export {ref.env}=... before loading the definitions."
+            )
+        return ref
+    if key in cls.secrets and value is not None:
+        raise WarehouseSettingsError(
+            f"{where}: key '{key}' is a secret written in the YAML. Fix: write "
+            f"'{key}: {{env: {key.upper()}}}' and export {key.upper()} instead."
+        )
+    return value
+
+
+def _check_driver(where: str, cls: type[WarehouseSettings]) -> None:
+    """A missing extra fails at load time with the exact pip command."""
+    module = cls.driver_module
+    if module is None:
+        return
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise WarehouseSettingsError(
+            f"{where}: type {cls.model_fields['type'].default} needs its driver ({module}), "
+            f"which is not installed. Fix: pip install 'rudder_sync[{cls.extra}]'."
+        )
