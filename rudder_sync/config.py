@@ -16,6 +16,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import duckdb
+import orjson
 import yaml
 from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -28,6 +29,24 @@ CHANGE_TYPES: tuple[str, ...] = ("added", "changed", "removed")
 SYNC_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 ChangeType = Literal["added", "changed", "removed"]
+CallType = Literal["track", "identify", "page", "screen", "group", "alias"]
+CALL_TYPES: tuple[str, ...] = ("track", "identify", "page", "screen", "group", "alias")
+# Which change types send a call when `send_on` is not given (track uses `events` instead).
+DEFAULT_SEND_ON: dict[str, tuple[str, ...]] = {
+    "identify": ("added", "changed"),
+    "group": ("added", "changed"),
+    "alias": ("added", "changed"),
+    "page": ("added",),
+    "screen": ("added",),
+}
+# The column key each call type needs, and the payload field it fills.
+CALL_COLUMN_KEYS: dict[str, tuple[str, str]] = {
+    "page": ("name_column", "name"),
+    "screen": ("name_column", "name"),
+    "group": ("group_id", "groupId"),
+    "alias": ("previous_id", "previousId"),
+}
+RESERVED_CONTEXT = ("library", "traits")  # rudder_sync writes these context fields itself
 Cadence = Literal["hourly", "daily", "weekly", "monthly"]
 PARTITION_PARAMETERS = ("partition_start", "partition_end")
 
@@ -90,11 +109,19 @@ class SyncConfig(BaseModel):
     name: str
     model: str
     primary_key: str
-    type: Literal["track", "identify"]
+    type: CallType
     user_id: str | None = None
     anonymous_id: str | None = None
+    name_column: str | None = None
+    group_id: str | None = None
+    previous_id: str | None = None
     mapping: dict[str, str] = {}
-    events: dict[ChangeType, str] | None = None
+    static: dict[str, Any] = {}
+    context: dict[str, str] = {}
+    integrations: dict[str, Any] | None = None
+    exclude_nulls: bool = False
+    events: dict[ChangeType, str | dict[str, Any]] | None = None
+    send_on: list[ChangeType] | None = None
     send_initial_results: bool = False
     timestamp: str | None = None
     message_id: str | None = None
@@ -124,6 +151,21 @@ class SyncConfig(BaseModel):
                 )
         return value
 
+    @field_validator("events")
+    @classmethod
+    def _event_names(
+        cls, value: dict[str, str | dict[str, Any]] | None
+    ) -> dict[str, str | dict[str, Any]] | None:
+        for change, name in (value or {}).items():
+            if isinstance(name, Mapping) and (
+                set(name) != {"column"} or not isinstance(name["column"], str)
+            ):
+                raise ValueError(
+                    f"events.{change} must be an event name or {{column: <column>}}, "
+                    f"got {dict(name)!r}"
+                )
+        return value
+
     @field_validator("model")
     @classmethod
     def _model_not_blank(cls, value: str) -> str:
@@ -137,11 +179,36 @@ class SyncConfig(BaseModel):
         return [c for c in (self.user_id, self.anonymous_id) if c]
 
     @property
+    def call_column(self) -> str | None:
+        """The column of the page/screen name, the groupId or the previousId (by type)."""
+        key = CALL_COLUMN_KEYS.get(self.type)
+        return getattr(self, key[0]) if key else None
+
+    @property
+    def event_columns(self) -> dict[str, str]:
+        """Track change types whose event name comes from a column: change type -> column."""
+        return {
+            change: value["column"]
+            for change, value in (self.events or {}).items()
+            if isinstance(value, Mapping)
+        }
+
+    @property
+    def has_extras(self) -> bool:
+        """Whether events carry per-row fields beyond IDs and properties/traits."""
+        return bool(self.call_column or self.event_columns or self.context)
+
+    @property
     def carried_columns(self) -> list[str]:
-        """Columns whose change is a change of the event: IDs and mapped fields, no duplicates."""
+        """Columns whose change is a change of the event: IDs and mapped fields, no duplicates.
+
+        Existing syncs keep their order (IDs, then mapping): it feeds the committed row hash.
+        """
         seen: dict[str, None] = {}
-        for column in [*self.id_columns, *self.mapping.values()]:
-            seen.setdefault(column, None)
+        extra = [self.call_column, *self.event_columns.values(), *self.context.values()]
+        for column in [*self.id_columns, *self.mapping.values(), *extra]:
+            if column:
+                seen.setdefault(column, None)
         return list(seen)
 
     @property
@@ -154,16 +221,24 @@ class SyncConfig(BaseModel):
         return list(seen)
 
     def event_name(self, change_type: str) -> str | None:
-        """The track event name for a change type, or None when that change type is not sent."""
+        """The fixed track event name of a change type; None when unsent or named by a column."""
         if self.type != "track" or not self.events:
             return None
-        return self.events.get(change_type)  # type: ignore[call-overload]
+        name = self.events.get(change_type)  # type: ignore[call-overload]
+        return name if isinstance(name, str) else None
+
+    @property
+    def effective_send_on(self) -> tuple[str, ...]:
+        """Change types that send a call: `events` for track, else `send_on` or its default."""
+        if self.type == "track":
+            return tuple(c for c in CHANGE_TYPES if c in (self.events or {}))
+        if self.send_on is not None:
+            return tuple(c for c in CHANGE_TYPES if c in self.send_on)
+        return DEFAULT_SEND_ON[self.type]
 
     def sends(self, change_type: str) -> bool:
         """Whether a change of this type becomes an event at all."""
-        if self.type == "identify":
-            return change_type in ("added", "changed")
-        return self.event_name(change_type) is not None
+        return change_type in self.effective_send_on
 
 
 class DeliveryConfig(BaseModel):
@@ -319,7 +394,8 @@ def parse_sync(name: str, body: Any, dialect: str = "duckdb") -> SyncConfig:
 
 
 def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> None:
-    for key in ("primary_key", "user_id", "anonymous_id", "timestamp", "message_id"):
+    keys = ("primary_key", "user_id", "anonymous_id", "timestamp", "message_id")
+    for key in (*keys, "name_column", "group_id", "previous_id"):
         value = getattr(sync, key)
         if value is not None and not value.strip():
             raise ConfigError(f"{prefix}: key '{key}' is blank. Fix: name a column of the model.")
@@ -334,25 +410,155 @@ def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> 
                 f"{prefix}: key 'mapping' has a blank field or column ({field!r}: {column!r}). "
                 "Fix: map each event field name to a column name."
             )
-    if sync.type == "identify":
+    _check_call_columns(prefix, sync, body)
+    if sync.type != "track":
         for key in ("events", "send_initial_results"):
             if key in body:
                 raise ConfigError(
-                    f"{prefix}: key '{key}' is for track syncs only; identify sends traits and "
-                    "always sends the initial result set. Fix: remove it, or use 'type: track'."
+                    f"{prefix}: key '{key}' is for track syncs only; a {sync.type} sync always "
+                    "sends the initial result set and sends on the change types in 'send_on'. "
+                    "Fix: remove it (choose change types with 'send_on'), or use 'type: track'."
                 )
+        _check_send_on(prefix, sync)
     else:
+        if "send_on" in body:
+            raise ConfigError(
+                f"{prefix}: key 'send_on' is not for track syncs; a track sync sends the change "
+                "types named in 'events'. Fix: remove 'send_on' and list the change types "
+                "under 'events'."
+            )
         if not sync.events:
             raise ConfigError(
                 f"{prefix}: key 'events' is missing or empty; a track sync needs an event name "
                 "for at least one change type. Fix: e.g. 'events: {added: User Signed Up}'."
             )
         for change_type, event in sync.events.items():
-            if not event.strip():
+            column = isinstance(event, Mapping)
+            if not (event["column"] if column else event).strip():
+                key = f"events.{change_type}" + (".column" if column else "")
                 raise ConfigError(
-                    f"{prefix}: key 'events.{change_type}' is blank. "
-                    "Fix: give the event a name, or leave the change type out to not send it."
+                    f"{prefix}: key '{key}' is blank. Fix: give the event a name (or the "
+                    "column holding it), or leave the change type out to not send it."
                 )
+    _check_payload_fields(prefix, sync)
+
+
+def _check_call_columns(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> None:
+    """name_column / group_id / previous_id: required by their call type, refused elsewhere."""
+    needed = CALL_COLUMN_KEYS.get(sync.type)
+    for key, (types, field) in {
+        "name_column": ("page, screen", "name"),
+        "group_id": ("group", "groupId"),
+        "previous_id": ("alias", "previousId"),
+    }.items():
+        if needed and needed[0] == key:
+            if getattr(sync, key) is None:
+                raise ConfigError(
+                    f"{prefix}: key '{key}' is missing; a {sync.type} call needs its {field}. "
+                    f"Fix: set '{key}' to the column of the model that holds it."
+                )
+        elif key in body:
+            raise ConfigError(
+                f"{prefix}: key '{key}' is only for {types} syncs (it fills '{field}'), not "
+                f"{sync.type}. Fix: remove it, or change 'type'."
+            )
+    if sync.type == "alias":
+        if not sync.user_id:
+            raise ConfigError(
+                f"{prefix}: key 'user_id' is missing; an alias call links 'previous_id' to a "
+                "userId. Fix: set 'user_id' to the column holding the new user ID."
+            )
+        for key in ("mapping", "static"):
+            if getattr(sync, key):
+                raise ConfigError(
+                    f"{prefix}: key '{key}' is not allowed on alias; an alias call carries no "
+                    "properties or traits. Fix: remove it (send traits with an identify sync)."
+                )
+
+
+def _check_send_on(prefix: str, sync: SyncConfig) -> None:
+    if sync.send_on is None:
+        return
+    if not sync.send_on:
+        raise ConfigError(
+            f"{prefix}: key 'send_on' is empty, so the sync would never send anything. "
+            "Fix: list change types, e.g. 'send_on: [added, changed]', or remove it for the "
+            "default."
+        )
+    if "removed" in sync.send_on and sync.type not in ("page", "screen"):
+        raise ConfigError(
+            f"{prefix}: key 'send_on' has 'removed', but a {sync.type} call for a row that is "
+            "gone would re-send its last values as if current. Fix: use added and/or changed "
+            "('removed' is for page and screen syncs)."
+        )
+
+
+def _check_payload_fields(prefix: str, sync: SyncConfig) -> None:
+    """Dotted paths, static values, context and integrations: shapes the payload can hold."""
+    paths: dict[tuple[str, ...], str] = {}
+    for key, fields in (("mapping", sync.mapping), ("static", sync.static)):
+        for field in fields:
+            _add_path(prefix, key, str(field), paths)
+    for field, value in sync.static.items():
+        try:
+            orjson.dumps(value)
+        except TypeError:
+            raise ConfigError(
+                f"{prefix}: key 'static.{field}' has a value JSON cannot hold ({value!r}). "
+                "Fix: use a string, number, boolean, null, list or mapping."
+            ) from None
+    context_paths: dict[tuple[str, ...], str] = {}
+    for field, column in sync.context.items():
+        if not column.strip():
+            raise ConfigError(
+                f"{prefix}: key 'context.{field}' names a blank column. "
+                "Fix: map each context field to a column name, e.g. {ip: ip_address}."
+            )
+        path = _add_path(prefix, "context", field, context_paths)
+        if path[0] in RESERVED_CONTEXT:
+            raise ConfigError(
+                f"{prefix}: key 'context.{field}': rudder_sync writes context.{path[0]} itself. "
+                "Fix: remove it (put traits in 'mapping' of an identify sync)."
+            )
+    if sync.integrations is not None:
+        all_value = sync.integrations.get("All")
+        if "All" in sync.integrations and not isinstance(all_value, bool):
+            raise ConfigError(
+                f"{prefix}: key 'integrations.All' must be true or false (got {all_value!r}); "
+                "any other value routes the event to no destination. Fix: 'All: true' or "
+                "'All: false'."
+            )
+        for destination, value in sync.integrations.items():
+            if not isinstance(value, (bool, Mapping)):
+                raise ConfigError(
+                    f"{prefix}: key 'integrations.{destination}' must be true, false or a "
+                    f"mapping of destination options (got {value!r}). Fix: e.g. "
+                    "'integrations: {All: false, Amplitude: true}'."
+                )
+
+
+def _add_path(
+    prefix: str, key: str, field: str, paths: dict[tuple[str, ...], str]
+) -> tuple[str, ...]:
+    """Record a dotted field path, refusing empty parts and a path inside another (a, a.b)."""
+    path = tuple(field.split("."))
+    if not all(part.strip() for part in path):
+        raise ConfigError(
+            f"{prefix}: key '{key}' has the field path {field!r} with an empty part. "
+            "Fix: write names joined by single dots, e.g. 'address.city'."
+        )
+    for other, where in paths.items():
+        if other == path or other[: len(path)] == path or path[: len(other)] == other:
+            shorter, longer = sorted((".".join(other), field), key=len)
+            both = f"'{where}.{'.'.join(other)}' and '{key}.{field}'"
+            raise ConfigError(
+                f"{prefix}: keys {both} collide: '{shorter}' cannot be both a value and hold "
+                f"'{longer}'. Fix: rename one of them."
+                if shorter != longer
+                else f"{prefix}: keys {both} set the same field. Fix: keep one of them."
+            )
+    paths[path] = key
+    return path
 
 
 def check_model_sql(
@@ -426,7 +632,7 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
     fixes = {
         "partitions": "e.g. 'partitions: {start: 2024-01-01, cadence: daily, timezone: UTC}' "
         "(cadence: hourly, daily, weekly or monthly)",
-        "type": "use 'track' or 'identify'",
+        "type": "use track, identify, page, screen, group or alias",
         "schedule": "use a cron expression such as '*/15 * * * *'",
         "trigger": "e.g. 'trigger: {sql: select max(updated_at) from users, every_seconds: 60}'",
         "upstream": "list asset keys, e.g. [analytics/users]",
@@ -436,8 +642,16 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "retry_max_seconds": "a number of seconds",
         "guard": "e.g. 'guard: {max_removed_fraction: 0.2, max_changed_fraction: 0.5, "
         "max_events: 100000}' (null turns one off)",
-        "events": "map change types (added, changed, removed) to event names",
+        "events": "map change types (added, changed, removed) to event names or {column: <column>}",
         "mapping": "map event field names to column names, e.g. {email: email}",
+        "static": "map field names to constant values, e.g. {source: warehouse}",
+        "context": "map context fields to columns, e.g. {ip: ip_address}",
+        "integrations": "e.g. 'integrations: {All: false, Amplitude: true}'",
+        "exclude_nulls": "use true or false",
+        "send_on": "list change types: added, changed (and removed on page/screen syncs)",
+        "name_column": "name the column holding the page or screen name",
+        "group_id": "name the column holding the groupId",
+        "previous_id": "name the column holding the previousId",
         "send_initial_results": "use true or false",
     }
     fix = fixes.get(key.split(".")[0], "see the YAML reference in the README")

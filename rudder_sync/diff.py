@@ -14,8 +14,16 @@ from datetime import datetime
 import orjson
 import pandas as pd
 
-from .config import CHANGE_TYPES, SyncConfig
-from .jsonvalues import column_types, id_sql, json_object_sql, quote_ident, quote_literal
+from .config import CALL_COLUMN_KEYS, CHANGE_TYPES, SyncConfig
+from .events import EXTRAS_SEP, split_content
+from .jsonvalues import (
+    column_types,
+    id_sql,
+    json_fields_sql,
+    json_value_sql,
+    quote_ident,
+    quote_literal,
+)
 from .jsonvalues import timestamp_sql as render_timestamp_sql
 from .state import SyncState, run
 
@@ -53,6 +61,12 @@ def check_model_columns(sync: SyncConfig, columns: list[str]) -> None:
             role.setdefault(value, key)
     for event_field, column in sync.mapping.items():
         role.setdefault(column, f"mapping.{event_field}")
+    if sync.call_column:
+        role.setdefault(sync.call_column, CALL_COLUMN_KEYS[sync.type][0])
+    for change, column in sync.event_columns.items():
+        role.setdefault(column, f"events.{change}.column")
+    for context_field, column in sync.context.items():
+        role.setdefault(column, f"context.{context_field}")
     missing = [c for c in sync.required_columns if c not in columns]
     if missing:
         described = ", ".join(f"'{c}' (from '{role[c]}')" for c in missing)
@@ -103,7 +117,7 @@ def compute_diff(
                    null::varchar as __rs_user_id, null::varchar as __rs_anonymous_id,
                    null::varchar as __rs_props
             from ({_fingerprint_sql(sync, column_types(conn, previous), previous)})
-            where __rs_pk is not null and __rs_key_rows = 1 and __rs_has_id
+            where __rs_pk is not null and __rs_key_rows = 1 and __rs_problem is null
             """,
         )
     scope = "__rs_window is not distinct from ?"
@@ -191,29 +205,21 @@ def compute_diff(
 
 
 def _fingerprint_sql(sync: SyncConfig, types: dict, relation: str) -> str:
-    """Per model row: key, whether the key repeats, whether it has an ID, a content hash.
+    """Per model row: key, whether the key repeats, why it cannot be sent, a content hash.
 
-    The hash covers the carried columns' raw values and the sync's field names, so a change of any
-    value the event carries, or of the mapping, is a change; other columns are not hashed.
+    The hash covers the carried columns' raw values and the sync's shape (field names, fixed
+    values), so a change of any value the event carries, or of the mapping, is a change; other
+    columns are not hashed.
     """
     pk = f"cast({quote_ident(sync.primary_key)} as varchar)"
-    user = id_sql(quote_ident(sync.user_id), types[sync.user_id]) if sync.user_id else "null"
-    anonymous = (
-        id_sql(quote_ident(sync.anonymous_id), types[sync.anonymous_id])
-        if sync.anonymous_id
-        else "null"
-    )
     carried = ", ".join(quote_ident(c) for c in sync.carried_columns)
-    shape = quote_literal(
-        f"{sync.type}|{sync.user_id}|{sync.anonymous_id}|"
-        + "|".join(f"{k}={v}" for k, v in sync.mapping.items())
-    )
+    shape = quote_literal(_shape(sync))
     # Duplicate keys by aggregation, not a window function: it is cheaper and spills to disk.
     return f"""
         with f as (
             select {pk} as __rs_pk,
                    hash({carried}, {shape}) as __rs_hash,
-                   ({user}) is not null or ({anonymous}) is not null as __rs_has_id
+                   {_problem_sql(sync, types)} as __rs_problem
             from {relation}
         ),
         d as (select __rs_pk, count(*) as n from f group by all having count(*) > 1)
@@ -221,15 +227,94 @@ def _fingerprint_sql(sync: SyncConfig, types: dict, relation: str) -> str:
     """
 
 
+def _shape(sync: SyncConfig) -> str:
+    """The sync's own part of the content hash; unchanged for syncs that use no newer key."""
+    text = f"{sync.type}|{sync.user_id}|{sync.anonymous_id}|" + "|".join(
+        f"{k}={v}" for k, v in sync.mapping.items()
+    )
+    extra = []
+    if sync.call_column:
+        extra.append(f"call={sync.call_column}")
+    if sync.event_columns:
+        extra.append("events=" + ",".join(f"{k}={v}" for k, v in sync.event_columns.items()))
+    if sync.context:
+        extra.append("context=" + ",".join(f"{k}={v}" for k, v in sync.context.items()))
+    if sync.static:
+        extra.append("static=" + orjson.dumps(sync.static).decode())
+    if sync.integrations is not None:
+        extra.append("integrations=" + orjson.dumps(sync.integrations).decode())
+    if sync.exclude_nulls:
+        extra.append("exclude_nulls")
+    return text + "".join(f"{chr(31)}{part}" for part in extra)
+
+
+def _problem_sql(sync: SyncConfig, types: dict) -> str:
+    """SQL giving why a row cannot be sent (an ID, name, groupId... null or blank), else NULL."""
+
+    def missing(column: str) -> str:
+        return f"({id_sql(quote_ident(column), types[column])}) is null"
+
+    id_columns = " / ".join(
+        f"{k} column '{getattr(sync, k)}'" for k in ("user_id", "anonymous_id") if getattr(sync, k)
+    )
+    if sync.type == "alias":
+        checks = [
+            (
+                missing(sync.user_id or ""),
+                f"no user ID (user_id column '{sync.user_id}' null or blank); "
+                "an alias call needs one",
+            )
+        ]
+    else:
+        checks = [
+            (
+                " and ".join(missing(c) for c in sync.id_columns),
+                f"neither user ID nor anonymous ID ({id_columns} null or blank)",
+            )
+        ]
+    if sync.call_column:
+        label = {"name_column": f"{sync.type} name", "group_id": "group ID"}.get(
+            CALL_COLUMN_KEYS[sync.type][0], "previous ID"
+        )
+        checks.append(
+            (missing(sync.call_column), f"{label} column '{sync.call_column}' null or blank")
+        )
+    for column in dict.fromkeys(sync.event_columns.values()):
+        checks.append((missing(column), f"event name column '{column}' null or blank"))
+    whens = " ".join(f"when {test} then {quote_literal(reason)}" for test, reason in checks)
+    return f"(case {whens} end)"
+
+
 def _render_sql(sync: SyncConfig, types: dict) -> str:
-    """Rendered IDs, properties/traits, timestamp and message ID of model rows (`m`)."""
+    """Rendered IDs, event content, timestamp and message ID of model rows (`m`).
+
+    The content is the properties/traits JSON; a sync with per-row fields beyond those (event
+    name, page name, groupId, previousId, context) puts their JSON object first, then EXTRAS_SEP
+    (a control character, which JSON text always escapes), so a sync without them is unchanged.
+    """
 
     def ident(column: str | None) -> str:
         return id_sql(f"m.{quote_ident(column)}", types[column]) if column else "null::varchar"
 
-    props = json_object_sql(
-        [(name, f"m.{quote_ident(column)}", types[column]) for name, column in sync.mapping.items()]
-    )
+    def value(column: str) -> str:
+        return json_value_sql(f"m.{quote_ident(column)}", types[column])
+
+    fields = [(name.split("."), value(column)) for name, column in sync.mapping.items()]
+    fields += [
+        (name.split("."), f"json({quote_literal(orjson.dumps(constant).decode())})")
+        for name, constant in sync.static.items()
+    ]
+    content = json_fields_sql(fields, sync.exclude_nulls)
+    if sync.has_extras:
+        extras: list[tuple[list[str], str]] = []
+        if sync.call_column:
+            extras.append(([CALL_COLUMN_KEYS[sync.type][1]], ident(sync.call_column)))
+        for change, column in sync.event_columns.items():
+            extras.append((["event", change], ident(column)))
+        for name, column in sync.context.items():
+            extras.append((["context", *name.split(".")], value(column)))
+        sep = quote_literal(EXTRAS_SEP)
+        content = f"({json_fields_sql(extras, sync.exclude_nulls)} || {sep} || {content})"
     row_ts = "null::varchar"
     if sync.timestamp:
         try:
@@ -243,25 +328,21 @@ def _render_sql(sync: SyncConfig, types: dict) -> str:
         select cast(m.{quote_ident(sync.primary_key)} as varchar) as __rs_pk,
                {ident(sync.user_id)} as __rs_user_id,
                {ident(sync.anonymous_id)} as __rs_anonymous_id,
-               {props} as __rs_props,
+               {content} as __rs_props,
                {row_ts} as __rs_row_timestamp,
                {ident(sync.message_id)} as __rs_row_message_id
     """
 
 
 def _rejected_sql(sync: SyncConfig) -> str:
-    id_columns = " / ".join(
-        f"{k} column '{getattr(sync, k)}'" for k in ("user_id", "anonymous_id") if getattr(sync, k)
-    )
-    no_id = quote_literal(f"neither user ID nor anonymous ID ({id_columns} null or blank)")
-    return f"""
+    return """
         select ?::varchar as __rs_window, coalesce(__rs_pk, '(null)') as __rs_pk,
                case when __rs_pk is null then 'null primary key'
                     when __rs_key_rows > 1
                       then 'duplicate primary key (' || __rs_key_rows || ' rows)'
-                    else {no_id} end as reason
+                    else __rs_problem end as reason
         from __rs_current
-        where __rs_pk is null or __rs_key_rows > 1 or not __rs_has_id
+        where __rs_pk is null or __rs_key_rows > 1 or __rs_problem is not null
         order by 2
     """
 
@@ -276,7 +357,7 @@ def _changes_sql(sync: SyncConfig, first_run: bool, base: str) -> str:
         return "true" if send else "false"
 
     # A `removed` event needs the last values, kept in the snapshot when the sync sends them.
-    keep = "true" if sync.type == "track" and sync.sends("removed") else "false"
+    keep = "true" if sync.sends("removed") else "false"
     # One full outer join of the current keys with the base: a duplicated or ID-less key is not
     # valid (so neither added nor changed) but present (so not removed).
     return f"""
@@ -301,7 +382,7 @@ def _changes_sql(sync: SyncConfig, first_run: bool, base: str) -> str:
                 as __rs_base_anonymous_id,
             case when c.__rs_present is null then s.__rs_props end as __rs_base_props
           from (select __rs_pk, true as __rs_present, __rs_hash,
-                       __rs_key_rows = 1 and __rs_has_id as __rs_valid
+                       __rs_key_rows = 1 and __rs_problem is null as __rs_valid
                 from __rs_current where __rs_pk is not null) c
           full outer join {base} s on s.__rs_pk = c.__rs_pk
         ) where __rs_change is not null
@@ -379,8 +460,37 @@ def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.
     ]
     if not sync.partitions:
         frame = frame.drop(columns="partition")
-    props = [orjson.loads(p) if isinstance(p, str) else {} for p in frame.pop("__props")]
+    contents = [
+        split_content(sync, p if isinstance(p, str) else None) for p in frame.pop("__props")
+    ]
+    props = [orjson.loads(text) for _, text in contents]
     for name in sync.mapping:
-        column = name if name not in frame.columns else f"{name} (mapped)"
-        frame[column] = [p.get(name) for p in props]
+        _add_column(frame, name, [_lookup(p, name.split(".")) for p in props])
+    extras = [extra for extra, _ in contents]
+    if sync.event_columns:
+        names = [
+            sync.event_name(change) or _lookup(extra, ["event", change])
+            for change, extra in zip(frame["change_type"], extras, strict=True)
+        ]
+        _add_column(frame, "event", names)
+    if sync.call_column:
+        field = CALL_COLUMN_KEYS[sync.type][1]
+        _add_column(frame, field, [extra.get(field) for extra in extras])
+    for name in sync.context:
+        path = ["context", *name.split(".")]
+        _add_column(frame, f"context.{name}", [_lookup(extra, path) for extra in extras])
     return frame
+
+
+def _add_column(frame: pd.DataFrame, name: str, values: list) -> None:
+    """Add a field's column, marked "(mapped)" when its name is taken by a system column."""
+    frame[name if name not in frame.columns else f"{name} (mapped)"] = values
+
+
+def _lookup(value: object, path: list[str]) -> object:
+    """The value at a field path of a decoded JSON object (None when absent)."""
+    for part in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value

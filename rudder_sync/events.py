@@ -1,7 +1,8 @@
 """Pending changes -> RudderStack event payloads.
 
 The properties/traits JSON was rendered inside DuckDB by the diff (rules in `jsonvalues`);
-here it is embedded untouched with `orjson.Fragment`, so Python only builds the small envelope.
+here it is embedded untouched with `orjson.Fragment`, so Python only builds the small envelope
+(and decodes the small object of per-row fields: event or page name, groupId, context...).
 Events are streamed from the state in Arrow batches: memory is bounded by a batch, not the diff.
 """
 
@@ -19,6 +20,8 @@ from .rudderstack import OutgoingEvent
 from .state import SyncState
 
 READ_BATCH_ROWS = 20_000
+# Between a change's per-row fields and its properties/traits JSON (see `diff._render_sql`).
+EXTRAS_SEP = "\x1e"
 LIBRARY_NAME = "rudder_sync"
 
 try:
@@ -32,6 +35,19 @@ _PENDING_COLUMNS = (
 )
 
 
+def split_content(sync: SyncConfig, content: str | None) -> tuple[dict[str, Any], str]:
+    """A pending change's content as (per-row fields, properties/traits JSON text).
+
+    Only a sync with per-row fields (see `diff._render_sql`) stores them, before EXTRAS_SEP;
+    content stored without them (an older config) has none.
+    """
+    text = content or "{}"
+    if not sync.has_extras:
+        return {}, text
+    head, sep, tail = text.partition(EXTRAS_SEP)
+    return (orjson.loads(head), tail or "{}") if sep else ({}, head)
+
+
 def build_event(
     sync: SyncConfig,
     change: str,
@@ -41,16 +57,30 @@ def build_event(
     anonymous_id: str | None,
     props_json: str | None,
 ) -> dict[str, Any]:
-    """One Track or Identify call, shaped as RudderStack's own SDKs send it.
+    """One call of the sync's type, shaped as RudderStack's own SDKs send it.
 
-    Null IDs are left out (never "None"); identify traits go in `context.traits`.
+    Null IDs are left out (never "None"); identify traits go in `context.traits`, group traits
+    in `traits`; page and screen carry `name` and `properties`, alias `previousId`.
     """
+    extras, props_text = split_content(sync, props_json)
     context: dict[str, Any] = {"library": {"name": LIBRARY_NAME, "version": LIBRARY_VERSION}}
-    props = orjson.Fragment(props_json or "{}")
+    context.update(extras.get("context") or {})
+    props = orjson.Fragment(props_text)
     event: dict[str, Any] = {"type": sync.type}
     if sync.type == "track":
-        event["event"] = sync.event_name(change)
+        name = sync.event_name(change) or (extras.get("event") or {}).get(change)
+        if name is not None:
+            event["event"] = name
         event["properties"] = props
+    elif sync.type in ("page", "screen"):
+        if extras.get("name") is not None:
+            event["name"] = extras["name"]
+        event["properties"] = props
+    elif sync.type == "group":
+        event["groupId"] = extras.get("groupId")
+        event["traits"] = props
+    elif sync.type == "alias":
+        event["previousId"] = extras.get("previousId")
     else:
         context["traits"] = props
     if user_id is not None:
@@ -60,6 +90,8 @@ def build_event(
     event["messageId"] = message_id
     event["timestamp"] = timestamp
     event["context"] = context
+    if sync.integrations is not None:
+        event["integrations"] = sync.integrations
     return event
 
 

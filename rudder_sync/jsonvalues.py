@@ -10,6 +10,7 @@ no Python UDFs, so it runs at DuckDB speed on large tables.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ except ImportError:  # duckdb < 1.4 only has the older module name
 __all__ = [
     "column_types",
     "id_sql",
+    "json_fields_sql",
     "json_object_sql",
     "json_value_sql",
     "quote_ident",
@@ -277,6 +279,58 @@ def json_object_sql(fields: Sequence[tuple[str, str, DuckDBPyType]]) -> str:
         seen.add(key)
         args.append(f"{quote_literal(key)}, {json_value_sql(expr, dtype)}")
     return f"CAST(json_object({', '.join(args)}) AS VARCHAR)"
+
+
+def json_fields_sql(
+    fields: Sequence[tuple[Sequence[str], str]], exclude_nulls: bool = False
+) -> str:
+    """VARCHAR SQL holding one JSON object per row, built from ``(path, JSON-ready value SQL)``.
+
+    A path of several names nests objects (``("address", "city")``). Values come from
+    :func:`json_value_sql` (or are JSON constants). With ``exclude_nulls`` a field whose value is
+    null is left out, and so is an object left empty by that; DuckDB's ``json_object`` cannot skip
+    a key, so that object is written as text with ``concat_ws``, which skips NULL parts.
+    """
+    tree: dict[str, object] = {}
+    for path, value in fields:
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"field {'.'.join(path)!r} is inside the value {part!r}")
+            node = child
+        if path[-1] in node:
+            raise ValueError(f"duplicate JSON key {'.'.join(path)!r}")
+        node[path[-1]] = value
+    if exclude_nulls:
+        return f"('{{' || {_members_without_nulls(tree)} || '}}')"
+    return f"CAST({_object(tree)} AS VARCHAR)" if tree else "'{}'"
+
+
+def _object(tree: dict[str, object]) -> str:
+    args = [
+        f"{quote_literal(k)}, {_object(v) if isinstance(v, dict) else v}" for k, v in tree.items()
+    ]
+    return f"json_object({', '.join(args)})"
+
+
+def _members_without_nulls(tree: dict[str, object]) -> str:
+    """SQL text of an object's ``"key":value`` members, comma-joined, null ones left out."""
+    parts = []
+    for key, value in tree.items():
+        name = quote_literal(_json_string(key) + ":")
+        if isinstance(value, dict):
+            inner = _members_without_nulls(value)
+            parts.append(f"({name} || '{{' || nullif({inner}, '') || '}}')")
+        else:
+            text = f"CAST(to_json({value}) AS VARCHAR)"
+            parts.append(f"(CASE WHEN {text} <> 'null' THEN {name} || {text} END)")
+    return f"concat_ws(',', {', '.join(parts)})" if parts else "''"
+
+
+def _json_string(text: str) -> str:
+    """``text`` as a JSON string literal (the key of a hand-written object)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def timestamp_sql(expr: str, dtype: DuckDBPyType) -> str:

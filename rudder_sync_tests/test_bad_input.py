@@ -147,8 +147,8 @@ CASES: list[Case] = [
         "wrong value: type",
         "config",
         "config error",
-        document=_sync_doc(type="page"),
-        messages=("sync 's1'", "key 'type'", "'track' or 'identify'"),
+        document=_sync_doc(type="pageview"),
+        messages=("sync 's1'", "key 'type'", "track, identify, page, screen, group or alias"),
     ),
     Case(
         "empty SQL",

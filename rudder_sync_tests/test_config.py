@@ -50,8 +50,8 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("empty model", _config(s1=_track(model="   ")), ["sync 's1'", "'model'", "empty"]),
     (
         "bad type",
-        _config(s1=_track(type="page")),
-        ["sync 's1'", "key 'type'", "'track' or 'identify'"],
+        _config(s1=_track(type="pageview")),
+        ["sync 's1'", "key 'type'", "track, identify, page, screen, group or alias"],
     ),
     (
         "events on identify",
