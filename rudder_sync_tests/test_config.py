@@ -217,3 +217,163 @@ def test_packaged_demo_config_is_valid() -> None:
 
     config = load_config(default_config_path())
     assert {s.type for s in config.syncs.values()} == {"track", "identify"}
+
+
+# -- call types and fields (issue 11) ---------------------------------------------------------
+
+_BASE = {"model": "select * from visits", "primary_key": "id", "user_id": "uid"}
+
+
+def _call(type_: str, **changes: Any) -> dict[str, Any]:
+    """A valid sync of the call type, with `changes` applied (`...` removes a key)."""
+    body: dict[str, Any] = {**_BASE, "type": type_}
+    body.update(
+        {
+            "page": {"name_column": "page"},
+            "screen": {"name_column": "page"},
+            "group": {"group_id": "account"},
+            "alias": {"previous_id": "old_id"},
+            "track": {"events": {"added": "A"}},
+        }.get(type_, {})
+    )
+    for key, value in changes.items():
+        if value is ...:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return _config(s1=body)
+
+
+CALL_TYPE_CONFIGS: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("page without name_column", _call("page", name_column=...), ["'name_column' is missing"]),
+    ("screen without name_column", _call("screen", name_column=...), ["'name_column' is missing"]),
+    ("group without group_id", _call("group", group_id=...), ["'group_id' is missing"]),
+    ("alias without previous_id", _call("alias", previous_id=...), ["'previous_id' is missing"]),
+    ("name_column on track", _call("track", name_column="page"), ["'name_column' is only for"]),
+    ("name_column on group", _call("group", name_column="page"), ["'name_column' is only for"]),
+    ("group_id on identify", _call("identify", group_id="account"), ["'group_id' is only for"]),
+    ("previous_id on page", _call("page", previous_id="old"), ["'previous_id' is only for"]),
+    ("blank group_id", _call("group", group_id=" "), ["key 'group_id' is blank"]),
+    ("events on page", _call("page", events={"added": "A"}), ["'events' is for track syncs"]),
+    (
+        "send_initial_results on group",
+        _call("group", send_initial_results=True),
+        ["'send_initial_results' is for track syncs", "always sends the initial"],
+    ),
+    ("send_on on track", _call("track", send_on=["added"]), ["'send_on' is not for track"]),
+    ("send_on unknown value", _call("page", send_on=["viewed"]), ["key 'send_on.0'", "added"]),
+    ("send_on empty", _call("page", send_on=[]), ["'send_on' is empty"]),
+    ("send_on removed on group", _call("group", send_on=["removed"]), ["'removed' is for page"]),
+    ("send_on removed on alias", _call("alias", send_on=["removed"]), ["'removed' is for page"]),
+    (
+        "send_on removed on identify",
+        _call("identify", send_on=["added", "removed"]),
+        ["'removed' is for page"],
+    ),
+    (
+        "alias without user_id",
+        _call("alias", user_id=..., anonymous_id="anon"),
+        ["'user_id' is missing", "alias"],
+    ),
+    ("mapping on alias", _call("alias", mapping={"a": "a"}), ["'mapping' is not allowed on alias"]),
+    (
+        "event name column not a column mapping",
+        _call("track", events={"added": {"col": "event"}}),
+        ["key 'events'", "{column: <column>}"],
+    ),
+    (
+        "blank event name column",
+        _call("track", events={"added": {"column": " "}}),
+        ["'events.added.column' is blank"],
+    ),
+    (
+        "integrations All not a boolean",
+        _call("track", integrations={"All": "false"}),
+        ["'integrations.All' must be true or false", "routes the event to no destination"],
+    ),
+    (
+        "integrations value not a boolean or mapping",
+        _call("track", integrations={"All": False, "Amplitude": "yes"}),
+        ["'integrations.Amplitude' must be true, false or a mapping"],
+    ),
+    (
+        "integrations not a mapping",
+        _call("track", integrations=["Amplitude"]),
+        ["key 'integrations'", "All: false"],
+    ),
+    (
+        "mapping paths collide",
+        _call("track", mapping={"address": "a", "address.city": "c"}),
+        ["'mapping.address' and 'mapping.address.city' collide", "rename one"],
+    ),
+    (
+        "static path inside a mapped value",
+        _call("page", mapping={"plan": "p"}, static={"plan.tier": 2}),
+        ["'mapping.plan' and 'static.plan.tier' collide"],
+    ),
+    (
+        "static and mapping set one field",
+        _call("group", mapping={"plan": "p"}, static={"plan": "pro"}),
+        ["'mapping.plan' and 'static.plan' set the same field"],
+    ),
+    ("empty path part", _call("track", mapping={"a..b": "c"}), ["'a..b' with an empty part"]),
+    ("context library", _call("track", context={"library": "lib"}), ["writes context.library"]),
+    ("context traits", _call("identify", context={"traits.x": "x"}), ["writes context.traits"]),
+    (
+        "context paths collide",
+        _call("page", context={"campaign": "c", "campaign.name": "n"}),
+        ["'context.campaign' and 'context.campaign.name' collide"],
+    ),
+    ("context blank column", _call("page", context={"ip": " "}), ["'context.ip' names a blank"]),
+    (
+        "exclude_nulls not a bool",
+        _call("page", exclude_nulls="sometimes"),
+        ["exclude_nulls", "true or"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(raw, expected) for _, raw, expected in CALL_TYPE_CONFIGS],
+    ids=[name for name, _, _ in CALL_TYPE_CONFIGS],
+)
+def test_call_type_config_errors(raw: dict[str, Any], expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, base_dir=Path("/tmp"))
+    message = str(info.value)
+    for fragment in [*expected, "sync 's1'", "Fix:"]:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("type_", ["track", "identify", "page", "screen", "group", "alias"])
+def test_every_call_type_loads_with_its_defaults(type_: str) -> None:
+    sync = parse_config(_call(type_)).syncs["s1"]
+    sends = [sync.sends(c) for c in ("added", "changed", "removed")]
+    expected = {
+        "track": [True, False, False],
+        "page": [True, False, False],
+        "screen": [True, False, False],
+    }.get(type_, [True, True, False])
+    assert sends == expected
+
+
+def test_send_on_and_field_columns() -> None:
+    sync = parse_config(
+        _call(
+            "page",
+            send_on=["added", "removed"],
+            mapping={"address.city": "city"},
+            static={"plan.tier": 2, "since": "2024-01-01"},
+            context={"ip": "ip_address", "campaign.name": "campaign"},
+            integrations={"All": False, "Amplitude": True},
+        )
+    ).syncs["s1"]
+    assert [sync.sends(c) for c in ("added", "changed", "removed")] == [True, False, True]
+    # every column the event carries is part of its content, in a stable order
+    assert sync.carried_columns == ["uid", "city", "page", "ip_address", "campaign"]
+    track = parse_config(
+        _call("track", events={"added": {"column": "event"}, "changed": "Changed"})
+    ).syncs["s1"]
+    assert track.event_name("added") is None and track.event_name("changed") == "Changed"
+    assert track.event_columns == {"added": "event"} and "event" in track.required_columns
