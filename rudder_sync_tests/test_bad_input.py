@@ -514,6 +514,94 @@ CASES: list[Case] = [
         rejected=("100",),
         messages=("event is", "bytes; a request body may be at most", "max_request_kb"),
     ),
+    # -- call types (issue 11): their config rules, and rows without a name/groupId/previousId --
+    Case(
+        "page sync without name_column",
+        "config",
+        "config error",
+        document=_sync_doc(type="page"),
+        messages=("sync 's1'", "key 'name_column' is missing", "Fix"),
+    ),
+    Case(
+        "call-type column on another type",
+        "config",
+        "config error",
+        document=_sync_doc(group_id="uid"),
+        messages=("sync 's1'", "key 'group_id' is only for group syncs", "Fix"),
+    ),
+    Case(
+        "send_on removed on a group sync",
+        "config",
+        "config error",
+        document=_sync_doc(type="group", group_id="uid", send_on=["added", "removed"]),
+        messages=("sync 's1'", "key 'send_on' has 'removed'", "Fix"),
+    ),
+    Case(
+        "integrations All not a boolean",
+        "config",
+        "config error",
+        document=_sync_doc(integrations={"All": "false"}),
+        messages=("sync 's1'", "key 'integrations.All' must be true or false", "Fix"),
+    ),
+    Case(
+        "colliding field paths",
+        "config",
+        "config error",
+        document=_sync_doc(mapping={"v": "v", "v.x": "tag"}),
+        messages=("sync 's1'", "'mapping.v' and 'mapping.v.x' collide", "Fix"),
+    ),
+    Case(
+        "context sets library or traits",
+        "config",
+        "config error",
+        document=_sync_doc(context={"library.name": "v"}),
+        messages=("sync 's1'", "key 'context.library.name'", "writes context.library", "Fix"),
+    ),
+    Case(
+        "event name from a column: null or blank",
+        "data",
+        "rejected",
+        rows=(("100", "'u100'", "null"), ("101", "'u101'", "' '")),
+        sync={
+            "type": "track",
+            "events": {"added": {"column": "v"}},
+            "send_initial_results": True,
+        },
+        rejected=("100", "101"),
+        messages=("event name column 'v' null or blank",),
+    ),
+    Case(
+        "page name null or blank",
+        "data",
+        "rejected",
+        rows=(("100", "'u100'", "null"), ("101", "'u101'", "''")),
+        sync={"type": "page", "name_column": "v"},
+        rejected=("100", "101"),
+        messages=("page name column 'v' null or blank",),
+    ),
+    Case(
+        "group ID null or blank",
+        "data",
+        "rejected",
+        rows=(("100", "'u100'", "null"), ("101", "'u101'", "chr(9)")),
+        sync={"type": "group", "group_id": "v"},
+        rejected=("100", "101"),
+        messages=("group ID column 'v' null or blank",),
+    ),
+    Case(
+        "alias previous ID null or blank",
+        "data",
+        "rejected",
+        rows=(("100", "'u100'", "null"), ("101", "'u101'", "'  '")),
+        sync={
+            "type": "alias",
+            "previous_id": "v",
+            "mapping": None,
+            "context": {"tag": "tag", "key": "id"},
+        },
+        rejected=("100", "101"),
+        messages=("previous ID column 'v' null or blank",),
+    ),
 ]
 
 CONFIG_CASES = [case for case in CASES if case.area == "config"]
@@ -610,10 +698,19 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def _events_of(case: Case, events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The case's events by primary key (the `key` trait, as text)."""
-    mine = [e for e in events if e["context"]["traits"].get("tag") == case.id]
-    by_key = {str(e["context"]["traits"]["key"]): e for e in mine}
+    mine = [e for e in events if _fields(e).get("tag") == case.id]
+    by_key = {str(_fields(e)["key"]): e for e in mine}
     assert len(by_key) == len(mine), f"{case.id}: a key was sent twice in one run"
     return by_key
+
+
+def _fields(event: dict[str, Any]) -> dict[str, Any]:
+    """Where the mapped fields are: traits (identify, group), properties, or context (alias)."""
+    context = event.get("context", {})
+    for fields in (context.get("traits"), event.get("traits"), event.get("properties")):
+        if fields is not None:
+            return fields
+    return context
 
 
 def _failures(result: ExecuteInProcessResult, case: Case) -> str:
