@@ -38,14 +38,15 @@ _PENDING_COLUMNS = (
 def split_content(sync: SyncConfig, content: str | None) -> tuple[dict[str, Any], str]:
     """A pending change's content as (per-row fields, properties/traits JSON text).
 
-    Only a sync with per-row fields (see `diff._render_sql`) stores them, before EXTRAS_SEP;
-    content stored without them (an older config) has none.
+    A sync with per-row fields (see `diff._render_sql`) stores them before EXTRAS_SEP. The last
+    delivered content of a removed row may date from an earlier config with or without them, so
+    the separator decides, not the config: JSON text never holds the raw control character.
     """
     text = content or "{}"
-    if not sync.has_extras:
+    if EXTRAS_SEP not in text:
         return {}, text
-    head, sep, tail = text.partition(EXTRAS_SEP)
-    return (orjson.loads(head), tail or "{}") if sep else ({}, head)
+    head, _, tail = text.partition(EXTRAS_SEP)
+    return (orjson.loads(head) if sync.has_extras else {}), tail
 
 
 def build_event(

@@ -381,3 +381,77 @@ def test_diff_frame_shows_the_call_fields(tmp_path: Path, gateway: TestGateway) 
     assert frame.loc["1", "groupId"] == "acc1"
     assert frame.loc["1", "address.city"] == "Berlin"
     assert frame.loc["2", "context.ip"] == "10.0.0.2"
+
+
+def test_track_removed_event_named_by_the_last_delivered_value(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    project = _project(
+        tmp_path,
+        events={
+            "type": "track",
+            "events": {"removed": {"column": "event_name"}},
+            "mapping": {"plan": "plan"},
+        },
+    )
+    _run(project, "events", gateway)
+    sql(project.warehouse, "delete from visits where id = 2")
+    _run(project, "events", gateway)
+    (removed,) = _sent(gateway).values()
+    assert (removed["event"], removed["properties"]) == ("Upgraded", {"plan": "free"})
+
+
+def test_removed_row_stored_under_an_older_config_is_still_valid_json(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    """The last values of a row were kept with per-row fields; the config then drops them."""
+    body = {"type": "track", "events": {"removed": "Gone"}, "mapping": {"plan": "plan"}}
+    project = _project(tmp_path, events={**body, "context": {"ip": "ip"}})
+    _run(project, "events", gateway)
+    project = _project(tmp_path, events=body)
+    sql(project.warehouse, "delete from visits where id = 1")
+    _run(project, "events", gateway)
+    (removed,) = _sent(gateway).values()
+    assert (removed["event"], removed["properties"]) == ("Gone", {"plan": "pro"})
+
+
+HISTORY = """
+create or replace table page_history as select * from (values
+ (1, 'u1', 'Home', timestamptz '2023-12-31 00:00+00', timestamptz '2024-01-03 12:00+00'),
+ (1, 'u1', 'Docs', timestamptz '2024-01-03 12:00+00', null),
+ (2, 'u2', 'Blog', timestamptz '2024-01-02 10:00+00', null),
+ (3, 'u3', 'Shop', timestamptz '2023-12-30 00:00+00', timestamptz '2024-01-03 08:00+00')
+) t(id, user_id, page, valid_from, valid_to)
+"""
+
+
+def test_partitioned_page_sync_sends_each_window(tmp_path: Path, gateway: TestGateway) -> None:
+    project = write_project(
+        tmp_path,
+        {
+            "pages": {
+                "model": "select id, user_id, page from page_history where valid_from < "
+                "$partition_end and (valid_to is null or valid_to >= $partition_end)",
+                "primary_key": "id",
+                "type": "page",
+                "user_id": "user_id",
+                "name_column": "page",
+                "send_on": ["added", "removed"],
+                "partitions": {"start": "2024-01-01", "cadence": "daily"},
+            }
+        },
+        users=0,
+    )
+    sql(project.warehouse, HISTORY)
+    run_sync(
+        project, "pages", rudderstack_for(gateway.url), partition_range=("2024-01-01", "2024-01-04")
+    )
+    assert gateway.schema_errors == []
+    sent = sorted((e["timestamp"][:10], e["userId"], e["name"]) for e in gateway.events)
+    # windows end the next day; u1's page change on Jan 3 is `changed`, not in send_on
+    assert sent == [
+        ("2024-01-02", "u1", "Home"),
+        ("2024-01-02", "u3", "Shop"),
+        ("2024-01-03", "u2", "Blog"),
+        ("2024-01-04", "u3", "Shop"),
+    ]
