@@ -12,3 +12,6 @@ def gateway() -> Iterator[TestGateway]:
     """A fresh gateway on 127.0.0.1 (valid key "test-write-key"), stopped after the test."""
     with TestGateway() as running:
         yield running
+
+
+from rudder_sync_tests.postgres import pg  # noqa: E402, F401 - a fixture: a fresh Postgres database

@@ -49,3 +49,36 @@ class WarehouseResource(dg.ConfigurableResource):
 def stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
     """A reader over normalised batches: one batch in memory at a time."""
     return pa.RecordBatchReader.from_batches(schema, batches)
+
+
+class StreamGuard:
+    """Keeps the WarehouseError raised while a consumer (DuckDB) reads the stream.
+
+    The consumer wraps it in an error of its own; `read_model` re-raises the original, which
+    names the warehouse and the fix:
+
+        guard = StreamGuard()
+        try:
+            yield guard.reader(schema, batches)
+        except Exception as exc:
+            guard.reraise(exc)
+            raise
+    """
+
+    def __init__(self) -> None:
+        self.error: WarehouseError | None = None
+
+    def reader(self, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
+        return stream(schema, self._watch(batches))
+
+    def _watch(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from batches
+        except WarehouseError as exc:
+            self.error = exc
+            raise
+
+    def reraise(self, exc: BaseException) -> None:
+        """Raise the warehouse's own error if `exc` is a consumer's wrapping of it."""
+        if self.error is not None and exc is not self.error:
+            raise self.error from None

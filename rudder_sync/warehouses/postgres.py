@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ..jsonvalues import quote_ident
 from .arrow import exact_number_json, opaque_storage
-from .base import WarehouseError, WarehouseResource, stream
+from .base import StreamGuard, WarehouseError, WarehouseResource
 from .sql import bind
 
 # Types whose Arrow form (after exact_number_json for numeric) DuckDB and the JSON rules take as is.
@@ -82,7 +82,12 @@ class PostgresWarehouse(WarehouseResource):
             except adbc.Error as exc:
                 raise self._error("the model failed on", exc) from None
             schema = _normalised_schema(reader.schema)
-            yield stream(schema, self._batches(reader, schema, adbc.Error))
+            guard = StreamGuard()
+            try:
+                yield guard.reader(schema, self._batches(reader, schema, adbc.Error))
+            except Exception as exc:
+                guard.reraise(exc)
+                raise
         finally:
             _close(cursor, conn)
 
@@ -101,6 +106,7 @@ class PostgresWarehouse(WarehouseResource):
         if what == "cannot connect to":
             fix = next((f for key, f in _CONNECT_FIXES if key in message), "check the url")
         elif "statement timeout" in message:
+            what = "the model failed on"
             fix = (
                 f"the model ran longer than statement_timeout_seconds="
                 f"{self.statement_timeout_seconds:g}; make it faster or raise the limit"
