@@ -403,7 +403,7 @@ def _settle_destination(
         f"sync '{sync.name}': destination moved from {recorded or '(none recorded)'} to "
         f"{destination} by run config move_destination; events delivered before are not resent."
     )
-    return recorded or ""
+    return recorded or "(none recorded)"
 
 
 def destination_label(rudderstack: RudderstackResource) -> str:

@@ -251,6 +251,8 @@ class DeliveryConfig(BaseModel):
     request_timeout_seconds: float = Field(default=30.0, gt=0)
     retry_max_seconds: float = Field(default=120.0, ge=0)
     allow_insecure_http: bool = False
+    # A plan's rate limit, e.g. 16 for 1,000 events/minute; None: no pacing.
+    max_events_per_second: float | None = Field(default=None, gt=0)
 
 
 class ProjectConfig(BaseModel):

@@ -25,7 +25,7 @@ from .config import (
 )
 from .demo import demo_dir, ensure_demo_warehouse
 from .io_manager import SyncOutputIOManager
-from .rudderstack import RudderstackResource
+from .rudderstack import RudderstackConfigError, RudderstackResource, batch_url
 from .warehouses import DuckDBSettings, WarehouseResource, build_warehouse
 
 DATA_PLANE_URL_ENV_VAR = "RUDDERSTACK_DATA_PLANE_URL"
@@ -49,10 +49,24 @@ def load_project() -> ProjectConfig:
 
 
 def rudderstack_from_env(delivery: DeliveryConfig | None = None) -> RudderstackResource:
-    """Real delivery when a data plane URL is set (secrets read through EnvVar), else a dry run."""
-    settings = (delivery or DeliveryConfig()).model_dump()
-    if not os.environ.get(DATA_PLANE_URL_ENV_VAR, "").strip():
+    """Real delivery when a data plane URL is set (secrets read through EnvVar), else a dry run.
+
+    The URL is checked here, when the definitions load, so a typo fails before any run starts.
+    """
+    delivery = delivery or DeliveryConfig()
+    settings = delivery.model_dump()
+    url = os.environ.get(DATA_PLANE_URL_ENV_VAR, "").strip()
+    if not url:
         return RudderstackResource(**settings)
+    try:
+        batch_url(url, delivery.allow_insecure_http)
+    except RudderstackConfigError as exc:
+        raise ConfigError(
+            f"{DATA_PLANE_URL_ENV_VAR} is not a usable data plane URL: {exc}. Fix: set it to "
+            "the data plane's base URL, e.g. https://yourdataplane.dataplane.rudderstack.com "
+            "(plain http:// only for localhost, or with delivery: {allow_insecure_http: true}), "
+            "or unset it for a dry run."
+        ) from None
     if not os.environ.get(WRITE_KEY_ENV_VAR, "").strip():
         raise ConfigError(
             f"{DATA_PLANE_URL_ENV_VAR} is set but {WRITE_KEY_ENV_VAR} is not. Fix: export the "

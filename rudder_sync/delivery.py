@@ -44,8 +44,9 @@ class DeliveryReport:
 class _CommitBuffer:
     """Accepted change IDs waiting to be committed in one transaction."""
 
-    def __init__(self, state: SyncState, run_id: str, status: str) -> None:
+    def __init__(self, state: SyncState, run_id: str, status: str, destination: str | None) -> None:
         self.state, self.run_id, self.status = state, run_id, status
+        self.destination = destination
         self.ids: list[int] = []
         self.last_flush = time.monotonic()
 
@@ -57,7 +58,7 @@ class _CommitBuffer:
 
     def flush(self) -> None:
         if self.ids:
-            self.state.commit_changes(self.ids, self.run_id, self.status)
+            self.state.commit_changes(self.ids, self.run_id, self.status, self.destination)
             self.ids = []
         self.last_flush = time.monotonic()
 
@@ -71,10 +72,12 @@ def deliver_pending(
     window: str | None = None,
     commit: bool = True,
     stats: DeliveryStats | None = None,
+    destination: str | None = None,
 ) -> DeliveryReport:
     """Commit the changes that send nothing, then deliver the rest and commit what was accepted.
 
-    With commit=False (a run-config dry run) nothing is sent and the state does not move.
+    The first accepted commit records ``destination`` as the state's destination. With
+    commit=False (a run-config dry run) nothing is sent and the state does not move.
     """
     status = "dry_run" if rudderstack.dry_run else "delivered"
     report = DeliveryReport(status=status, stats=stats or DeliveryStats())
@@ -91,7 +94,7 @@ def deliver_pending(
         return report
     report.committed_without_event = state.commit_silent_changes(window)
 
-    buffer = _CommitBuffer(state, run_id, status)
+    buffer = _CommitBuffer(state, run_id, status, destination)
     # The events and outcomes are acyclic: keep the collector from walking Dagster's whole heap
     # over and over while millions of them come and go (a third of the delivery's time).
     gc.freeze()

@@ -41,6 +41,11 @@ _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _GZIP_LEVEL = 1
 _PROGRESS_INTERVAL_SECONDS = 5.0
 _MAX_BODY_IN_MESSAGE = 200
+# 429s without Retry-After in a row (with no request accepted in between) before the events per
+# request and the requests in flight are halved, and before a refused request is split: it may
+# be larger than what the rate limit lets through in any window. One 429 only backs off.
+_CUT_AFTER_429S = 2
+_SPLIT_AFTER_429S = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,11 @@ class DeliveryStats:
     events_accepted: int = 0
     events_rejected: int = 0
     seconds: float = 0.0
+    answers: int = 0  # HTTP answers of any status: the data plane was reached in this run
+    throttled: int = 0  # 429 answers
+    paced_seconds: float = 0.0  # wall time in which max_events_per_second held requests back
+    # Shared by the deliveries of one run (its windows), so pacing spans window boundaries.
+    _pacer: "_Pacer | None" = field(default=None, repr=False, compare=False)
 
     @property
     def events_per_second(self) -> float:
@@ -93,6 +103,10 @@ class RudderstackAuthError(RudderstackError):
 
 class RudderstackUnavailableError(RudderstackError):
     """The gateway stayed unreachable or overloaded for longer than retry_max_seconds."""
+
+
+class RudderstackUnreachableError(RudderstackUnavailableError):
+    """No connection to the data plane could be opened before it ever answered in this run."""
 
 
 class RudderstackConfigError(RudderstackError):
@@ -140,6 +154,17 @@ class RudderstackResource(dg.ConfigurableResource):
     backoff_initial_seconds: float = Field(default=0.5, description="First retry wait.")
     backoff_max_seconds: float = Field(default=30.0, description="Longest retry wait.")
     gzip: bool = Field(default=True, description="Compress request bodies.")
+    first_contact_seconds: float = Field(
+        default=10.0,
+        description="Until the data plane has answered once in a run, a refused connection or a "
+        "name that does not resolve is most likely a wrong URL, not an outage: give up after "
+        "this long instead of retry_max_seconds. Also caps the connect timeout.",
+    )
+    max_events_per_second: float | None = Field(
+        default=None,
+        description="Pace sending to at most this many events per second, to stay under a "
+        "plan's rate limit. None: no limit.",
+    )
     allow_insecure_http: bool = Field(
         default=False, description="Allow plain http:// to hosts other than loopback."
     )
@@ -182,6 +207,10 @@ class RudderstackResource(dg.ConfigurableResource):
             )
         if self.backoff_initial_seconds < 0 or self.backoff_max_seconds < 0:
             raise RudderstackConfigError("backoff seconds must be >= 0")
+        if self.first_contact_seconds <= 0:
+            raise RudderstackConfigError("first_contact_seconds must be > 0")
+        if self.max_events_per_second is not None and self.max_events_per_second <= 0:
+            raise RudderstackConfigError("max_events_per_second must be > 0 (or unset: no limit)")
 
     def _endpoint(self) -> str:
         """The batch URL, after checking scheme, host and transport security."""
@@ -198,12 +227,12 @@ def batch_url(data_plane_url: str, allow_insecure_http: bool = False) -> str:
         url = httpx.URL(base)
     except httpx.InvalidURL as exc:
         raise RudderstackConfigError(f"data_plane_url is not a valid URL: {exc}") from None
+    if url.userinfo:
+        raise RudderstackConfigError("data_plane_url must not contain credentials")
     if url.scheme not in ("http", "https") or not url.host:
         raise RudderstackConfigError(
             f"data_plane_url must be an http(s) URL with a host, got {base!r}"
         )
-    if url.userinfo:
-        raise RudderstackConfigError("data_plane_url must not contain credentials")
     if url.query or url.fragment:
         raise RudderstackConfigError(f"data_plane_url must not have a query or fragment: {base!r}")
     if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
@@ -226,10 +255,12 @@ def _is_loopback(host: str) -> bool:
 
 @dataclass(slots=True)
 class _Limit:
-    """Body size limit; lowered for the rest of a delivery when the gateway answers 413."""
+    """Body size limit, lowered for the rest of a delivery when the gateway answers 413; and
+    events per request, capped by pacing and by rate limiting (429)."""
 
     configured: int
     current: int
+    events: int | None = None
 
 
 def _pack(events: Iterable[OutgoingEvent], limit: _Limit) -> Iterator[_Batch]:
@@ -247,7 +278,8 @@ def _pack(events: Iterable[OutgoingEvent], limit: _Limit) -> Iterator[_Batch]:
             batch = _Batch()
             continue
         extra = size + 1 if batch.events else size
-        if batch.events and batch.size + extra > limit.current:
+        full = limit.events is not None and len(batch.events) >= limit.events
+        if batch.events and (full or batch.size + extra > limit.current):
             yield batch
             batch, extra = _Batch(), size
         batch.events.append(event)
@@ -368,6 +400,30 @@ def _short(text: str) -> str:
     return text if len(text) <= _MAX_BODY_IN_MESSAGE else text[:_MAX_BODY_IN_MESSAGE] + "..."
 
 
+class _Pacer:
+    """Spaces requests so that at most ``rate`` events per second leave, across all workers.
+
+    Each request reserves the next free slot, ``n / rate`` seconds long (no bursts), so the
+    rate holds over any window a gateway may count in.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.next_free = 0.0
+        self.held_until = 0.0
+
+    def reserve(self, n_events: int) -> tuple[float, float]:
+        """(seconds to wait before sending, seconds of wall time newly spent holding back)."""
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_free)
+            self.next_free = start + n_events / self.rate
+            held = max(0.0, start - max(now, self.held_until))
+            self.held_until = max(self.held_until, start)
+            return start - now, held
+
+
 class _Delivery:
     """One deliver() call in real mode: the client, the workers and what they share."""
 
@@ -384,19 +440,38 @@ class _Delivery:
         self.stats = stats
         self.log = log
         limit = resource.max_request_kb * 1024
-        self.limit = _Limit(limit, limit)
+        rate = resource.max_events_per_second
+        # Paced, a request carries at most one second's worth of events.
+        self.pace_cap = max(1, int(rate)) if rate else None
+        self.limit = _Limit(limit, limit, self.pace_cap)
+        if rate and stats._pacer is None:
+            stats._pacer = _Pacer(rate)
+        self.pacer = stats._pacer if rate else None
+        url = httpx.URL(self.url)
+        self.host_port = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.started = time.monotonic()
         self.base_seconds = stats.seconds
         self.last_progress = self.started
+        self.last_advance = self.started  # the last request that settled: retry budget's origin
+        # Rate limiting (429 without Retry-After), AIMD-style: each round of 429s halves the
+        # requests in flight and the events per request; successes grow them back.
+        self.in_flight = resource.max_in_flight
+        self.in_flight_credit = 0
+        self.generation = 0
+        self.growth: int | None = None
+        self.streak = 0
         self.client = httpx.Client(
             headers={
                 "Authorization": f"Basic {token}",
                 "Content-Type": "application/json",
                 "User-Agent": _user_agent(),
             },
-            timeout=httpx.Timeout(resource.request_timeout_seconds),
+            timeout=httpx.Timeout(
+                resource.request_timeout_seconds,
+                connect=min(resource.request_timeout_seconds, resource.first_contact_seconds),
+            ),
             limits=httpx.Limits(
                 max_connections=resource.max_in_flight,
                 max_keepalive_connections=resource.max_in_flight,
@@ -433,7 +508,7 @@ class _Delivery:
         pending = self.pending
         exhausted = False
         while True:
-            while not exhausted and len(pending) < self.cfg.max_in_flight:
+            while not exhausted and len(pending) < self.in_flight:
                 if _first_failure(pending) is not None:
                     break
                 batch = next(batches, None)
@@ -469,16 +544,22 @@ class _Delivery:
         return outcome
 
     def _settle_events(self, events: list[OutgoingEvent], outcome: BatchOutcome) -> None:
-        body = _body(events)
-        status, text = self._post(body, len(events))
+        cap = self.limit.events
+        if cap is not None and len(events) > cap:  # packed before a 429 lowered the cap
+            status, generation = 429, -1
+        else:
+            body = _body(events)
+            status, text, generation = self._post(body, len(events))
         if 200 <= status < 300:
+            self._advanced(accepted=True, generation=generation)
             outcome.accepted.extend(events)
             return
-        if status not in (400, 413):
+        if status not in (400, 413, 429):
             raise RudderstackError(
                 self._redact(f"unexpected answer from {self.url}: {status} {_short(text)}")
             )
         if len(events) == 1:
+            self._advanced(accepted=False, generation=generation)
             outcome.rejected.append((events[0], self._redact(f"gateway {status}: {_short(text)}")))
             return
         if status == 413:
@@ -487,32 +568,51 @@ class _Delivery:
         self._settle_events(events[:middle], outcome)
         self._settle_events(events[middle:], outcome)
 
-    def _post(self, body: bytes, n_events: int) -> tuple[int, str]:
+    def _post(self, body: bytes, n_events: int) -> tuple[int, str, int]:
         """POST one body, retrying 429/5xx/network errors with the same bytes until the deadline.
 
-        Returns the first non-retryable status and body text; raises on 401/404.
+        The deadline is retry_max_seconds without progress (no request of this delivery
+        settled, time held by pacing not counted), so a slow but moving sync never fails.
+        Returns the first non-retryable status, body text and the rate-limit round the last
+        attempt was sent in, or 429 when a rate limit asks for smaller requests (after
+        waiting); raises on 401/404.
         """
         payload = _gzip(body) if self.cfg.gzip else body
         headers = {"Content-Encoding": "gzip"} if self.cfg.gzip else {}
-        started = time.monotonic()
-        deadline = started + self.cfg.retry_max_seconds
-        attempt = 0
+        started = origin = time.monotonic()
+        attempt = refusals = 0
         while True:
             if self.stop.is_set():
                 raise _Stopped
+            origin = max(origin, self.last_advance) + self._pace(n_events)
+            generation = self.generation
             self._count_request(len(body), len(payload))
-            status, text, retry_after = self._attempt(payload, headers)
+            status, text, retry_after, unreached = self._attempt(payload, headers)
+            if status is not None:
+                self._answered()
             if status is not None and status in (401, 404):
                 raise self._auth_error(status, text)
             if status is not None and status not in _RETRYABLE_STATUSES:
-                return status, text
+                return status, text, generation
             last_error = text if status is None else f"{status} {_short(text)}".strip()
-            delay = self._retry_delay(attempt, retry_after, deadline)
+            throttled = status == 429 and retry_after is None
+            refusals = refusals + 1 if throttled else 0
+            streak = self._throttled(n_events, generation, throttled) if status == 429 else 0
+            origin = max(origin, self.last_advance)
+            deadline = origin + self.cfg.retry_max_seconds
+            first_contact = unreached and self.stats.answers == 0
+            if first_contact:
+                deadline = min(deadline, self.started + self.cfg.first_contact_seconds)
+            exponent = max(attempt, streak - 1) if throttled else attempt
+            delay = self._retry_delay(exponent, retry_after, deadline)
             if delay is None:
+                waited = time.monotonic() - origin
+                if first_contact:
+                    raise self._unreachable(n_events, time.monotonic() - started, attempt, text)
                 raise RudderstackUnavailableError(
                     self._redact(
-                        f"gave up on a request of {n_events:,} events after "
-                        f"{time.monotonic() - started:.1f}s and {attempt + 1} attempts "
+                        f"gave up on a request of {n_events:,} events after {waited:.1f}s "
+                        f"without progress and {attempt + 1} attempts "
                         f"(retry_max_seconds={self.cfg.retry_max_seconds:g}); "
                         f"last error: {last_error}"
                     )
@@ -520,12 +620,32 @@ class _Delivery:
             self._log_retry(last_error, delay, attempt + 1, n_events)
             if self.stop.wait(delay):
                 raise _Stopped
+            if n_events > 1 and min(refusals, streak) >= _SPLIT_AFTER_429S:
+                return 429, text, generation
             attempt += 1
+
+    def _unreachable(
+        self, n_events: int, elapsed: float, attempt: int, error: str
+    ) -> RudderstackUnreachableError:
+        """A wrong URL or a data plane that is not there: say where, and what to check."""
+        return RudderstackUnreachableError(
+            self._redact(
+                f"cannot reach the data plane at {self.host_port}: gave up on a request of "
+                f"{n_events:,} events after {elapsed:.1f}s and {attempt + 1} attempts, before "
+                f"any answer in this run (first_contact_seconds="
+                f"{self.cfg.first_contact_seconds:g}, then retry_max_seconds="
+                f"{self.cfg.retry_max_seconds:g}); last error: "
+                f"{error}. Nothing was sent. Fix: check the data plane URL "
+                "(RUDDERSTACK_DATA_PLANE_URL: scheme, host and port); if the data plane is down, "
+                "run again once it is up"
+            )
+        )
 
     def _attempt(
         self, payload: bytes, headers: dict[str, str]
-    ) -> tuple[int | None, str, float | None]:
-        """One POST: (status, body, Retry-After), or (None, error) when no answer came back."""
+    ) -> tuple[int | None, str, float | None, bool]:
+        """One POST: (status, body, Retry-After, False), or (None, error, None, unreached) when
+        no answer came back; ``unreached`` when not even a connection could be opened."""
         try:
             response = self.client.post(self.url, content=payload, headers=headers)
         except httpx.ConnectError as exc:
@@ -536,18 +656,20 @@ class _Delivery:
                         "the data plane's real https URL, or install its CA in the trust store."
                     )
                 ) from None
-            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None
-        except httpx.TransportError as exc:  # connect/read/write errors, timeouts, cuts
-            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None
+            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None, True
+        except httpx.ConnectTimeout as exc:
+            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None, True
+        except httpx.TransportError as exc:  # read/write errors, timeouts, cuts
+            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None, False
         except httpx.HTTPError as exc:  # not worth retrying, e.g. an undecodable answer
             raise RudderstackError(
                 self._redact(f"request to {self.url} failed: {type(exc).__name__}: {exc}")
             ) from None
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-        return response.status_code, response.text, retry_after
+        return response.status_code, response.text, retry_after, False
 
     def _retry_delay(
-        self, attempt: int, retry_after: float | None, deadline: float
+        self, exponent: int, retry_after: float | None, deadline: float
     ) -> float | None:
         """How long to wait before the next attempt, or None when the deadline forbids it."""
         remaining = deadline - time.monotonic()
@@ -555,8 +677,72 @@ class _Delivery:
             return None
         if retry_after is not None:
             return retry_after if retry_after <= remaining else None
-        ceiling = min(self.cfg.backoff_max_seconds, self.cfg.backoff_initial_seconds * 2**attempt)
+        ceiling = min(
+            self.cfg.backoff_max_seconds, self.cfg.backoff_initial_seconds * 2 ** min(exponent, 60)
+        )
         return min(remaining, ceiling / 2 + random.uniform(0, ceiling / 2))
+
+    def _pace(self, n_events: int) -> float:
+        """Wait for this request's slot under max_events_per_second; the seconds waited."""
+        if self.pacer is None:
+            return 0.0
+        wait_seconds, held = self.pacer.reserve(n_events)
+        with self.lock:
+            self.stats.paced_seconds += held
+        if wait_seconds > 0 and self.stop.wait(wait_seconds):
+            raise _Stopped
+        return wait_seconds
+
+    def _answered(self) -> None:
+        with self.lock:
+            self.stats.answers += 1
+
+    def _advanced(self, accepted: bool, generation: int) -> None:
+        """A request settled: restart the retry budget; after an acceptance of a request sent
+        since the last cut, grow back."""
+        with self.lock:
+            self.last_advance = time.monotonic()
+            if not accepted:
+                return
+            self.streak = 0
+            if generation != self.generation:
+                return
+            if self.growth is not None and self.limit.events is not None:
+                grown = self.limit.events + self.growth
+                self.limit.events = min(grown, self.pace_cap) if self.pace_cap else grown
+            if self.in_flight < self.cfg.max_in_flight:
+                self.in_flight_credit += 1
+                if self.in_flight_credit >= self.in_flight:  # +1 per round of requests
+                    self.in_flight, self.in_flight_credit = self.in_flight + 1, 0
+
+    def _throttled(self, n_events: int, generation: int, adapt: bool) -> int:
+        """A 429; the 429s without Retry-After in a row. When those repeat (``adapt``), halve
+        the requests in flight and the events per request, once per round (a request sent
+        before the last cut does not cut again)."""
+        with self.lock:
+            self.stats.throttled += 1
+            if not adapt:
+                return self.streak
+            self.streak += 1
+            streak = self.streak
+            if streak < _CUT_AFTER_429S or generation != self.generation:
+                return streak
+            self.generation += 1
+            cap = max(1, n_events // 2)
+            if self.limit.events is None or cap < self.limit.events:
+                self.limit.events = cap
+            self.growth = max(1, self.limit.events // 8)
+            self.in_flight = max(1, self.in_flight // 2)
+            self.in_flight_credit = 0
+            events, in_flight = self.limit.events, self.in_flight
+        if self.log is not None:
+            self.log.warning(
+                "rudderstack: rate limited (429 without Retry-After); now at most %s events per "
+                "request and %d in flight, growing back as requests get through",
+                f"{events:,}",
+                in_flight,
+            )
+        return streak
 
     def _auth_error(self, status: int, text: str) -> RudderstackAuthError:
         """Name the cause of a 401/404 in words; the key itself is never part of it."""
@@ -626,11 +812,16 @@ class _Delivery:
 
     def _progress(self) -> str:
         s = self.stats
-        return (
+        text = (
             f"{s.events_accepted:,} events accepted, {s.events_rejected:,} rejected in "
             f"{s.seconds:.1f}s ({s.events_per_second:,.0f}/s), {s.requests:,} requests, "
             f"{s.retries:,} retries, {s.bytes_sent / 1e6:,.1f} MB sent"
         )
+        if s.throttled:
+            text += f", {s.throttled:,} rate-limited (429)"
+        if self.pacer is not None:
+            text += f", paced {s.paced_seconds:.1f}s (max_events_per_second)"
+        return text
 
     def _redact(self, text: str) -> str:
         """Belt and braces: no message may carry the key, whatever a server echoes back."""

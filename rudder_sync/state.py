@@ -123,17 +123,34 @@ class SyncState:
         return self.get_meta("initialized") == "true"
 
     def check_destination(self, destination: str) -> None:
-        """Refuse to mix deliveries to two destinations in one state (that would skip rows)."""
+        """Refuse to mix deliveries to two destinations in one state (that would skip rows).
+
+        Only a destination that accepted something binds the state (it is recorded with the
+        first accepted commit), so a mistyped URL that never took a request cannot lock it.
+        """
         recorded = self.get_meta("destination")
-        if recorded is None:
-            self.set_meta("destination", destination)
-        elif recorded != destination:
-            raise StateError(
-                f"sync '{self.sync_name}': the state in {self.path} was delivered to {recorded}, "
-                f"but this run sends to {destination}. Fix: to resend everything to the new data "
-                "plane, delete that state file (or point 'state' at a new folder); to keep "
-                "syncing to the old one, restore RUDDERSTACK_DATA_PLANE_URL."
-            )
+        if recorded is None or recorded == destination or not self.ever_accepted():
+            return
+        raise StateError(
+            f"sync '{self.sync_name}': the state in {self.path} was delivered to {recorded}, "
+            f"but this run sends to {destination}. Fix: if both URLs reach the same data plane "
+            "(a custom domain, a proxy), run once with the run config ops: "
+            f"{{{self.sync_name}__events: {{config: {{move_destination: true}}}}}} to record "
+            "the new URL without resending; to resend everything to a new data plane, delete "
+            "that state file (or point 'state' at a new folder); to keep syncing to the old "
+            "one, restore RUDDERSTACK_DATA_PLANE_URL."
+        )
+
+    def ever_accepted(self) -> bool:
+        """Whether the gateway ever accepted an event of this state (its delivery log says)."""
+        rows = run(self.conn, "select 1 from delivery_log where status = 'delivered' limit 1")
+        return bool(rows)
+
+    def move_destination(self, destination: str) -> str | None:
+        """Record ``destination`` as where this state is delivered; the one it replaces."""
+        recorded = self.get_meta("destination")
+        self.set_meta("destination", destination)
+        return recorded
 
     # -- model rows -----------------------------------------------------------------------------
     def replace_model_rows(self, reader: pa.RecordBatchReader) -> int:
@@ -177,12 +194,22 @@ class SyncState:
             raise
         run(self.conn, "commit")
 
-    def commit_changes(self, change_ids: Sequence[int], run_id: str, status: str) -> int:
-        """Move accepted changes from `pending` into `snapshot`, logging them as `status`."""
+    def commit_changes(
+        self, change_ids: Sequence[int], run_id: str, status: str, destination: str | None = None
+    ) -> int:
+        """Move accepted changes from `pending` into `snapshot`, logging them as `status`.
+
+        ``destination``, where they were accepted, becomes the state's destination in the same
+        transaction.
+        """
         if not change_ids:
             return 0
         return self._commit(
-            "__rs_change_id in (select unnest(?::bigint[]))", [list(change_ids)], run_id, status
+            "__rs_change_id in (select unnest(?::bigint[]))",
+            [list(change_ids)],
+            run_id,
+            status,
+            destination=destination,
         )
 
     def commit_silent_changes(self, window: str | None = None) -> int:
@@ -200,7 +227,13 @@ class SyncState:
         )
 
     def _commit(
-        self, where: str, params: list[object], run_id: str, status: str, initialize: bool = False
+        self,
+        where: str,
+        params: list[object],
+        run_id: str,
+        status: str,
+        initialize: bool = False,
+        destination: str | None = None,
     ) -> int:
         """One transaction: the snapshot takes the changes, pending drops them, the log records.
 
@@ -247,6 +280,8 @@ class SyncState:
             run(self.conn, "drop table __rs_commit")
             if initialize:
                 self.set_meta("initialized", "true")
+            if destination is not None and count:
+                self.set_meta("destination", destination)
         return count
 
     def record_failures(self, failures: Sequence[tuple[int, str]], run_id: str) -> None:

@@ -133,6 +133,9 @@ class TestGateway:
         self._requests: list[RecordedRequest] = []
         self._schema_errors: list[str] = []
         self._request_count = 0
+        self._rate: tuple[int, float] | None = None  # (events, window seconds)
+        self._rate_window = -1
+        self._rate_used = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -236,11 +239,21 @@ class TestGateway:
         with self._lock:
             self._rejections.append((predicate, message))
 
+    def rate_limit(self, events: int, window_seconds: float = 1.0) -> None:
+        """Accept at most ``events`` events per fixed window; a request that would go beyond is
+        answered 429 "max requests limit reached" as a whole, without Retry-After, like a
+        RudderStack workspace over its plan's limit. A request larger than ``events`` never
+        passes."""
+        with self._lock:
+            self._rate = (events, window_seconds)
+            self._rate_window, self._rate_used = -1, 0
+
     def clear_faults(self) -> None:
-        """Forget scripted answers and rejection rules not used yet: back to a healthy gateway."""
+        """Forget scripted answers, rejection rules and the rate limit: a healthy gateway again."""
         with self._lock:
             self._faults.clear()
             self._rejections.clear()
+            self._rate = None
 
     def _queue(self, fault: _Fault, times: int) -> None:
         with self._lock:
@@ -277,7 +290,9 @@ class TestGateway:
             body = self._decode(handler, wire)
             if len(body) > self.max_request_bytes:
                 raise _Answer(413, "request size exceeds max limit")
-            self._store(index, path, self._accept(path, body))
+            events = self._accept(path, body)
+            self._spend_rate(len(events))
+            self._store(index, path, events)
             if fault is not None:
                 raise _Cut
             answer = _Answer(200, "ok")
@@ -349,6 +364,19 @@ class TestGateway:
         for predicate, message in rejections:
             if predicate(event):
                 raise _Answer(400, message)
+
+    def _spend_rate(self, count: int) -> None:
+        """Count the events against the window's limit, or answer 429 when they do not fit."""
+        with self._lock:
+            if self._rate is None:
+                return
+            limit, seconds = self._rate
+            window = int(time.monotonic() // seconds)
+            if window != self._rate_window:
+                self._rate_window, self._rate_used = window, 0
+            if self._rate_used + count > limit:
+                raise _Answer(429, DEFAULT_BODIES[429])
+            self._rate_used += count
 
     def _store(self, index: int, path: str, events: list[dict[str, Any]]) -> None:
         errors = _schema_errors(index, events) if self.validate_schema else []

@@ -1,0 +1,240 @@
+"""Rate limits: a gateway that answers 429 without Retry-After beyond N events per window, and
+max_events_per_second pacing. Everything must get through, with no duplicates beyond re-sends
+of the same messageId; windows are short so that the tests run in seconds.
+"""
+
+import collections
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from rudder_sync.rudderstack import DeliveryStats, OutgoingEvent, RudderstackResource
+from rudder_sync_tests.gateway import TestGateway
+from rudder_sync_tests.helpers import (
+    TRACK_SYNC,
+    WRITE_KEY,
+    asset_metadata,
+    rudderstack_for,
+    run_sync,
+    write_project,
+)
+
+DAGSTER = str(Path(sys.executable).with_name("dagster"))
+
+
+def outgoing(i: int) -> OutgoingEvent:
+    event = {
+        "type": "track",
+        "messageId": f"m-{i}",
+        "userId": f"u{i}",
+        "event": "Order Completed",
+        "timestamp": "2024-05-01T12:00:00.123Z",
+        "properties": {"i": i},
+    }
+    return OutgoingEvent(ref=i, message_id=event["messageId"], body=orjson.dumps(event))
+
+
+def resource_for(gateway: TestGateway, **overrides: Any) -> RudderstackResource:
+    """A retry budget far shorter than the deliveries below: only progress keeps them alive."""
+    settings: dict[str, Any] = {
+        "data_plane_url": gateway.url,
+        "write_key": WRITE_KEY,
+        "retry_max_seconds": 2.0,
+        "backoff_initial_seconds": 0.05,
+        "backoff_max_seconds": 0.4,
+        "request_timeout_seconds": 5.0,
+    }
+    settings.update(overrides)
+    return RudderstackResource(**settings)
+
+
+def request_sizes(gateway: TestGateway, status: int) -> list[int]:
+    """Events per request answered with ``status``, in arrival order."""
+    return [
+        len(orjson.loads(r.body)["batch"])
+        for r in gateway.requests
+        if r.status == status and r.body is not None
+    ]
+
+
+def assert_each_event_once_or_repeated_as_is(
+    events: list[dict[str, Any]], expected_ids: set[str]
+) -> None:
+    """Every event arrived; an event that arrived twice is the same event (same messageId)."""
+    by_id: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for event in events:
+        by_id[event["messageId"]].append(event)
+    assert set(by_id) == expected_ids
+    for copies in by_id.values():
+        assert all(copy == copies[0] for copy in copies)
+
+
+def test_rate_limited_gateway_gets_every_event_through(
+    gateway: TestGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 events in one 4,000 KB request against 50 events/s: the request can never pass as
+    it is, so repeated 429s must split it and shrink later ones; it takes at least six windows,
+    three times the retry budget, which counts only time without progress."""
+    gateway.rate_limit(50, window_seconds=1.0)
+    resource = resource_for(gateway)
+    stats = DeliveryStats()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="test.rate"):
+        outcomes = list(
+            resource.deliver(
+                [outgoing(i) for i in range(300)], stats, logging.getLogger("test.rate")
+            )
+        )
+    elapsed = time.monotonic() - started
+
+    accepted = [event.ref for outcome in outcomes for event in outcome.accepted]
+    assert accepted == list(range(300))
+    assert_each_event_once_or_repeated_as_is(gateway.events, {f"m-{i}" for i in range(300)})
+    assert max(request_sizes(gateway, 200)) <= 50
+    assert request_sizes(gateway, 429)[0] == 300
+    assert stats.throttled == len(request_sizes(gateway, 429)) > 0
+    assert elapsed > resource.retry_max_seconds  # slow, but never without progress for long
+    assert "rate limited (429 without Retry-After); now at most" in caplog.text
+    assert gateway.schema_errors == []
+
+
+def test_repeated_429s_shrink_requests_and_in_flight_then_grow_back(
+    gateway: TestGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two 429s in a row halve the events per request and the requests in flight; accepted
+    requests grow them back to what the body size allows."""
+    resource = resource_for(gateway, max_request_kb=8, max_in_flight=4)
+    full = len(list(_packed_sizes(resource)))  # events per 8 KB request
+    gateway.fail_next(429, times=2)
+    with caplog.at_level(logging.WARNING, logger="test.rate"):
+        outcomes = list(
+            resource.deliver([outgoing(i) for i in range(2000)], log=logging.getLogger("test.rate"))
+        )
+
+    assert sum(len(o.accepted) for o in outcomes) == 2000
+    assert_each_event_once_or_repeated_as_is(gateway.events, {f"m-{i}" for i in range(2000)})
+    cut = full // 2
+    assert f"now at most {cut} events per request and 2 in flight" in caplog.text
+    accepted_sizes = request_sizes(gateway, 200)
+    # smaller after the cut (the two refused requests, re-sent after it, grow it back first)...
+    assert min(accepted_sizes) <= cut + 2 * max(1, cut // 8)
+    # ...and back to what 8 KB holds later (a few events fewer as their numbers grow longer)
+    # (the remainder, in flight with them, may arrive among the last)
+    assert sum(size >= full - 5 for size in accepted_sizes[-8:]) >= 6
+    # a single 429 only backs off: the refused body was sent again as it was
+    refused = [r.body for r in gateway.requests if r.status == 429]
+    accepted_bodies = {r.body for r in gateway.requests if r.status == 200}
+    assert all(body in accepted_bodies for body in refused)
+
+
+def _packed_sizes(resource: RudderstackResource) -> list[int]:
+    """How many of these events one request of the resource's size holds (a dry run packs)."""
+    dry = resource.model_copy(update={"data_plane_url": None})
+    first = next(dry.deliver(outgoing(i) for i in range(1000)))
+    return [event.ref for event in first.accepted]  # type: ignore[misc]
+
+
+def test_pacing_holds_the_rate_and_counts_the_wait(gateway: TestGateway) -> None:
+    """At 40 events/s a request carries at most 40 events and the next one leaves a second
+    later: 100 events take at least (100 - 20) / 40 = 2 seconds, all of it paced."""
+    resource = resource_for(gateway, max_events_per_second=40, retry_max_seconds=0.5)
+    stats = DeliveryStats()
+    started = time.monotonic()
+    outcomes = list(resource.deliver([outgoing(i) for i in range(100)], stats))
+    elapsed = time.monotonic() - started
+
+    assert sum(len(o.accepted) for o in outcomes) == 100
+    assert request_sizes(gateway, 200) == [40, 40, 20]
+    assert elapsed >= 2.0
+    assert 1.5 <= stats.paced_seconds <= elapsed
+    assert len(gateway.events) == 100
+
+
+def test_pacing_spans_the_windows_of_a_run(gateway: TestGateway) -> None:
+    """Deliveries sharing a run's stats (a backfill's windows) share one pace."""
+    resource = resource_for(gateway, max_events_per_second=20)
+    stats = DeliveryStats()
+    started = time.monotonic()
+    for window in range(3):
+        list(resource.deliver([outgoing(window * 10 + i) for i in range(10)], stats))
+    assert time.monotonic() - started >= 1.0  # 30 events at 20/s: the third leaves at 1 s
+    assert stats.paced_seconds >= 0.5
+
+
+def test_bad_pace_is_refused(gateway: TestGateway) -> None:
+    from rudder_sync.rudderstack import RudderstackConfigError
+
+    with pytest.raises(RudderstackConfigError, match="max_events_per_second must be > 0"):
+        next(resource_for(gateway, max_events_per_second=0).deliver([outgoing(1)]))
+    assert gateway.requests == []
+
+
+# -- a whole sync, in real Dagster ------------------------------------------------------------
+
+
+def test_sync_bigger_than_several_windows_gets_through_a_rate_limit(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    sync = dict(TRACK_SYNC, send_initial_results=True)
+    project = write_project(tmp_path, {"user_events": sync}, users=240)
+    gateway.rate_limit(60, window_seconds=1.0)
+    resource = rudderstack_for(
+        gateway.url, retry_max_seconds=2.0, backoff_initial_seconds=0.05, backoff_max_seconds=0.4
+    )
+    result = run_sync(project, "user_events", resource)
+
+    meta = asset_metadata(result, "user_events", "events")
+    assert meta["events_accepted"] == 240 and meta["events_rejected"] == 0
+    assert meta["throttled_requests"] > 0 and meta["paced_seconds"] == 0
+    by_user = collections.Counter(e["userId"] for e in gateway.events)
+    assert set(by_user) == {f"u{i}" for i in range(1, 241)}
+    assert_each_event_once_or_repeated_as_is(
+        gateway.events, {e["messageId"] for e in gateway.events}
+    )
+    assert len({e["messageId"] for e in gateway.events}) == 240
+    assert any("rate-limited (429)" in line for line in result.run_logs)  # type: ignore[attr-defined]
+    # the next run has nothing left to send
+    again = run_sync(project, "user_events", resource)
+    assert asset_metadata(again, "user_events", "events")["events_accepted"] == 0
+
+
+def test_max_events_per_second_from_the_yaml_paces_a_cli_run(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    """delivery.max_events_per_second in the YAML reaches the resource of `dagster job execute`;
+    paced below the gateway's limit, the run is slower but gets everything through."""
+    project = write_project(
+        tmp_path, {"user_events": dict(TRACK_SYNC, send_initial_results=True)}, users=150
+    )
+    config = yaml.safe_load(project.config_path.read_text())
+    config["delivery"] = {"max_events_per_second": 100}
+    project.config_path.write_text(yaml.safe_dump(config))
+    gateway.rate_limit(200, window_seconds=1.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
+    env.update(
+        RUDDER_SYNC_CONFIG=str(project.config_path),
+        RUDDERSTACK_DATA_PLANE_URL=gateway.url,
+        RUDDERSTACK_WRITE_KEY=WRITE_KEY,
+    )
+    result = subprocess.run(
+        [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", "user_events"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert len({e["messageId"] for e in gateway.events}) == 150
+    assert max(request_sizes(gateway, 200)) <= 100
+    assert "paced" in output and "by max_events_per_second" in output
+    assert WRITE_KEY not in output
