@@ -7,6 +7,8 @@ dry runs and the trigger sensor see a warehouse only through `read_model`.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
@@ -65,11 +67,58 @@ class StreamGuard:
             raise
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prefetch: int = 2) -> None:
         self.error: WarehouseError | None = None
+        self.prefetch = prefetch
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def reader(self, schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:
-        return stream(schema, self._watch(batches))
+        """The batches, read ahead by a thread so the driver decodes while the consumer stores
+        (both release the GIL): the read costs about the slower of the two, not their sum."""
+        source = self._prefetched(batches) if self.prefetch else batches
+        return stream(schema, self._watch(source))
+
+    def close(self) -> None:
+        """Stop reading ahead; call before closing the driver's cursor."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _prefetched(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        buffer: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
+        done = object()
+
+        def put(item: Any) -> bool:
+            while not self._stop.is_set():
+                try:
+                    buffer.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for batch in batches:
+                    if not put(batch):
+                        return
+                put(done)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
+                put(exc)
+
+        self._thread = threading.Thread(target=produce, name="warehouse-read", daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                item = buffer.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
 
     def _watch(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         try:

@@ -88,6 +88,8 @@ class PostgresWarehouse(WarehouseResource):
             except Exception as exc:
                 guard.reraise(exc)
                 raise
+            finally:
+                guard.close()
         finally:
             _close(cursor, conn)
 
