@@ -31,7 +31,7 @@ from dagster import DagsterInstance, EnvVar, ExecuteInProcessResult, materialize
 from dagster._core.instance.ref import InstanceRef
 
 from rudder_sync.assets import IO_MANAGER_KEY, build_sync_assets
-from rudder_sync.config import load_config
+from rudder_sync.config import ConfigError, load_config
 from rudder_sync.definitions import rudderstack_from_env
 from rudder_sync.io_manager import SyncOutputIOManager
 from rudder_sync.rudderstack import RudderstackResource
@@ -280,12 +280,11 @@ def test_plain_http_to_a_remote_host_needs_allow_insecure_http(
         monkeypatch.setenv(URL_ENV, gateway.url)
         monkeypatch.setenv(KEY_ENV, SECRET)
         project = _project(tmp_path, "p")
-        resource = rudderstack_from_env(project.config().delivery)
-        refused = run_sync(project, SYNC, resource, raise_on_error=False)
-        assert not refused.success
-        message = failure_text(refused)
+        with pytest.raises(ConfigError) as refused:  # when the definitions load, before any run
+            rudderstack_from_env(project.config().delivery)
+        message = str(refused.value)
         assert f"refusing plain http to {gateway.host}" in message
-        assert "allow_insecure_http" in message
+        assert "allow_insecure_http" in message and SECRET not in message
         assert gateway.requests == []
 
         document = yaml.safe_load(project.config_path.read_text())
