@@ -273,9 +273,7 @@ def _problem_sql(sync: SyncConfig, types: dict) -> str:
             )
         ]
     if sync.call_column:
-        label = {"name_column": f"{sync.type} name", "group_id": "group ID"}.get(
-            CALL_COLUMN_KEYS[sync.type][0], "previous ID"
-        )
+        label = {"group": "group ID", "alias": "previous ID"}.get(sync.type, f"{sync.type} name")
         checks.append(
             (missing(sync.call_column), f"{label} column '{sync.call_column}' null or blank")
         )
@@ -288,9 +286,10 @@ def _problem_sql(sync: SyncConfig, types: dict) -> str:
 def _render_sql(sync: SyncConfig, types: dict) -> str:
     """Rendered IDs, event content, timestamp and message ID of model rows (`m`).
 
-    The content is the properties/traits JSON; a sync with per-row fields beyond those (event
-    name, page name, groupId, previousId, context) puts their JSON object first, then EXTRAS_SEP
-    (a control character, which JSON text always escapes), so a sync without them is unchanged.
+    The content is the properties/traits JSON. A sync with per-row fields beyond those puts two
+    JSON objects before it, each followed by EXTRAS_SEP (a control character, which JSON text
+    always escapes): the names (event, page name, groupId, previousId: strings) and the context
+    fields, kept as text so their numbers stay exact. A sync without them is unchanged.
     """
 
     def ident(column: str | None) -> str:
@@ -306,15 +305,17 @@ def _render_sql(sync: SyncConfig, types: dict) -> str:
     ]
     content = json_fields_sql(fields, sync.exclude_nulls)
     if sync.has_extras:
-        extras: list[tuple[list[str], str]] = []
+        names: list[tuple[list[str], str]] = []
         if sync.call_column:
-            extras.append(([CALL_COLUMN_KEYS[sync.type][1]], ident(sync.call_column)))
+            names.append(([CALL_COLUMN_KEYS[sync.type][1]], ident(sync.call_column)))
         for change, column in sync.event_columns.items():
-            extras.append((["event", change], ident(column)))
-        for name, column in sync.context.items():
-            extras.append((["context", *name.split(".")], value(column)))
+            names.append((["event", change], ident(column)))
+        context = [(name.split("."), value(column)) for name, column in sync.context.items()]
         sep = quote_literal(EXTRAS_SEP)
-        content = f"({json_fields_sql(extras, sync.exclude_nulls)} || {sep} || {content})"
+        content = (
+            f"({json_fields_sql(names)} || {sep} || "
+            f"{json_fields_sql(context, sync.exclude_nulls)} || {sep} || {content})"
+        )
     row_ts = "null::varchar"
     if sync.timestamp:
         try:
@@ -463,10 +464,10 @@ def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.
     contents = [
         split_content(sync, p if isinstance(p, str) else None) for p in frame.pop("__props")
     ]
-    props = [orjson.loads(text) for _, text in contents]
+    props = [orjson.loads(content.properties) for content in contents]
     for name in sync.mapping:
         _add_column(frame, name, [_lookup(p, name.split(".")) for p in props])
-    extras = [extra for extra, _ in contents]
+    extras = [content.names for content in contents]
     if sync.event_columns:
         names = [
             sync.event_name(change) or _lookup(extra, ["event", change])
@@ -476,9 +477,11 @@ def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.
     if sync.call_column:
         field = CALL_COLUMN_KEYS[sync.type][1]
         _add_column(frame, field, [extra.get(field) for extra in extras])
-    for name in sync.context:
-        path = ["context", *name.split(".")]
-        _add_column(frame, f"context.{name}", [_lookup(extra, path) for extra in extras])
+    if sync.context:
+        contexts = [orjson.loads(content.context or "{}") for content in contents]
+        for name in sync.context:
+            path = name.split(".")
+            _add_column(frame, f"context.{name}", [_lookup(c, path) for c in contexts])
     return frame
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -29,24 +29,36 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     LIBRARY_VERSION = "0+unknown"
 
+_LIBRARY = {"name": LIBRARY_NAME, "version": LIBRARY_VERSION}
+_LIBRARY_MEMBER = orjson.dumps({"library": _LIBRARY}).decode()[:-1]  # without the closing }
+
 _PENDING_COLUMNS = (
     "__rs_change_id, __rs_change, __rs_message_id, __rs_timestamp, "
     "__rs_user_id, __rs_anonymous_id, __rs_props"
 )
 
 
-def split_content(sync: SyncConfig, content: str | None) -> tuple[dict[str, Any], str]:
-    """A pending change's content as (per-row fields, properties/traits JSON text).
+class Content(NamedTuple):
+    """A pending change's content: per-row names, context members, properties/traits JSON."""
 
-    A sync with per-row fields (see `diff._render_sql`) stores them before EXTRAS_SEP. The last
-    delivered content of a removed row may date from an earlier config with or without them, so
-    the separator decides, not the config: JSON text never holds the raw control character.
+    names: dict[str, Any]
+    context: str  # the context fields' JSON object text ("" when the sync has none)
+    properties: str
+
+
+def split_content(sync: SyncConfig, content: str | None) -> Content:
+    """Split what `diff._render_sql` stored for a change.
+
+    The last delivered content of a removed row may date from an earlier config, with or without
+    the per-row parts, so the separator decides, not the config: JSON text never holds it raw.
     """
     text = content or "{}"
     if EXTRAS_SEP not in text:
-        return {}, text
-    head, _, tail = text.partition(EXTRAS_SEP)
-    return (orjson.loads(head) if sync.has_extras else {}), tail
+        return Content({}, "", text)
+    names, context, properties = text.split(EXTRAS_SEP, 2)
+    if not sync.has_extras:
+        return Content({}, "", properties)
+    return Content(orjson.loads(names), context, properties)
 
 
 def build_event(
@@ -63,37 +75,48 @@ def build_event(
     Null IDs are left out (never "None"); identify traits go in `context.traits`, group traits
     in `traits`; page and screen carry `name` and `properties`, alias `previousId`.
     """
-    extras, props_text = split_content(sync, props_json)
-    context: dict[str, Any] = {"library": {"name": LIBRARY_NAME, "version": LIBRARY_VERSION}}
-    context.update(extras.get("context") or {})
+    names, context_fields, props_text = split_content(sync, props_json)
     props = orjson.Fragment(props_text)
     event: dict[str, Any] = {"type": sync.type}
     if sync.type == "track":
-        name = sync.event_name(change) or (extras.get("event") or {}).get(change)
+        name = sync.event_name(change) or (names.get("event") or {}).get(change)
         if name is not None:
             event["event"] = name
         event["properties"] = props
     elif sync.type in ("page", "screen"):
-        if extras.get("name") is not None:
-            event["name"] = extras["name"]
+        if names.get("name") is not None:
+            event["name"] = names["name"]
         event["properties"] = props
     elif sync.type == "group":
-        event["groupId"] = extras.get("groupId")
+        event["groupId"] = names.get("groupId")
         event["traits"] = props
     elif sync.type == "alias":
-        event["previousId"] = extras.get("previousId")
-    else:
-        context["traits"] = props
+        event["previousId"] = names.get("previousId")
     if user_id is not None:
         event["userId"] = user_id
     if anonymous_id is not None:
         event["anonymousId"] = anonymous_id
     event["messageId"] = message_id
     event["timestamp"] = timestamp
-    event["context"] = context
+    event["context"] = _context(sync, context_fields, props_text)
     if sync.integrations is not None:
         event["integrations"] = sync.integrations
     return event
+
+
+def _context(sync: SyncConfig, fields: str, props_text: str) -> Any:
+    """`context`: library, then the fields from columns, then (identify) the traits.
+
+    The fields' JSON text is spliced in as it is, not parsed, so their numbers stay exact.
+    """
+    members = fields[1:-1]  # the object's members, without its braces
+    if not members:
+        context: dict[str, Any] = {"library": _LIBRARY}
+        if sync.type == "identify":
+            context["traits"] = orjson.Fragment(props_text)
+        return context
+    traits = f',"traits":{props_text}' if sync.type == "identify" else ""
+    return orjson.Fragment(f"{_LIBRARY_MEMBER},{members}{traits}}}")
 
 
 def iter_outgoing_events(

@@ -288,8 +288,11 @@ def json_fields_sql(
 
     A path of several names nests objects (``("address", "city")``). Values come from
     :func:`json_value_sql` (or are JSON constants). With ``exclude_nulls`` a field whose value is
-    null is left out, and so is an object left empty by that; DuckDB's ``json_object`` cannot skip
-    a key, so that object is written as text with ``concat_ws``, which skips NULL parts.
+    null is left out, and so is an object left empty by that.
+
+    Flat fields use :func:`json_object_sql`'s ``json_object``. Nested objects and left-out fields
+    are written as text instead (``concat_ws`` skips NULL parts): ``json_object`` re-parses a JSON
+    argument, which turns exact decimals and big numbers into doubles (``1.50`` -> ``1.5``).
     """
     tree: dict[str, object] = {}
     for path, value in fields:
@@ -302,30 +305,30 @@ def json_fields_sql(
         if path[-1] in node:
             raise ValueError(f"duplicate JSON key {'.'.join(path)!r}")
         node[path[-1]] = value
-    if exclude_nulls:
-        return f"('{{' || {_members_without_nulls(tree)} || '}}')"
-    return f"CAST({_object(tree)} AS VARCHAR)" if tree else "'{}'"
+    if not tree:
+        return "'{}'"
+    if not exclude_nulls and not any(isinstance(v, dict) for v in tree.values()):
+        args = ", ".join(f"{quote_literal(k)}, {v}" for k, v in tree.items())
+        return f"CAST(json_object({args}) AS VARCHAR)"
+    return f"('{{' || {_members_sql(tree, exclude_nulls)} || '}}')"
 
 
-def _object(tree: dict[str, object]) -> str:
-    args = [
-        f"{quote_literal(k)}, {_object(v) if isinstance(v, dict) else v}" for k, v in tree.items()
-    ]
-    return f"json_object({', '.join(args)})"
-
-
-def _members_without_nulls(tree: dict[str, object]) -> str:
-    """SQL text of an object's ``"key":value`` members, comma-joined, null ones left out."""
+def _members_sql(tree: dict[str, object], exclude_nulls: bool) -> str:
+    """SQL text of an object's ``"key":value`` members, comma-joined (null ones left out or not)."""
     parts = []
     for key, value in tree.items():
         name = quote_literal(_json_string(key) + ":")
         if isinstance(value, dict):
-            inner = _members_without_nulls(value)
-            parts.append(f"({name} || '{{' || nullif({inner}, '') || '}}')")
-        else:
+            inner = _members_sql(value, exclude_nulls)
+            if exclude_nulls:
+                inner = f"nullif({inner}, '')"
+            parts.append(f"({name} || '{{' || {inner} || '}}')")
+        elif exclude_nulls:
             text = f"CAST(to_json({value}) AS VARCHAR)"
             parts.append(f"(CASE WHEN {text} <> 'null' THEN {name} || {text} END)")
-    return f"concat_ws(',', {', '.join(parts)})" if parts else "''"
+        else:
+            parts.append(f"({name} || coalesce(CAST(to_json({value}) AS VARCHAR), 'null'))")
+    return f"concat_ws(',', {', '.join(parts)})"
 
 
 def _json_string(text: str) -> str:

@@ -455,3 +455,27 @@ def test_partitioned_page_sync_sends_each_window(tmp_path: Path, gateway: TestGa
         ("2024-01-03", "u2", "Blog"),
         ("2024-01-04", "u3", "Shop"),
     ]
+
+
+def test_context_and_nested_numbers_stay_exact_on_the_wire(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    project = _project(
+        tmp_path,
+        traits={
+            "type": "identify",
+            "model": "select *, 12345678901234567890.120::decimal(38, 3) as amount from visits",
+            "mapping": {"billing.amount": "amount"},
+            "context": {"ip": "ip", "order.amount": "amount"},
+        },
+    )
+    _run(project, "traits", gateway)
+    assert gateway.schema_errors == []
+    body = b"".join(r.body or b"" for r in gateway.requests)
+    version = LIBRARY_VERSION.encode()
+    expected_context = (
+        b'"context":{"library":{"name":"rudder_sync","version":"' + version + b'"},'
+        b'"ip":"10.0.0.1","order":{"amount":12345678901234567890.120},'
+        b'"traits":{"billing":{"amount":12345678901234567890.120}}}'
+    )
+    assert expected_context in body
