@@ -417,8 +417,9 @@ def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> 
         for key in ("events", "send_initial_results"):
             if key in body:
                 raise ConfigError(
-                    f"{prefix}: key '{key}' is for track syncs only; {sync.type} syncs always "
-                    "send the initial result set, on the change types in 'send_on'. "
+                    f"{prefix}: key '{key}' is for track syncs only; "
+                    f"{'an' if sync.type[0] in 'aeiou' else 'a'} {sync.type} sync always "
+                    "sends the initial result set, on the change types in 'send_on'. "
                     "Fix: remove it (choose change types with 'send_on'), or use 'type: track'."
                 )
         _check_send_on(prefix, sync)
