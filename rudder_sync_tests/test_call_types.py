@@ -479,3 +479,27 @@ def test_context_and_nested_numbers_stay_exact_on_the_wire(
         b'"traits":{"billing":{"amount":12345678901234567890.120}}}'
     )
     assert expected_context in body
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"type": "page", "name_column": "title"}, "'title' (from 'name_column')"),
+        ({"type": "group", "group_id": "org"}, "'org' (from 'group_id')"),
+        ({"type": "alias", "previous_id": "prev"}, "'prev' (from 'previous_id')"),
+        (
+            {"type": "track", "events": {"added": {"column": "ev"}}},
+            "'ev' (from 'events.added.column')",
+        ),
+        ({"type": "identify", "context": {"ip": "ip_addr"}}, "'ip_addr' (from 'context.ip')"),
+    ],
+    ids=["name_column", "group_id", "previous_id", "event name column", "context"],
+)
+def test_a_missing_call_column_fails_the_run_naming_its_key(
+    tmp_path: Path, gateway: TestGateway, body: dict[str, Any], named: str
+) -> None:
+    project = _project(tmp_path, calls=body)
+    result = run_sync(project, "calls", rudderstack_for(gateway.url), raise_on_error=False)
+    assert not result.success
+    assert any(named in line for line in result.run_logs), named  # type: ignore[attr-defined]
+    assert gateway.events == []
