@@ -503,3 +503,27 @@ def test_a_missing_call_column_fails_the_run_naming_its_key(
     assert not result.success
     assert any(named in line for line in result.run_logs), named  # type: ignore[attr-defined]
     assert gateway.events == []
+
+
+def test_dry_run_shows_a_sample_call_and_sends_nothing(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    project = _project(
+        tmp_path,
+        screens={
+            "type": "screen",
+            "name_column": "page",
+            "context": {"locale": "locale"},
+            "integrations": {"All": True},
+        },
+    )
+    result = run_sync(project, "screens", rudderstack_for(None))
+    sample = asset_metadata(result, "screens", "events")["sample_added"]
+    assert {k: sample[k] for k in ("type", "name", "properties", "context", "integrations")} == {
+        "type": "screen",
+        "name": "Home",
+        "properties": {},
+        "context": {"library": LIBRARY, "locale": "de-DE"},
+        "integrations": {"All": True},
+    }
+    assert gateway.events == []
