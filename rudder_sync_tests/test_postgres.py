@@ -194,7 +194,8 @@ def test_trigger_sensor_runs_its_query_on_postgres(
 ALL_TYPES = """
 create table all_types (
     id int primary key, user_id text,
-    n numeric, n_scaled numeric(10, 2), n_nan numeric, n_inf numeric, mon money,
+    n numeric, n_int numeric, n_wide numeric(38, 15), n_scaled numeric(10, 2), n_nan numeric, n_inf numeric,
+    n_scaled_nan numeric(5, 1), mon money,
     tz timestamptz, ts timestamp, d date, t time, ttz timetz, iv interval,
     jb jsonb, j json, u uuid, ints int[], texts text[], nums numeric[],
     mood mood, b bytea, f8 float8, f8_nan float8, f4 real, i8 bigint, i2 smallint,
@@ -204,7 +205,8 @@ create table all_types (
 ALL_VALUES = """
 insert into all_types values (
     1, 'u1',
-    12345678901234567890.123456789012345, 1.5, 'NaN', 'Infinity', 12.34,
+    12345.6789, 42, 12345678901234567890.123456789012345, 1.5, 'NaN',
+    'Infinity', 'NaN', 12.34,
     '2024-01-02 03:04:05.123456+02', '2024-01-02 03:04:05', '2024-01-02', '01:02:03.5',
     '01:02:03+05', '1 day 2 hours 3 minutes',
     '{"a": [1, 2.5], "b": {"c": null}}', '{"x": 1}', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11',
@@ -213,10 +215,13 @@ insert into all_types values (
 )
 """
 EXPECTED_PROPERTIES = {
-    "n": 12345678901234567890.123456789012345,
+    "n": 12345.6789,
+    "n_int": 42,
+    "n_wide": 12345678901234567890.123456789012345,
     "n_scaled": 1.5,
     "n_nan": None,
     "n_inf": None,
+    "n_scaled_nan": None,
     "mon": 12.34,
     "tz": "2024-01-02T01:04:05.123456Z",
     "ts": "2024-01-02T03:04:05.000000Z",
@@ -263,9 +268,10 @@ def test_every_postgres_type_reaches_the_payload_by_the_documented_rules(
     run_sync(project, "types", rudderstack_for(gateway.url))
     (event,) = gateway.events
     assert event["context"]["traits"] == EXPECTED_PROPERTIES
-    raw = gateway.raw_bodies[0] if getattr(gateway, "raw_bodies", None) else None
-    if raw is not None:  # exact digits on the wire, not a float's
-        assert b"12345678901234567890.123456789012345" in raw
+    body = gateway.requests[0].body or b""  # exact digits and scale on the wire, not a float's
+    assert b'"n":12345.6789,"n_int":42,' in body
+    assert b'"n_wide":12345678901234567890.123456789012345,' in body
+    assert b'"n_scaled":1.50,' in body and b'"nums":[1.5,2]' in body  # unconstrained: JSON
     # a second run with nothing changed sends nothing: the normalised values hash the same
     run_sync(project, "types", rudderstack_for(gateway.url))
     assert len(gateway.events) == 1
@@ -275,13 +281,15 @@ def test_numeric_digits_are_exact_on_the_wire(pg: PgDatabase) -> None:
     warehouse = PostgresWarehouse(url=pg.url)
     with warehouse.read_model(
         "select 12345678901234567890.123456789012345::numeric as n, 'NaN'::numeric as nan, "
-        "1.50::numeric(5,2) as s"
+        "1.50::numeric(5,2) as s, 'NaN'::numeric(5,2) as s_nan"
     ) as reader:
         table = reader.read_all()
     assert table.column("n").to_pylist() == ["12345678901234567890.123456789012345"]
     assert table.column("nan").to_pylist() == [None]
-    assert table.column("s").to_pylist() == ["1.50"]
     assert str(table.schema.field("n").type) == "extension<arrow.json>"
+    assert [str(v) for v in table.column("s").to_pylist()] == ["1.50"]
+    assert table.column("s_nan").to_pylist() == [None]
+    assert str(table.schema.field("s").type) == "decimal128(5, 2)"
 
 
 # -- errors: the run fails before any state moves, naming the warehouse, never the password -----

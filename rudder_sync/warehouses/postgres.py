@@ -3,8 +3,8 @@
 Each model runs in its own read-only transaction (`SET TRANSACTION READ ONLY`, and
 `statement_timeout` when set), so a model that writes fails and a slow one is cancelled. Columns
 whose type ADBC would hand over as opaque wire bytes (enums, inet, timetz, xml, geometric types,
-ranges, ...) are cast to text by the server; `money` to numeric; `numeric` becomes JSON numbers
-with its exact digits (see docs/json-values.md).
+ranges, ...) are cast to text by the server; `money` to numeric; `numeric(p,s)` becomes DuckDB's
+DECIMAL(p,s) and unconstrained `numeric` JSON numbers (docs/json-values.md#postgresql).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from ..jsonvalues import quote_ident
-from .arrow import exact_number_json, opaque_storage
+from .arrow import exact_decimal, exact_number_json, opaque_storage
 from .base import StreamGuard, WarehouseError, WarehouseResource
 from .sql import bind
 
@@ -185,11 +185,21 @@ def _is_numeric(field: pa.Field) -> bool:
     return (field.metadata or {}).get(_TYPE_KEY) == _NUMERIC.encode()
 
 
+def _numeric_type(field: pa.Field) -> pa.DataType:
+    """numeric(p,s) with p <= 38: DuckDB's DECIMAL(p,s); wider or unconstrained: JSON numbers."""
+    typmod = int((field.metadata or {}).get(b"POSTGRESQL:typmod", b"-1"))
+    if typmod >= 4:
+        precision, scale = ((typmod - 4) >> 16) & 0xFFFF, (typmod - 4) & 0xFFFF
+        if precision <= 38:
+            return pa.decimal128(precision, scale)
+    return pa.json_()
+
+
 def _normalised_schema(schema: pa.Schema) -> pa.Schema:
     fields = []
     for field in schema:
         if _is_numeric(field):
-            field = field.with_type(pa.json_())
+            field = field.with_type(_numeric_type(field))
         elif isinstance(field.type, pa.ExtensionType) and field.type.extension_name not in (
             "arrow.json",
             "arrow.uuid",
@@ -201,8 +211,10 @@ def _normalised_schema(schema: pa.Schema) -> pa.Schema:
 
 def _normalise(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     columns = []
-    for field, column in zip(batch.schema, batch.columns, strict=True):
-        if _is_numeric(field):
+    for field, target, column in zip(batch.schema, schema, batch.columns, strict=True):
+        if isinstance(target.type, pa.Decimal128Type):
+            column = exact_decimal(opaque_storage(column), target.type.precision, target.type.scale)
+        elif _is_numeric(field):
             column = exact_number_json(opaque_storage(column))
         elif isinstance(field.type, pa.ExtensionType) and field.type.extension_name not in (
             "arrow.json",
