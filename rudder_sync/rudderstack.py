@@ -149,7 +149,8 @@ class RudderstackResource(dg.ConfigurableResource):
     request_timeout_seconds: float = Field(default=30.0, description="Timeout of one request.")
     retry_max_seconds: float = Field(
         default=120.0,
-        description="How long one request may keep being retried before the delivery fails.",
+        description="How long a request may keep being retried while no request of the "
+        "delivery gets through; then the delivery fails. Progress restarts the clock.",
     )
     backoff_initial_seconds: float = Field(default=0.5, description="First retry wait.")
     backoff_max_seconds: float = Field(default=30.0, description="Longest retry wait.")

@@ -16,7 +16,13 @@ import orjson
 import pytest
 import yaml
 
-from rudder_sync.rudderstack import DeliveryStats, OutgoingEvent, RudderstackResource
+from rudder_sync.rudderstack import (
+    DeliveryStats,
+    OutgoingEvent,
+    RudderstackConfigError,
+    RudderstackResource,
+    RudderstackUnavailableError,
+)
 from rudder_sync_tests.gateway import TestGateway
 from rudder_sync_tests.helpers import (
     TRACK_SYNC,
@@ -169,9 +175,17 @@ def test_pacing_spans_the_windows_of_a_run(gateway: TestGateway) -> None:
     assert stats.paced_seconds >= 0.5
 
 
-def test_bad_pace_is_refused(gateway: TestGateway) -> None:
-    from rudder_sync.rudderstack import RudderstackConfigError
+def test_paced_outage_still_fails_within_the_retry_budget(gateway: TestGateway) -> None:
+    """Time held back by pacing does not count against the budget, but backoff does: a data
+    plane that answers 503 forever still fails a paced delivery."""
+    gateway.fail_next(503, times=10_000)
+    resource = resource_for(gateway, max_events_per_second=50, retry_max_seconds=0.5)
+    with pytest.raises(RudderstackUnavailableError, match=r"without progress .*503"):
+        list(resource.deliver([outgoing(i) for i in range(20)]))
+    assert len(gateway.events) == 0
 
+
+def test_bad_pace_is_refused(gateway: TestGateway) -> None:
     with pytest.raises(RudderstackConfigError, match="max_events_per_second must be > 0"):
         next(resource_for(gateway, max_events_per_second=0).deliver([outgoing(1)]))
     assert gateway.requests == []
