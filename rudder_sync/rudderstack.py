@@ -4,7 +4,9 @@ This is the only module of rudder_sync that speaks HTTP. It packs events into re
 close to the gateway's size limit, sends them from a few worker threads over one keep-alive
 client, retries what is worth retrying, isolates events the gateway refuses, and hands every
 event back to the caller in a :class:`BatchOutcome`, in input order, so that the caller can
-commit its own state after each outcome.
+commit its own state after each outcome. Under a rate limit it paces itself
+(max_events_per_second) and adapts to 429s; until the data plane first answers, a connection
+that cannot be opened is taken for a wrong URL and fails fast.
 
 Bodies are built by byte concatenation of the caller's event JSON: nothing is re-serialized
 and no ``sentAt`` is added, so a re-sent event is byte-identical to the first attempt (what

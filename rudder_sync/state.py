@@ -14,7 +14,8 @@ Tables (system columns start with `__rs_`):
   messageId and timestamp so a re-send is the same event.
 - `rejected_rows`: rows of the latest diff that cannot be sent (null/duplicate key, no ID).
 - `delivery_log`: one row per event per attempt.
-- `meta`: schema version, destination, initialised flag.
+- `meta`: schema version, initialised flag, destination (the data plane URL, recorded with the
+  first accepted commit, so that a URL which never accepted anything binds nothing).
 
 Commits are DuckDB transactions, so a crash leaves either the old or the new state.
 """

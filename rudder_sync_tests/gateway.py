@@ -2,7 +2,8 @@
 
 It answers like rudder-server v1.83 does (reference/rudder-gateway-cases.json), so that the
 delivery client is tested over real sockets with real gzip, status codes and exact error bodies,
-and it lets a test script failures for the next requests: a status, a cut connection, a delay.
+and it lets a test script failures for the next requests: a status, a cut connection, a delay,
+or a rate limit of N events per window answered with 429 like a workspace over its plan.
 Every accepted event is also checked against the OpenAPI schemas of the real API.
 """
 
