@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import duckdb
 import orjson
 import yaml
 from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .warehouses.settings import WarehouseSettings, WarehouseSettingsError, parse_warehouse
-from .warehouses.sql import ModelSqlError, check_query, named_parameters
+from .warehouses.sql import ModelSqlError, check_query
 
 CONFIG_ENV_VAR = "RUDDER_SYNC_CONFIG"
 CHANGE_TYPES: tuple[str, ...] = ("added", "changed", "removed")
@@ -567,35 +566,12 @@ def _add_path(
 def check_model_sql(
     prefix: str, sql: str, partitioned: bool = False, key: str = "model", dialect: str = "duckdb"
 ) -> None:
-    """Parse the model without running it, so a typo fails at load time rather than mid-run.
-
-    DuckDB models are parsed by DuckDB itself; other warehouses' by sqlglot in their dialect.
-    """
-    if dialect != "duckdb":
-        try:
-            check_query(sql, dialect)
-        except ModelSqlError as exc:
-            raise ConfigError(f"{prefix}: key '{key}' {exc}. Fix: correct the query.") from None
-        _check_parameters(prefix, key, set(named_parameters(sql)), partitioned)
-        return
+    """Parse the model without running it, so a typo fails at load time rather than mid-run."""
     try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise ConfigError(
-            f"{prefix}: key '{key}' is not valid SQL: {first_line}. Fix: correct the query."
-        ) from None
-    if len(statements) != 1:
-        raise ConfigError(
-            f"{prefix}: key '{key}' must be exactly one query, found {len(statements)} statements. "
-            "Fix: keep a single SELECT (no trailing statements)."
-        )
-    if statements[0].type != duckdb.StatementType.SELECT:
-        raise ConfigError(
-            f"{prefix}: key '{key}' must be a SELECT query, not {statements[0].type.name}. "
-            "Fix: write a query that returns rows; the model runs read-only."
-        )
-    _check_parameters(prefix, key, set(statements[0].named_parameters), partitioned)
+        used = check_query(sql, dialect)
+    except ModelSqlError as exc:
+        raise ConfigError(f"{prefix}: key '{key}' {exc.problem}. Fix: {exc.fix}.") from None
+    _check_parameters(prefix, key, used, partitioned)
 
 
 def _check_parameters(prefix: str, key: str, used: set[str], partitioned: bool) -> None:

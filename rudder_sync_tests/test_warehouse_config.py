@@ -117,8 +117,8 @@ def test_bad_warehouse_sections_name_the_key_and_the_fix(
     ("model", "expected"),
     [
         ("select 1 as id; select 2", "must be exactly one query, found 2 statements"),
-        ("delete from users", "must be a SELECT query, not 'DELETE'"),
-        ("selct id from users", "must be a SELECT query, not 'SELCT'"),
+        ("delete from users", "must be a SELECT query, not DELETE"),
+        ("selct id from users", "must be a SELECT query, not SELCT"),
         ("select 'unterminated from users", "is not valid SQL"),
         ("select id from t where d < $partition_end", "uses $partition_end but the sync has no"),
         ("select id from t where d < $when", "uses unknown parameter $when"),

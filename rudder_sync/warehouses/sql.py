@@ -85,18 +85,27 @@ def _escape(text: str, percent: bool) -> str:
 
 
 class ModelSqlError(ValueError):
-    """The model is not one SELECT in the warehouse's dialect; the message says why."""
+    """The model is not one SELECT in the warehouse's dialect: what is wrong, and the fix."""
+
+    def __init__(self, problem: str, fix: str = "correct the query") -> None:
+        super().__init__(f"{problem}. Fix: {fix}.")
+        self.problem, self.fix = problem, fix
 
 
 _QUERY_STARTS = {"SELECT", "WITH", "L_PAREN", "VALUES", "FROM", "TABLE"}
+_ONE_STATEMENT = "keep a single SELECT (no trailing statements)"
+_READS_ROWS = "write a query that returns rows; the model runs read-only"
 
 
-def check_query(sql: str, dialect: str) -> None:
-    """One statement that reads (a SELECT, WITH, VALUES...) in `dialect`, judged by sqlglot.
+def check_query(sql: str, dialect: str) -> set[str]:
+    """One statement that reads, in the warehouse's dialect; returns the `$name`s it uses.
 
-    A statement that sqlglot cannot parse but that looks like a query is accepted with a warning:
-    sqlglot does not know every warehouse's every construct, and the warehouse judges at run time.
+    DuckDB judges its own SQL. Other dialects are judged by sqlglot: a statement that sqlglot
+    cannot parse but that starts like a query is accepted with a warning, since sqlglot does not
+    know every construct of every warehouse and the warehouse judges it at run time.
     """
+    if dialect == "duckdb":
+        return _check_duckdb(sql)
     import sqlglot
     from sqlglot.errors import ParseError, TokenError
 
@@ -115,15 +124,11 @@ def check_query(sql: str, dialect: str) -> None:
     statements = [s for s in statements if s]
     if len(statements) != 1:
         raise ModelSqlError(
-            f"must be exactly one query, found {len(statements)} statements; "
-            "keep a single SELECT (no trailing statements)"
+            f"must be exactly one query, found {len(statements)} statements", _ONE_STATEMENT
         )
     first = statements[0][0]
     if first.token_type.name not in _QUERY_STARTS:
-        raise ModelSqlError(
-            f"must be a SELECT query, not {first.text.upper()!r}; write a query that returns "
-            "rows (the model runs read-only)"
-        )
+        raise ModelSqlError(f"must be a SELECT query, not {first.text.upper()}", _READS_ROWS)
     try:
         sqlglot.parse_one(probe, read=dialect)
     except ParseError as exc:
@@ -133,6 +138,23 @@ def check_query(sql: str, dialect: str) -> None:
             dialect,
             _first_line(exc),
         )
+    return set(named_parameters(sql))
+
+
+def _check_duckdb(sql: str) -> set[str]:
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ModelSqlError(f"is not valid SQL: {_first_line(exc)}") from None
+    if len(statements) != 1:
+        raise ModelSqlError(
+            f"must be exactly one query, found {len(statements)} statements", _ONE_STATEMENT
+        )
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise ModelSqlError(f"must be a SELECT query, not {statements[0].type.name}", _READS_ROWS)
+    return set(statements[0].named_parameters)
 
 
 def _first_line(exc: Exception) -> str:
