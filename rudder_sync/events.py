@@ -2,7 +2,8 @@
 
 The properties/traits JSON was rendered inside DuckDB by the diff (rules in `jsonvalues`);
 here it is embedded untouched with `orjson.Fragment`, so Python only builds the small envelope
-(and decodes the small object of per-row fields: event or page name, groupId, context...).
+(decoding only the small object of per-row names: event or page name, groupId, previousId;
+context fields from columns are spliced in as text).
 Events are streamed from the state in Arrow batches: memory is bounded by a batch, not the diff.
 """
 
