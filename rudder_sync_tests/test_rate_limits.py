@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import yaml
@@ -81,6 +82,33 @@ def assert_each_event_once_or_repeated_as_is(
     assert set(by_id) == expected_ids
     for copies in by_id.values():
         assert all(copy == copies[0] for copy in copies)
+
+
+def test_the_gateway_rate_limit_answers_like_rudder_server(gateway: TestGateway) -> None:
+    """The test gateway's own mode: whole requests over the window's budget get 429 without
+    Retry-After, a request above the limit never passes, a new window starts afresh."""
+    gateway.rate_limit(3, window_seconds=1.0)
+    headers = {"Content-Type": "application/json"}
+
+    def post(n: int) -> httpx.Response:
+        body = {"batch": [orjson.loads(outgoing(i).body) for i in range(n)]}
+        return httpx.post(
+            f"{gateway.url}/v1/batch",
+            content=orjson.dumps(body),
+            headers=headers,
+            auth=(WRITE_KEY, ""),
+        )
+
+    # start right after a window boundary so that the three requests share one window
+    time.sleep(1.0 - time.monotonic() % 1.0)
+    first, second, too_big = post(2), post(2), post(4)
+    assert first.status_code == 200
+    assert (second.status_code, second.text) == (429, "max requests limit reached\n")
+    assert "retry-after" not in second.headers
+    assert too_big.status_code == 429
+    time.sleep(1.0 - time.monotonic() % 1.0)
+    assert post(1).status_code == 200 and post(4).status_code == 429
+    assert len(gateway.events) == 3
 
 
 def test_rate_limited_gateway_gets_every_event_through(
