@@ -638,7 +638,7 @@ class _Delivery:
                 f"any answer in this run (first_contact_seconds="
                 f"{self.cfg.first_contact_seconds:g}, then retry_max_seconds="
                 f"{self.cfg.retry_max_seconds:g}); last error: "
-                f"{error}. Nothing was sent. Fix: check the data plane URL "
+                f"{error}. Fix: check the data plane URL "
                 "(RUDDERSTACK_DATA_PLANE_URL: scheme, host and port); if the data plane is down, "
                 "run again once it is up"
             )
