@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pandas as pd
@@ -32,7 +32,6 @@ from dagster import (
     asset,
     define_asset_job,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from pydantic import Field
 
 from .config import CHANGE_TYPES, SyncConfig
@@ -59,6 +58,9 @@ from .partitions import (
 from .rudderstack import RudderstackError, RudderstackResource
 from .state import StateError, SyncState, open_state
 from .warehouses import WarehouseError, WarehouseResource
+
+if TYPE_CHECKING:
+    from ._compat import UnresolvedAssetJobDefinition
 
 PREVIEW_ROWS = 10
 IO_MANAGER_KEY = "rudder_sync_io_manager"
@@ -413,7 +415,7 @@ def destination_label(rudderstack: RudderstackResource) -> str:
     return (rudderstack.data_plane_url or "").rstrip("/")
 
 
-def build_sync_job(sync: SyncConfig) -> UnresolvedAssetJobDefinition:
+def build_sync_job(sync: SyncConfig) -> "UnresolvedAssetJobDefinition":
     return define_asset_job(
         name=sync.name,
         selection=[asset_key(sync, step) for step in ("snapshot", "diff", "events")],

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import orjson
 from dagster import (
@@ -27,11 +28,13 @@ from dagster import (
     schedule,
     sensor,
 )
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from .config import SyncConfig
 from .partitions import partitions_definition
 from .warehouses import WarehouseResource
+
+if TYPE_CHECKING:
+    from ._compat import UnresolvedAssetJobDefinition
 
 FAILURE_SENSOR_NAME = "rudder_sync_failures"
 

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import yaml
-from dagster._utils.schedules import is_valid_cron_string
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._compat import is_valid_cron_string
 from .warehouses.settings import WarehouseSettings, WarehouseSettingsError, parse_warehouse
 from .warehouses.sql import ModelSqlError, check_query
 

@@ -33,7 +33,7 @@ from .helpers import (
     sql,
     write_project,
 )
-from .postgres import SYNC_URL_ENV_VAR, PgDatabase, execute, write_pg_project, with_database
+from .postgres import SYNC_URL_ENV_VAR, PgDatabase, execute, with_database, write_pg_project
 from .test_partitions import EXPECTED, HISTORY_SYNC, _by_window
 
 PASSWORD = "pg-test-pw-7c1e"  # the test server's password (see .ci/postgres)
@@ -194,8 +194,8 @@ def test_trigger_sensor_runs_its_query_on_postgres(
 ALL_TYPES = """
 create table all_types (
     id int primary key, user_id text,
-    n numeric, n_int numeric, n_wide numeric(38, 15), n_scaled numeric(10, 2), n_nan numeric, n_inf numeric,
-    n_scaled_nan numeric(5, 1), mon money,
+    n numeric, n_int numeric, n_wide numeric(38, 15), n_scaled numeric(10, 2), n_nan numeric,
+    n_inf numeric, n_scaled_nan numeric(5, 1), mon money,
     tz timestamptz, ts timestamp, d date, t time, ttz timetz, iv interval,
     jb jsonb, j json, u uuid, ints int[], texts text[], nums numeric[],
     mood mood, b bytea, f8 float8, f8_nan float8, f4 real, i8 bigint, i2 smallint,
