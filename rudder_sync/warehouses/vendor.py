@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC as _UTC
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -86,9 +87,9 @@ def conform(
         column = opaque_storage(column)
     if column.type == target:
         return column
-    if pa.types.is_timestamp(target) and pa.types.is_timestamp(column.type):
-        if column.type.tz is not None and target.tz is None:
-            column = column.cast(pa.timestamp(column.type.unit))  # keep the wall time as given
+    naive = pa.types.is_timestamp(target) and target.tz is None
+    if naive and pa.types.is_timestamp(column.type) and column.type.tz is not None:
+        column = column.cast(pa.timestamp(column.type.unit))  # keep the wall time as given
     options = pc.CastOptions(target_type=target, allow_time_truncate=True)
     return pc.cast(column, options=options)
 
@@ -118,7 +119,7 @@ def utc_datetime(value: Any) -> Any:
     """A zone-aware datetime as a plain `datetime` in UTC (drivers look at the class name);
     anything else unchanged."""
     if isinstance(value, datetime) and value.tzinfo is not None:
-        utc = value.astimezone(timezone.utc)
+        utc = value.astimezone(_UTC)
         return datetime(
             utc.year,
             utc.month,
@@ -127,7 +128,7 @@ def utc_datetime(value: Any) -> Any:
             utc.minute,
             utc.second,
             utc.microsecond,
-            tzinfo=timezone.utc,
+            tzinfo=_UTC,
         )
     return value
 
