@@ -145,9 +145,18 @@ class BigQuerySettings(WarehouseSettings):
     project: Text | None = None
     location: Text | None = None
     credentials_file: Text | None = None  # unset: Application Default Credentials
+    gcp_credentials: Text | None = None  # base64 service account key JSON, as dagster-gcp's
+    secrets: ClassVar[tuple[str, ...]] = ("gcp_credentials",)
     extra: ClassVar[str | None] = "bigquery"
     driver_module: ClassVar[str | None] = "google.cloud.bigquery"
     example: ClassVar[str] = "warehouse: {type: bigquery, project: my-project, location: EU}"
+
+    def check(self, where: str) -> None:
+        if self.credentials_file is not None and self.gcp_credentials is not None:
+            raise WarehouseSettingsError(
+                f"{where}: set at most one of 'credentials_file' and 'gcp_credentials'. Fix: "
+                "keep one (neither: Application Default Credentials)."
+            )
 
 
 class RedshiftSettings(WarehouseSettings):
