@@ -611,3 +611,45 @@ def test_databricks_unreachable_host_names_the_fix_and_hides_the_token():
     message = str(caught.value)
     assert message.startswith("cannot connect to databricks 127.0.0.1:9/sql/1.0/warehouses/abc")
     assert "Fix: check 'server_hostname'" in message and TOKEN not in message
+
+
+# --- shared: chunks of different Arrow types, one schema ------------------------------------------
+
+
+def test_chunks_of_different_arrow_types_become_one_schema_and_bounded_batches():
+    """Snowflake (and others) may send one column as ns in one chunk and us in the next,
+    int64 here and decimal there; a chunk larger than BATCH_ROWS is cut."""
+    from rudder_sync.warehouses.base import BATCH_ROWS
+
+    schema = pa.schema(
+        [("id", pa.decimal128(38, 0)), ("seen", pa.timestamp("us", tz="UTC")), ("v", pa.json_())]
+    )
+    first = pa.table(
+        {
+            "id": pa.array(range(BATCH_ROWS + 1), pa.int64()),
+            "seen": pa.array([1_700_000_000_123_456_789] * (BATCH_ROWS + 1),
+                             pa.timestamp("ns", tz="Etc/UTC")),
+            "v": pa.array(['{"a":1}'] * (BATCH_ROWS + 1), pa.large_string()),
+        }
+    )  # fmt: skip
+    second = pa.table(
+        {
+            "id": pa.array([Decimal("99999999999999999999999999999999999999")],
+                           pa.decimal128(38, 0)),
+            "seen": pa.array([datetime(9999, 12, 31, tzinfo=UTC)], pa.timestamp("us", tz="UTC")),
+            "v": pa.array(["[1]"], pa.string()),
+        }
+    )  # fmt: skip
+    batches = list(batches_of([first, schema.empty_table(), second], schema))
+    assert [b.num_rows for b in batches] == [BATCH_ROWS, 1, 1]
+    assert all(b.schema == schema for b in batches)
+    con, types = land(stream(schema, iter(batches)))
+    assert types == {"id": "DECIMAL(38,0)", "seen": "TIMESTAMP WITH TIME ZONE", "v": "JSON"}
+    assert con.execute("select count(*), max(id)::varchar from t").fetchone() == (
+        BATCH_ROWS + 2,
+        "99999999999999999999999999999999999999",
+    )
+    # nanoseconds truncated to DuckDB's microseconds, the instant kept in UTC
+    assert con.execute("select min(seen) from t").fetchone()[0] == datetime(
+        2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC
+    )
