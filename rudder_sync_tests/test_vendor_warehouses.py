@@ -653,3 +653,68 @@ def test_chunks_of_different_arrow_types_become_one_schema_and_bounded_batches()
     assert con.execute("select min(seen) from t").fetchone()[0] == datetime(
         2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC
     )
+
+
+def _key_file(tmp_path: Path, passphrase: bytes) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "rsa_key.p8"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+    )
+    return path
+
+
+def test_snowflake_key_pair_settings_reach_the_connector(fakesnow_server, tmp_path, monkeypatch):
+    """private_key_file + private_key_passphrase: the connector reads the encrypted key and logs
+    in with a JWT (fakesnow does not check it); a wrong passphrase fails before any login."""
+    path = _key_file(tmp_path, PASSWORD.encode())
+    monkeypatch.setenv("SNOWFLAKE_KEY_PASSPHRASE", PASSWORD)
+    raw = {
+        "type": "snowflake",
+        "account": "fakesnow",
+        "user": "rudder",
+        "private_key_file": str(path),
+        "private_key_passphrase": {"env": "SNOWFLAKE_KEY_PASSPHRASE"},
+        "database": "DB1",
+        "schema": "S1",
+    }
+    settings = parse_warehouse(raw, "sync.yaml", Path("."))
+    kwargs = {**settings.resource_kwargs(), "private_key_passphrase": PASSWORD}
+    cls = type(build_warehouse(settings))
+    with cls(**kwargs, connect_args=fakesnow_server).read_model("select 1 as one") as reader:
+        assert reader.read_all().to_pylist() == [{"ONE": 1}]
+    wrong = cls(**{**kwargs, "private_key_passphrase": "not-it-123"}, connect_args=fakesnow_server)
+    with pytest.raises(WarehouseError) as caught, wrong.read_model("select 1"):
+        pass
+    message = str(caught.value)
+    assert message.startswith("cannot connect to snowflake account fakesnow database DB1.S1: ")
+    assert (
+        "Fix: check 'private_key_file' (a PKCS#8 PEM file) and 'private_key_passphrase'" in message
+    )
+    assert "not-it-123" not in message and PASSWORD not in message
+
+
+@pytest.mark.parametrize(
+    ("kind", "model"),
+    [
+        ("snowflake", "select v:plan::string as plan from t where ts >= $partition_start"),
+        ("bigquery", "select * from `p.d.t` where ts >= $partition_start"),
+        ("redshift", "select json_extract_path_text(s, 'a') from t where ts >= $partition_start"),
+        ("databricks", "select * from main.a.t where ts >= $partition_start"),
+    ],
+)
+def test_models_are_checked_in_each_engines_dialect(kind, model):
+    from rudder_sync.warehouses import resource_class
+    from rudder_sync.warehouses.sql import ModelSqlError, check_query
+
+    dialect = resource_class(kind).dialect
+    check_query(model, dialect)
+    with pytest.raises(ModelSqlError, match="must be a SELECT"):
+        check_query("delete from t where ts < $partition_start", dialect)

@@ -61,6 +61,8 @@ _SEMI_STRUCTURED = {"VARIANT", "OBJECT", "ARRAY", "MAP"}
 # (words in the connector's message, errno) -> fix
 _FIXES = (
     (("Incorrect username or password",), 390100, "check 'user' and 'password'"),
+    (("could not decrypt key", "Could not deserialize key", "private key", "No such file"), -1,
+     "check 'private_key_file' (a PKCS#8 PEM file) and 'private_key_passphrase'"),
     (("JWT token is invalid",), 390144, "check 'private_key_file' and that its public key is set "
      "on the user (ALTER USER ... SET RSA_PUBLIC_KEY)"),
     (("Could not connect", "Failed to connect", "Max retry", "Name or service not known"), 250001,
@@ -145,7 +147,7 @@ class _SnowflakeReader(WarehouseResource):
             if errno == number or any(w in message for w in words):
                 fix = text
                 break
-        if "timeout" in message and self.statement_timeout_seconds:
+        if what != "cannot connect to" and "timeout" in message and self.statement_timeout_seconds:
             fix = (
                 f"the model ran longer than statement_timeout_seconds="
                 f"{self.statement_timeout_seconds:g}; make it faster or raise the limit"
