@@ -718,3 +718,182 @@ def test_models_are_checked_in_each_engines_dialect(kind, model):
     check_query(model, dialect)
     with pytest.raises(ModelSqlError, match="must be a SELECT"):
         check_query("delete from t where ts < $partition_start", dialect)
+
+
+# --- BigQuery through the real client, against a recorded REST exchange ---------------------------
+
+
+class RecordedBigQuery:
+    """BigQuery's REST API answering one query: jobs.insert (dry run and real), jobs.get and
+    getQueryResults with the recorded schema and rows (`f`/`v` rows, TIMESTAMP as int64
+    microseconds, as BigQuery sends them to this client). Records every request."""
+
+    def __init__(self, schema: list[dict], rows: list[list]):
+        self.schema, self.rows, self.requests, self.jobs = schema, rows, [], {}
+
+    def __enter__(self) -> RecordedBigQuery:
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(("POST", self.path, body))
+                project = re.match(r"/bigquery/v2/projects/([^/]+)/jobs", self.path).group(1)
+                job = dict(body)
+                ref = job.setdefault("jobReference", {})
+                ref.update(projectId=project, location="EU")
+                ref.setdefault("jobId", f"job{len(fake.jobs)}")
+                word = job["configuration"]["query"]["query"].split()[0].upper()
+                job["status"] = {"state": "DONE"}
+                kind = "SELECT" if word in ("SELECT", "WITH") else word
+                job["statistics"] = {"query": {"statementType": kind}}
+                fake.jobs[ref["jobId"]] = job
+                self._send(job)
+
+            def do_GET(self):
+                fake.requests.append(("GET", self.path, None))
+                match = re.match(r"/bigquery/v2/projects/[^/]+/(queries|jobs)/([^/?]+)", self.path)
+                job = fake.jobs[match.group(2)]
+                if match.group(1) == "jobs":
+                    return self._send(job)
+                self._send(
+                    {
+                        "jobReference": job["jobReference"],
+                        "jobComplete": True,
+                        "schema": {"fields": fake.schema},
+                        "totalRows": str(len(fake.rows)),
+                        "rows": [{"f": [{"v": v} for v in row]} for row in fake.rows],
+                    }
+                )
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def warehouse(self, **kwargs):
+        from google.auth.credentials import AnonymousCredentials
+
+        from rudder_sync.warehouses.bigquery import BigQueryWarehouse
+
+        return BigQueryWarehouse(
+            project="p",
+            location="EU",
+            client_args={
+                "credentials": AnonymousCredentials(),
+                "client_options": {"api_endpoint": self.url},
+            },
+            **kwargs,
+        )
+
+
+BQ_SCHEMA = [
+    {"name": "id", "type": "INTEGER", "mode": "NULLABLE"},
+    {"name": "amount", "type": "NUMERIC", "mode": "NULLABLE"},
+    {"name": "huge", "type": "BIGNUMERIC", "mode": "NULLABLE"},
+    {"name": "attrs", "type": "JSON", "mode": "NULLABLE"},
+    {"name": "place", "type": "GEOGRAPHY", "mode": "NULLABLE"},
+    {"name": "seen", "type": "TIMESTAMP", "mode": "NULLABLE"},
+    {"name": "local", "type": "DATETIME", "mode": "NULLABLE"},
+    {"name": "tags", "type": "STRING", "mode": "REPEATED"},
+    {
+        "name": "addr",
+        "type": "RECORD",
+        "mode": "NULLABLE",
+        "fields": [{"name": "city", "type": "STRING", "mode": "NULLABLE"}],
+    },
+]
+BQ_ROWS = [
+    [
+        "7",
+        "12.5",
+        "123456789012345678901234567890.123456789",
+        '{"plan":"pro","n":[1,2.5]}',
+        "POINT(1 2)",
+        "1704164645123456",
+        "2024-01-02T03:04:05.500000",
+        [{"v": "a"}, {"v": "b"}],
+        {"f": [{"v": "Berlin"}]},
+    ],
+    ["8", None, None, None, None, None, None, [], None],
+]
+
+
+def test_bigquery_model_runs_through_the_client_with_dry_run_parameters_and_timeout():
+    pytest.importorskip("google.cloud.bigquery")
+    sql = "select * from `p.d.users` where seen >= $partition_start and seen < $partition_end"
+    window = {
+        "partition_start": datetime(2024, 1, 1, tzinfo=UTC),
+        "partition_end": datetime(2024, 1, 8, tzinfo=UTC),
+    }
+    with RecordedBigQuery(BQ_SCHEMA, BQ_ROWS) as bq:
+        with bq.warehouse(statement_timeout_seconds=90).read_model(sql, window) as reader:
+            con, types = land(reader)
+        posts = [body for method, _, body in bq.requests if method == "POST"]
+    assert types == {
+        "id": "BIGINT",
+        "amount": "DECIMAL(38,9)",
+        "huge": "JSON",
+        "attrs": "JSON",
+        "place": "VARCHAR",
+        "seen": "TIMESTAMP WITH TIME ZONE",
+        "local": "TIMESTAMP",
+        "tags": "VARCHAR[]",
+        "addr": "STRUCT(city VARCHAR)",
+    }
+    first, second = rendered(con, "id")
+    assert first["attrs"] == {"plan": "pro", "n": [1, 2.5]}
+    assert first["seen"] == "2024-01-02T03:04:05.123456Z"
+    assert first["local"] == "2024-01-02T03:04:05.500000Z"
+    assert first["tags"] == ["a", "b"] and first["addr"] == {"city": "Berlin"}
+    assert second["huge"] is None and second["tags"] == []
+    huge = con.execute("select huge::varchar from t where id = 7").fetchone()[0]
+    assert huge == "123456789012345678901234567890.12345678900000000000000000000000000000"
+    # first a dry run, then the job: named TIMESTAMP parameters, the job timeout
+    dry, real = (body["configuration"] for body in posts)
+    assert dry["dryRun"] is True and not real.get("dryRun")
+    assert real["query"]["query"] == sql.replace("$", "@")
+    assert real["query"]["parameterMode"] == "NAMED"
+    assert [
+        (p["name"], p["parameterType"]["type"], p["parameterValue"]["value"][:19])
+        for p in real["query"]["queryParameters"]
+    ] == [
+        ("partition_start", "TIMESTAMP", "2024-01-01 00:00:00"),
+        ("partition_end", "TIMESTAMP", "2024-01-08 00:00:00"),
+    ]
+    assert real["jobTimeoutMs"] == "90000"
+
+
+def test_bigquery_refuses_a_model_that_is_not_a_select_before_running_it():
+    pytest.importorskip("google.cloud.bigquery")
+    with RecordedBigQuery(BQ_SCHEMA, []) as bq:
+        with (
+            pytest.raises(WarehouseError) as caught,
+            bq.warehouse().read_model("delete from `p.d.users` where true"),
+        ):
+            pass
+        posts = [body for method, _, body in bq.requests if method == "POST"]
+    assert str(caught.value) == (
+        "the model failed on bigquery project p location EU: it is a DELETE statement. "
+        "Fix: models must be a SELECT; they run read-only."
+    )
+    assert len(posts) == 1 and posts[0]["configuration"]["dryRun"] is True

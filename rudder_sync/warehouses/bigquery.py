@@ -67,6 +67,12 @@ class BigQueryWarehouse(WarehouseResource):
         description="Service account key JSON, base64-encoded (secret: set it with EnvVar).",
     )
 
+    client_args: dict[str, Any] = Field(
+        default={},
+        description="More keyword arguments for google.cloud.bigquery.Client (e.g. "
+        "client_options={'api_endpoint': ...} for a private endpoint).",
+    )
+
     def describe(self) -> str:
         text = f"bigquery project {self.project or '(from credentials)'}"
         return text + (f" location {self.location}" if self.location else "")
@@ -109,9 +115,10 @@ class BigQueryWarehouse(WarehouseResource):
                 credentials = service_account.Credentials.from_service_account_file(
                     self.credentials_file
                 )
-            return bigquery.Client(
-                project=self.project, location=self.location, credentials=credentials
-            )
+            kwargs = {"project": self.project, "location": self.location, **self.client_args}
+            if credentials is not None:
+                kwargs["credentials"] = credentials
+            return bigquery.Client(**kwargs)
         except Exception as exc:  # noqa: BLE001 - bad key, no default credentials, ...
             raise self._error("cannot connect to", exc) from None
 
