@@ -10,6 +10,7 @@ the engine's own normalisation into DuckDB and the JSON rules.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import subprocess
 import sys
@@ -897,3 +898,190 @@ def test_bigquery_refuses_a_model_that_is_not_a_select_before_running_it():
         "Fix: models must be a SELECT; they run read-only."
     )
     assert len(posts) == 1 and posts[0]["configuration"]["dryRun"] is True
+
+
+# --- Redshift's code path, live on PostgreSQL --------------------------------------------------
+
+
+class StartupProxy:
+    """127.0.0.1 TCP -> PostgreSQL's unix socket (trust auth), so that redshift_connector can
+    talk to PostgreSQL: drops the Redshift-only startup parameters PostgreSQL refuses
+    (client_protocol_version, driver_version, ...) and reports `server_version` as Redshift does
+    ("8.0.2"; the driver cannot parse Debian's "15.18 (Debian ...)"). All else passes unchanged."""
+
+    KEEP = {b"user", b"database", b"application_name"}
+
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+
+    def __enter__(self) -> StartupProxy:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _read(sock, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError
+            data += chunk
+        return data
+
+    def _serve(self, client) -> None:
+        import socket
+        import struct
+        import threading
+
+        try:
+            while True:
+                (length,) = struct.unpack("!i", self._read(client, 4))
+                body = self._read(client, length - 4)
+                if struct.unpack("!i", body[:4])[0] != 80877103:  # not an SSLRequest
+                    break
+                client.sendall(b"N")
+            parts = body[4:].split(b"\0")
+            params = dict(zip(parts[0::2], parts[1::2], strict=False))
+            kept = b"".join(k + b"\0" + v + b"\0" for k, v in params.items() if k in self.KEEP)
+            packet = struct.pack("!i", 196608) + kept + b"\0"
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(self.socket_path)
+            server.sendall(struct.pack("!i", len(packet) + 4) + packet)
+            while True:  # up to ReadyForQuery
+                kind = self._read(server, 1)
+                (length,) = struct.unpack("!i", self._read(server, 4))
+                body = self._read(server, length - 4)
+                if kind == b"S" and body.startswith(b"server_version\0"):
+                    body = b"server_version\x008.0.2\0"
+                client.sendall(kind + struct.pack("!i", len(body) + 4) + body)
+                if kind in (b"Z", b"E"):
+                    break
+        except (OSError, ConnectionError):
+            client.close()
+            return
+
+        def pipe(source, sink) -> None:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (source, sink):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=pipe, args=(server, client), daemon=True).start()
+        pipe(client, server)
+
+
+@pytest.fixture
+def redshift_on_postgres():
+    """A RedshiftWarehouse whose redshift_connector reaches the test PostgreSQL server."""
+    pytest.importorskip("redshift_connector")
+    from rudder_sync.warehouses.redshift import RedshiftWarehouse
+    from rudder_sync_tests.postgres import execute, server_url
+
+    url = server_url()
+    ((directories, port),) = execute(
+        url,
+        "select current_setting('unix_socket_directories'), current_setting('port')",
+    )
+    sequence = f"rs_seq_{datetime.now().strftime('%H%M%S%f')}"
+    execute(url, f"create sequence {sequence}")
+    path = f"{directories.split(',')[0].strip()}/.s.PGSQL.{port}"
+    with StartupProxy(path) as proxy:
+        yield (
+            RedshiftWarehouse(
+                host="127.0.0.1",
+                port=proxy.port,
+                database="postgres",
+                user="postgres",
+                password=PASSWORD,
+                connect_args={"ssl": False},
+                statement_timeout_seconds=1,
+            ),
+            sequence,
+        )
+    execute(url, f"drop sequence {sequence}")
+
+
+def test_redshift_code_path_live_on_postgres(redshift_on_postgres):
+    """The real redshift_connector runs begin read only / set statement_timeout / declare with
+    bound parameters / fetch forward; PostgreSQL stands in for Redshift (same OIDs and
+    protocol). Several fetches, when a result exceeds one batch, are not covered here."""
+    warehouse, sequence = redshift_on_postgres
+    sql = (
+        "select g as id, (g * 1.25)::numeric(12,2) as amount, "
+        "timestamptz '2024-01-02 03:04:05.5+02' as seen, timestamp '2024-01-02 03:04:05' as at, "
+        "'x%' as s, json_build_object('a', g, 'b', array[1.5]) as j, date '1960-01-01' as d "
+        "from generate_series(1, 5) g where g >= $partition_start and g < $partition_end "
+        "and '50%' like '5%'"
+    )
+    with warehouse.read_model(sql, {"partition_start": 2, "partition_end": 4}) as reader:
+        con, types = land(reader)
+    assert types == {
+        "id": "INTEGER",
+        "amount": "JSON",
+        "seen": "TIMESTAMP WITH TIME ZONE",
+        "at": "TIMESTAMP",
+        "s": "VARCHAR",
+        "j": "JSON",
+        "d": "DATE",
+    }
+    assert rendered(con, "id") == [
+        {
+            "id": g,
+            "amount": g * 1.25,
+            "seen": "2024-01-02T01:04:05.500000Z",
+            "at": "2024-01-02T03:04:05.000000Z",
+            "s": "x%",
+            "j": {"a": g, "b": [1.5]},
+            "d": "1960-01-01",
+        }
+        for g in (2, 3)
+    ]
+    assert con.execute("select amount::varchar from t order by id").fetchall() == [
+        ("2.50",),
+        ("3.75",),
+    ]
+    with warehouse.read_model("select 1 as one where false") as reader:
+        assert reader.read_all().num_rows == 0 and reader.schema.names == ["one"]
+
+
+@pytest.mark.parametrize(
+    ("model", "words", "fix"),
+    [
+        ("select pg_sleep(5)", "statement timeout", "ran longer than statement_timeout_seconds=1"),
+        ("select nextval('{seq}')", "read-only transaction", "models run in a read-only"),
+        ("select * from no_such_table", "does not exist", "check 'database' and the table names"),
+    ],
+)
+def test_redshift_code_path_errors_live_on_postgres(redshift_on_postgres, model, words, fix):
+    warehouse, sequence = redshift_on_postgres
+    with (
+        pytest.raises(WarehouseError) as caught,
+        warehouse.read_model(model.format(seq=sequence)) as reader,
+    ):
+        reader.read_all()
+    message = str(caught.value)
+    assert message.startswith(f"the model failed on redshift 127.0.0.1:{warehouse.port}/postgres")
+    assert words in message and fix in message and PASSWORD not in message

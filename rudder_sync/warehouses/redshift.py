@@ -4,7 +4,7 @@
 model runs as `DECLARE ... CURSOR` inside a `BEGIN READ ONLY` transaction (a model that writes
 fails) and its rows come `FETCH FORWARD` BATCH_ROWS at a time, each chunk built into an Arrow
 batch typed by the column's Redshift type. `statement_timeout` is set when configured.
-Parameters are bound by the driver (`%s`, sent as `$n` binds), never pasted into the SQL.
+Parameters are bound by the driver (`?`, sent as `$n` binds), never pasted into the SQL.
 `NUMERIC` becomes JSON numbers with their exact digits (as for PostgreSQL), `SUPER` becomes
 DuckDB `JSON`, `TIMESTAMPTZ` a UTC timestamp; `GEOMETRY`, `TIMETZ`, `INTERVAL` and other types
 without an Arrow counterpart their text.
@@ -12,6 +12,7 @@ without an Arrow counterpart their text.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
@@ -100,7 +101,7 @@ class RedshiftWarehouse(WarehouseResource):
         """Run `sql` through a cursor in a read-only transaction; stream its rows in chunks."""
         import redshift_connector
 
-        query, args = bind(sql, params, "format")
+        query, args = bind(sql, params, "qmark")
         body = query.strip().rstrip(";")
         kwargs = {
             "host": self.host,
@@ -116,6 +117,8 @@ class RedshiftWarehouse(WarehouseResource):
             raise self._error("cannot connect to", exc) from None
         conn.autocommit = True  # the transaction is ours: BEGIN READ ONLY ... ROLLBACK
         cursor = conn.cursor()
+        # qmark, not format: the driver does not undo `%%` inside string literals
+        cursor.paramstyle = "qmark"
         try:
             try:
                 cursor.execute("begin read only")
@@ -204,6 +207,8 @@ def _json_text(value: Any) -> str | None:
         return format(value, "f") if value.is_finite() else None
     if isinstance(value, bytes | bytearray):
         return value.decode()
+    if isinstance(value, dict | list):  # the driver parsed JSON text: write it back as JSON
+        return json.dumps(value, default=str)
     if isinstance(value, int | float):
         return repr(value) if value == value and abs(value) != float("inf") else None
     return str(value)
