@@ -24,7 +24,7 @@ PG_URL_ENV_VAR = "RUDDER_SYNC_TEST_PG_URL"
 SYNC_URL_ENV_VAR = "RUDDER_SYNC_TEST_DB_URL"
 HOW_TO_RUN = (
     f"no PostgreSQL server for the tests ({PG_URL_ENV_VAR} is not set). Start one with "
-    f"`eval \"$(.ci/postgres start /tmp/rudder-sync-pg)\"` and run pytest again in that shell."
+    f'`eval "$(.ci/postgres start /tmp/rudder-sync-pg)"` and run pytest again in that shell.'
 )
 
 USERS_DDL = """

@@ -51,7 +51,7 @@ def _comparable(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Events without their send time (`timestamp` defaults to when a change is first seen)."""
     return sorted(
         ({k: v for k, v in e.items() if k != "timestamp"} for e in events),
-        key=lambda e: (e["messageId"]),
+        key=lambda e: e["messageId"],
     )
 
 
