@@ -25,8 +25,15 @@ from rudder_sync.state import state_path
 from rudder_sync.warehouses import DuckDBWarehouse
 
 from .gateway import TestGateway
-from .helpers import IDENTIFY_SYNC, TRACK_SYNC, rudderstack_for, run_sync, sql, write_project
-from .test_partitions import HISTORY_SYNC
+from .helpers import (
+    HISTORY_SYNC,
+    IDENTIFY_SYNC,
+    TRACK_SYNC,
+    rudderstack_for,
+    run_sync,
+    sql,
+    write_project,
+)
 
 
 def _defs(tmp_path: Path, syncs: dict[str, dict[str, Any]], users: int = 3) -> Any:

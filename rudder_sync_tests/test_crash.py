@@ -25,10 +25,12 @@ import yaml
 from rudder_sync import state as state_module
 
 from .gateway import TestGateway
-from .helpers import IDENTIFY_SYNC, WRITE_KEY, Project, rudderstack_for, run_sync, write_project
-from .test_faults import (
+from .helpers import (
+    IDENTIFY_SYNC,
     SMALL_BODIES_KB,
     SYNC_NAME,
+    WRITE_KEY,
+    Project,
     SeededModel,
     assert_delivered_exactly,
     assert_state_settled,
@@ -36,9 +38,12 @@ from .test_faults import (
     failure_text,
     pending_message_ids,
     read_state,
+    rudderstack_for,
+    run_sync,
     seed_model,
     state_digest,
     wait_until_idle,
+    write_project,
 )
 
 REPO = Path(__file__).resolve().parents[1]

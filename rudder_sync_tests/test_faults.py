@@ -8,174 +8,31 @@ same body.
 
 from __future__ import annotations
 
-import gc
 import random
 import re
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import duckdb
 import pytest
-from dagster import ExecuteInProcessResult
-
-from rudder_sync.state import state_path
 
 from .gateway import DISABLED_WRITE_KEY, TestGateway
-from .helpers import Project, asset_metadata, rudderstack_for, run_sync, sql, write_project
-
-SYNC_NAME = "orders"
-EVENTS = {"added": "Row Added", "changed": "Row Changed", "removed": "Row Removed"}
-CHANGE_OF_EVENT = {name: change for change, name in EVENTS.items()}
-SYNC: dict[str, Any] = {
-    "model": "select id, user_id, anon_id, email, plan from users",
-    "primary_key": "id",
-    "type": "track",
-    "user_id": "user_id",
-    "anonymous_id": "anon_id",
-    "mapping": {"email": "email", "plan": "plan"},
-    "events": EVENTS,
-}
-# Small bodies, so that a few hundred events make a few dozen requests.
-SMALL_BODIES_KB = 6
-
-
-# -- the seeded model and what it must deliver ---------------------------------------------------
-
-
-@dataclass
-class SeededModel:
-    """A sync whose baseline is committed and whose warehouse then changed in known ways."""
-
-    project: Project
-    expected: set[tuple[int, str]]
-
-    @property
-    def state_file(self) -> Path:
-        return state_path(self.project.state_dir, SYNC_NAME, dry_run=False)
-
-
-def seed_model(
-    root: Path,
-    url: str,
-    rows: int,
-    added: int,
-    pad: int = 0,
-    extra: dict[str, dict[str, Any]] | None = None,
-    baseline: Callable[[Project], None] | None = None,
-) -> SeededModel:
-    """Users 1..rows committed as the baseline, then changed: every 4th row's plan, every 10th
-    row (from 1) deleted, `added` new rows. Returns what the next run must deliver.
-
-    `pad` lengthens every email (bigger events); `extra` adds other syncs to the project;
-    `baseline` replaces the first run (which records the rows and sends nothing).
-    """
-    project = write_project(root, {SYNC_NAME: SYNC, **(extra or {})}, users=rows)
-    padding = f"|| repeat('.', {pad})" if pad else ""
-    if pad:
-        sql(project.warehouse, f"update users set email = email {padding}")
-    if baseline is None:
-        run_sync(project, SYNC_NAME, rudderstack_for(url))
-    else:
-        baseline(project)
-    sql(
-        project.warehouse,
-        f"""
-        update users set plan = 'pro' where id % 4 = 0;
-        delete from users where id % 10 = 1;
-        insert into users select i, 'u' || i, 'a' || i, 'user' || i || '@example.com' {padding},
-               'free', 'DE', timestamptz '2024-06-01 00:00:00+00', 'e' || i
-        from range({rows + 1}, {rows + added + 1}) t(i);
-        """,
-    )
-    expected = {(i, "removed") for i in range(1, rows + 1) if i % 10 == 1}
-    expected |= {(i, "changed") for i in range(1, rows + 1) if i % 4 == 0 and i % 10 != 1}
-    expected |= {(i, "added") for i in range(rows + 1, rows + added + 1)}
-    return SeededModel(project=project, expected=expected)
-
-
-def change_key(event: dict[str, Any]) -> tuple[int, str]:
-    """(primary key, change type) of a delivered event of the seeded model."""
-    return int(event["userId"][1:]), CHANGE_OF_EVENT[event["event"]]
-
-
-def assert_delivered_exactly(events: list[dict[str, Any]], expected: set[tuple[int, str]]) -> int:
-    """Every expected change delivered, nothing else, and repeats only as identical events
-    under the same messageId. Returns the number of repeats."""
-    first_by_id: dict[str, dict[str, Any]] = {}
-    ids_by_change: dict[tuple[int, str], set[str]] = defaultdict(set)
-    for event in events:
-        message_id = event["messageId"]
-        first = first_by_id.setdefault(message_id, event)
-        assert event == first, f"messageId {message_id} carried two different events"
-        ids_by_change[change_key(event)].add(message_id)
-    delivered = set(ids_by_change)
-    missing, unexpected = expected - delivered, delivered - expected
-    assert not missing, f"{len(missing)} changes never delivered, e.g. {sorted(missing)[:5]}"
-    assert not unexpected, f"{len(unexpected)} unexpected events, e.g. {sorted(unexpected)[:5]}"
-    split = {key: ids for key, ids in ids_by_change.items() if len(ids) > 1}
-    assert not split, f"changes sent under several messageIds: {list(split.items())[:3]}"
-    return len(events) - len(first_by_id)
-
-
-@contextmanager
-def read_state(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The state file, read-only, from this (test) process.
-
-    gc first: after a failed delivery a reference cycle can keep the run's cursor open until the
-    cyclic GC runs; test_crash.py checks that separately (in-process runs only share a process
-    with the test here).
-    """
-    gc.collect()
-    with duckdb.connect(str(path), read_only=True) as conn:
-        yield conn
-
-
-def assert_state_settled(model: SeededModel) -> None:
-    """Nothing pending, and the snapshot holds exactly the live keys of the model."""
-    with read_state(model.state_file) as conn:
-        pending = conn.execute("select count(*) from pending where __rs_send").fetchone()
-        live = conn.execute("select count(*) from snapshot where not __rs_deleted").fetchone()
-    with duckdb.connect(str(model.project.warehouse), read_only=True) as conn:
-        rows = conn.execute("select count(*) from users").fetchone()
-    assert pending == (0,)
-    assert live == rows
-
-
-def state_digest(model: SeededModel) -> dict[str, list[tuple[Any, ...]]]:
-    """What a run must not change when it delivers nothing: snapshot, delivery log, meta."""
-    with read_state(model.state_file) as conn:
-        return {
-            "snapshot": conn.execute(
-                "select __rs_pk, __rs_hash, __rs_version, __rs_deleted, __rs_props "
-                "from snapshot order by __rs_pk"
-            ).fetchall(),
-            "delivered": conn.execute(
-                "select * from delivery_log where status = 'delivered' order by all"
-            ).fetchall(),
-            "meta": conn.execute("select * from meta order by key").fetchall(),
-        }
-
-
-def pending_message_ids(model: SeededModel) -> dict[tuple[int, str], str]:
-    with read_state(model.state_file) as conn:
-        rows = conn.execute(
-            "select __rs_pk, __rs_change, __rs_message_id from pending where __rs_send"
-        ).fetchall()
-    return {(int(pk), change): message_id for pk, change, message_id in rows}
-
-
-def failure_text(result: ExecuteInProcessResult) -> str:
-    """The messages of the run's failed steps."""
-    return "\n".join(
-        event.event_specific_data.error.message  # type: ignore[union-attr]
-        for event in result.all_events
-        if event.is_step_failure
-    )
+from .helpers import (
+    SMALL_BODIES_KB,
+    SYNC_NAME,
+    FixedPortGateway,
+    assert_delivered_exactly,
+    assert_state_settled,
+    asset_metadata,
+    change_key,
+    failure_text,
+    pending_message_ids,
+    rudderstack_for,
+    run_sync,
+    seed_model,
+    state_digest,
+    wait_until_idle,
+)
 
 
 def gave_up_after(message: str) -> float:
@@ -183,18 +40,6 @@ def gave_up_after(message: str) -> float:
     found = re.search(r"gave up on a request of [\d,]+ events after ([\d.]+)s", message)
     assert found, f"no 'gave up' in: {message}"
     return float(found.group(1))
-
-
-def wait_until_idle(gateway: TestGateway, timeout: float = 15.0) -> None:
-    """Wait until every request the gateway started (slow ones included) has been answered."""
-    deadline = time.monotonic() + timeout
-    while len(gateway.requests) < gateway._request_count:
-        assert time.monotonic() < deadline, "the gateway never finished its requests"
-        time.sleep(0.02)
-
-
-# The test gateway on a chosen address (port 0: any), optionally behind TLS.
-FixedPortGateway = TestGateway
 
 
 # -- transient faults: the run succeeds, nothing is lost -----------------------------------------

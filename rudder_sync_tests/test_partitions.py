@@ -14,65 +14,19 @@ from rudder_sync.config import ConfigError, parse_config
 
 from .gateway import TestGateway
 from .helpers import (
+    HISTORY,
+    HISTORY_EXPECTED,
+    HISTORY_SYNC,
     WRITE_KEY,
     Project,
     asset_metadata,
+    events_by_window,
     rudderstack_for,
     run_sync,
     sql,
+    window_end,
     write_project,
 )
-
-SCD2_MODEL = (
-    "select id, user_id, email, plan from users_history "
-    "where valid_from < $partition_end and (valid_to is null or valid_to >= $partition_end)"
-)
-HISTORY_SYNC: dict[str, Any] = {
-    "model": SCD2_MODEL,
-    "primary_key": "id",
-    "type": "track",
-    "user_id": "user_id",
-    "mapping": {"email": "email", "plan": "plan"},
-    "events": {"added": "Signed Up", "changed": "Plan Changed", "removed": "Account Deleted"},
-    "send_initial_results": True,
-    "partitions": {"start": "2024-01-01", "cadence": "daily"},
-}
-
-# u1 and u3 exist before the first window; u2 signs up on Jan 3; u1 upgrades on Jan 5;
-# u3 is deleted on Jan 6; u4 signs up and is deleted within Jan 4 (never visible at a window end).
-HISTORY = """
-create or replace table users_history as select * from (values
- (1, 'u1', 'u1@x.io', 'free', timestamptz '2023-12-31 00:00+00', timestamptz '2024-01-05 12:00+00'),
- (1, 'u1', 'u1@x.io', 'pro',  timestamptz '2024-01-05 12:00+00', null),
- (2, 'u2', 'u2@x.io', 'free', timestamptz '2024-01-03 10:00+00', null),
- (3, 'u3', 'u3@x.io', 'team', timestamptz '2023-12-30 00:00+00', timestamptz '2024-01-06 08:00+00'),
- (4, 'u4', 'u4@x.io', 'free', timestamptz '2024-01-04 01:00+00', timestamptz '2024-01-04 02:00+00')
-) t(id, user_id, email, plan, valid_from, valid_to)
-"""
-
-EXPECTED = {  # window -> (userId, event, plan) sent for it
-    "2024-01-01": [("u1", "Signed Up", "free"), ("u3", "Signed Up", "team")],
-    "2024-01-02": [],
-    "2024-01-03": [("u2", "Signed Up", "free")],
-    "2024-01-04": [],
-    "2024-01-05": [("u1", "Plan Changed", "pro")],
-    "2024-01-06": [("u3", "Account Deleted", "team")],
-    "2024-01-07": [],
-}
-
-
-def _window_end(day: str) -> str:
-    return f"2024-01-{int(day[-2:]) + 1:02d}T00:00:00.000000Z"
-
-
-def _by_window(events: list[dict[str, Any]]) -> dict[str, list[tuple[str, str, str]]]:
-    """Events grouped by the window whose end is their timestamp."""
-    grouped: dict[str, list[tuple[str, str, str]]] = {day: [] for day in EXPECTED}
-    ends = {_window_end(day): day for day in EXPECTED}
-    for event in events:
-        day = ends[event["timestamp"]]
-        grouped[day].append((event["userId"], event["event"], event["properties"]["plan"]))
-    return {day: sorted(rows) for day, rows in grouped.items()}
 
 
 @pytest.fixture
@@ -91,7 +45,7 @@ def test_week_backfill_sends_exact_events_per_day_at_window_ends(
         rudderstack_for(gateway.url),
         partition_range=("2024-01-01", "2024-01-07"),
     )
-    assert _by_window(gateway.events) == EXPECTED
+    assert events_by_window(gateway.events) == HISTORY_EXPECTED
     assert gateway.schema_errors == []
     diff = asset_metadata(result, "history", "diff")
     assert (diff["added"], diff["changed"], diff["removed"]) == (3, 1, 1)
@@ -129,7 +83,7 @@ def test_a_window_depends_only_on_the_model_not_on_run_order(
             rudderstack_for(second.url),
             partition_range=("2024-01-01", "2024-01-07"),
         )
-        in_range = [e for e in second.events if e["timestamp"] == _window_end("2024-01-06")]
+        in_range = [e for e in second.events if e["timestamp"] == window_end("2024-01-06")]
     assert alone == in_range
 
 
@@ -186,7 +140,7 @@ def test_run_config_dry_run_counts_a_backfill_without_sending(
         rudderstack_for(gateway.url),
         partition_range=("2024-01-01", "2024-01-07"),
     )
-    assert _by_window(gateway.events) == EXPECTED
+    assert events_by_window(gateway.events) == HISTORY_EXPECTED
 
 
 def test_failing_window_stops_the_run_and_names_it(history: Project, gateway: TestGateway) -> None:
@@ -258,7 +212,7 @@ def test_cli_range_backfill_and_single_window(history: Project, gateway: TestGat
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _by_window(gateway.events) == EXPECTED
+    assert events_by_window(gateway.events) == HISTORY_EXPECTED
 
     single = [
         dagster,

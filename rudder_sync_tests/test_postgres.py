@@ -24,17 +24,19 @@ from rudder_sync.warehouses import PostgresWarehouse, WarehouseError
 
 from .gateway import TestGateway
 from .helpers import (
+    HISTORY_EXPECTED,
+    HISTORY_SYNC,
     IDENTIFY_SYNC,
     TRACK_SYNC,
     WRITE_KEY,
     asset_metadata,
+    events_by_window,
     rudderstack_for,
     run_sync,
     sql,
     write_project,
 )
 from .postgres import SYNC_URL_ENV_VAR, PgDatabase, execute, with_database, write_pg_project
-from .test_partitions import EXPECTED, HISTORY_SYNC, _by_window
 
 PASSWORD = "pg-test-pw-7c1e"  # the test server's password (see .ci/postgres)
 
@@ -157,7 +159,7 @@ def test_partitioned_backfill_binds_partition_parameters(
         tmp_path, pg, {"history": dict(HISTORY_SYNC, model=model)}, monkeypatch
     )
     run_sync(project, "history", rudderstack_for(gateway.url), partition_range=EDGES)
-    assert _by_window(gateway.events) == EXPECTED
+    assert events_by_window(gateway.events) == HISTORY_EXPECTED
     assert gateway.schema_errors == []
 
 

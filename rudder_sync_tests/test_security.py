@@ -38,8 +38,16 @@ from rudder_sync.rudderstack import RudderstackResource
 from rudder_sync.warehouses import build_warehouse
 
 from .gateway import TestGateway
-from .helpers import IDENTIFY_SYNC, Project, rudderstack_for, run_sync, sql, write_project
-from .test_faults import FixedPortGateway, failure_text
+from .helpers import (
+    IDENTIFY_SYNC,
+    FixedPortGateway,
+    Project,
+    failure_text,
+    rudderstack_for,
+    run_sync,
+    sql,
+    write_project,
+)
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 SECRET = "rs-wk-Q7f3a9c2e1b-S3CR3T-do-not-leak"
