@@ -7,10 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .gateway import TestGateway
 from .helpers import IDENTIFY_SYNC, TRACK_SYNC, WRITE_KEY, sql, write_project
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
+
+pytestmark = pytest.mark.slow  # every test runs `dagster job execute` in a subprocess
 
 
 def _env(**extra: str) -> dict[str, str]:

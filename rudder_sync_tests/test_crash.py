@@ -137,6 +137,7 @@ REQUEST_KB = 16  # ~49 events per request, ~545 requests in all
 FAST_REQUESTS = 430  # ~21,000 events: past a commit (every 20,000); the rest hang, then land
 
 
+@pytest.mark.slow
 def test_sigkill_mid_delivery_then_rerun_delivers_everything(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -232,6 +233,7 @@ CRASH_INSIDE_COMMIT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_crash_inside_the_commit_only_causes_same_message_id_repeats(
     tmp_path: Path, gateway: TestGateway
 ) -> None:
@@ -266,6 +268,7 @@ def test_crash_inside_the_commit_only_causes_same_message_id_repeats(
 # -- two runs at once ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_sync_waits_then_fails_and_other_syncs_run_in_parallel(
     tmp_path: Path,
     gateway: TestGateway,

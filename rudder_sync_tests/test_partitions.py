@@ -191,6 +191,7 @@ def test_partition_parameters_need_partitions() -> None:
         parse_config(raw)
 
 
+@pytest.mark.slow
 def test_cli_range_backfill_and_single_window(history: Project, gateway: TestGateway) -> None:
     dagster = str(Path(sys.executable).with_name("dagster"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}

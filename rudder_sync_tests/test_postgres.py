@@ -442,6 +442,7 @@ def test_warehouse_error_is_raised_directly_by_the_resource(pg: PgDatabase) -> N
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 
 
+@pytest.mark.slow
 def test_dagster_job_execute_twice_with_a_change_in_postgres_between(
     tmp_path: Path, pg: PgDatabase, gateway: TestGateway
 ) -> None:

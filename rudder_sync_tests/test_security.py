@@ -199,6 +199,7 @@ def _in_process(project: Project, instance: DagsterInstance, **settings: Any) ->
     )
 
 
+@pytest.mark.slow
 def test_write_key_appears_nowhere(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -34,6 +34,7 @@ from .helpers import IDENTIFY_SYNC, TRACK_SYNC, WRITE_KEY, write_project
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
 MODULE = "rudder_sync.definitions"  # `dagster dev -m MODULE` names the code location after it
+pytestmark = pytest.mark.slow  # `dagster dev` and Chromium
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; never a browser downloaded by Playwright
 CHROMIUM_ARGS = [
     "--headless",
