@@ -8,9 +8,10 @@ that both this module and the Dagster Component call.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-from dagster import Definitions, EnvVar, definitions, in_process_executor
+from dagster import BetaWarning, Definitions, EnvVar, definitions, in_process_executor
 
 from .assets import IO_MANAGER_KEY, build_sync_assets, build_sync_job
 from .automation import build_failure_sensor, build_schedule, build_trigger_sensor
@@ -84,8 +85,17 @@ def sync_definitions(sync: SyncConfig, state_dir: Path) -> Definitions:
     job = build_sync_job(sync)
     schedule = build_schedule(sync, job)
     trigger = build_trigger_sensor(sync, job)
+    with warnings.catch_warnings():
+        # Every asset passes backfill_policy (single-run backfills for partitioned syncs), a
+        # parameter Dagster marks as beta: without this, each CLI call prints two lines per asset.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Parameter `backfill_policy` of function `asset`",
+            category=BetaWarning,
+        )
+        assets = build_sync_assets(sync, state_dir)
     return Definitions(
-        assets=build_sync_assets(sync, state_dir),
+        assets=assets,
         jobs=[job],
         schedules=[schedule] if schedule else [],
         sensors=[trigger] if trigger else [],
