@@ -159,8 +159,12 @@ class SyncState:
         return self.replace_table("model_rows", reader)
 
     def replace_table(self, table: str, reader: pa.RecordBatchReader) -> int:
-        """Store a model result streamed from the warehouse (Arrow batches, never all in memory)."""
+        """Store a model result streamed from the warehouse (Arrow batches, never all in memory).
+
+        Written uncompressed: the copy lives until the next run, and DuckDB's compression cost
+        more CPU than reading the rows from the warehouse (bench/RESULTS.md, "warehouse")."""
         self.conn.register("__rs_model_reader", reader)
+        run(self.conn, "set force_compression = 'uncompressed'")
         try:
             with self.transaction():
                 run(
@@ -168,6 +172,7 @@ class SyncState:
                     f'create or replace table "{table}" as select * from __rs_model_reader',
                 )
         finally:
+            run(self.conn, "reset force_compression")
             self.conn.unregister("__rs_model_reader")
         return self.count(f'"{table}"')
 
