@@ -84,19 +84,19 @@ def child_setup(root: Path, rows: int) -> dict[str, Any]:
     project = load_config(config_path)
     sync = project.syncs[SYNC_NAME]
     started = time.perf_counter()
-    with duckdb.connect(str(project.warehouse)) as conn:
+    with duckdb.connect(str(project.warehouse.path)) as conn:
         create_users(conn, rows)
     generated = time.perf_counter()
     baseline_dir = root / "baseline_state"
     with open_state(baseline_dir, SYNC_NAME, dry_run=False) as state:
-        with DuckDBWarehouse(database=str(project.warehouse)).read_model(sync.model) as reader:
+        with DuckDBWarehouse(database=str(project.warehouse.path)).read_model(sync.model) as reader:
             check_model_columns(sync, reader.schema.names)
             state.replace_model_rows(reader)
         summary = compute_diff(state, sync, datetime.now(UTC))
         committed = state.commit_silent_changes()
         state.conn.execute("checkpoint")
     baseline = time.perf_counter()
-    with duckdb.connect(str(project.warehouse)) as conn:
+    with duckdb.connect(str(project.warehouse.path)) as conn:
         conn.execute("create or replace table users_base as from users")
         expected = mutate_users(conn, rows)
         conn.execute("checkpoint")
@@ -106,7 +106,7 @@ def child_setup(root: Path, rows: int) -> dict[str, Any]:
         "baseline_counts": summary.counts,
         "baseline_committed": committed,
         "expected": expected,
-        "warehouse_mb": project.warehouse.stat().st_size / 1e6,
+        "warehouse_mb": project.warehouse.path.stat().st_size / 1e6,
         "state_mb": (baseline_dir / f"{SYNC_NAME}.duckdb").stat().st_size / 1e6,
     }
 
@@ -173,7 +173,7 @@ def child_ours(root: Path, profile: str | None = None) -> dict[str, Any]:
     if state_dir.exists():
         shutil.rmtree(state_dir)
     shutil.copytree(root / "baseline_state", state_dir)
-    warehouse = DuckDBWarehouse(database=str(project.warehouse))
+    warehouse = DuckDBWarehouse(database=str(project.warehouse.path))
     timings: Counter[str] = Counter()
     context: Any
     if profile:
