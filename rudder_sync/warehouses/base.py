@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
@@ -46,6 +46,38 @@ class WarehouseResource(dg.ConfigurableResource):
     def describe(self) -> str:
         """Which warehouse this is, for messages: type, host, database; never a secret."""
         return self.kind
+
+    def failure(
+        self, what: str, message: str, fix: str, secrets: Iterable[str | None]
+    ) -> WarehouseError:
+        """`<what> <warehouse>: <the driver's words>. Fix: <fix>.`, every secret masked."""
+        return WarehouseError(redact(f"{what} {self.describe()}: {message}. Fix: {fix}.", secrets))
+
+    def timeout_fix(self) -> str:
+        """The fix for a model that the warehouse cancelled at `statement_timeout_seconds`."""
+        return (
+            f"the model ran longer than statement_timeout_seconds="
+            f"{self.statement_timeout_seconds:g}; make it faster or raise the limit"
+        )
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """No message may carry a secret, whatever the driver echoes back."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def guarded(
+    batches: Iterator[pa.RecordBatch],
+    errors: tuple[type[BaseException], ...],
+    fail: Callable[[BaseException], WarehouseError],
+) -> Iterator[pa.RecordBatch]:
+    """The batches; a driver error while streaming them becomes `fail(error)` (a lost stream)."""
+    try:
+        yield from batches
+    except errors as exc:
+        raise fail(exc) from None
 
 
 def stream(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> pa.RecordBatchReader:

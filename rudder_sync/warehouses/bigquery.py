@@ -27,9 +27,9 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from .base import BATCH_ROWS, WarehouseError, WarehouseResource, stream
+from .base import BATCH_ROWS, WarehouseError, WarehouseResource, guarded, stream
 from .sql import bind
-from .vendor import JSON, batches_of, first_line, plain_type, redact, utc_datetime
+from .vendor import JSON, batches_of, first_line, plain_type, utc_datetime
 
 _JSON_EXTENSION = b"google:sqlType:json"
 _FIXES = (
@@ -167,26 +167,22 @@ class BigQueryWarehouse(WarehouseResource):
         exact: frozenset[str],
         errors: type[Exception],
     ) -> Iterator[pa.RecordBatch]:
-        try:
-            yield from batches_of(chunks, schema, exact)
-        except (errors, OSError) as exc:
-            raise self._error("lost the result stream from", exc) from None
+        return guarded(batches_of(chunks, schema, exact), (errors, OSError), self._lost)
 
-    def _error(self, what: str, exc: Exception) -> WarehouseError:
+    def _lost(self, exc: BaseException) -> WarehouseError:
+        return self._error("lost the result stream from", exc)
+
+    def _error(self, what: str, exc: BaseException) -> WarehouseError:
         message = first_line(getattr(exc, "message", None) or str(exc))
         fix = "correct the model; it runs in BigQuery's GoogleSQL"
         if what == "cannot connect to":
             fix = "check 'project', 'credentials_file' or the credentials"
         fix = next((f for words, f in _FIXES if words in message), fix)
         if "timed out" in message and self.statement_timeout_seconds:
-            fix = (
-                f"the model ran longer than statement_timeout_seconds="
-                f"{self.statement_timeout_seconds:g}; make it faster or raise the limit"
-            )
+            fix = self.timeout_fix()
         elif what == "lost the result stream from":
             fix = "the result stream broke off; run the sync again"
-        text = f"{what} {self.describe()}: {message}. Fix: {fix}."
-        return WarehouseError(redact(text, [self.gcp_credentials]))
+        return self.failure(what, message, fix, [self.gcp_credentials])
 
 
 def query_parameter(name: str, value: Any) -> Any:

@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field
 
-from .base import BATCH_ROWS, WarehouseError, WarehouseResource, stream
+from .base import BATCH_ROWS, WarehouseError, WarehouseResource, guarded, stream
 from .sql import bind
-from .vendor import JSON, batches_of, close_quietly, first_line, plain_type, redact, utc_datetime
+from .vendor import JSON, batches_of, close_quietly, first_line, plain_type, utc_datetime
 
 _JSON_TYPES = {"variant", "json"}
 _FIXES = (
@@ -98,12 +98,13 @@ class DatabricksWarehouse(WarehouseResource):
             close_quietly(cursor.close, conn.close)
 
     def _batches(self, cursor: Any, first: pa.Table, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-        try:
-            yield from batches_of(_chunks(cursor, first), schema)
-        except Exception as exc:  # noqa: BLE001
-            raise self._error("lost the result stream from", exc) from None
+        # Any exception: the connector raises its own, thrift's and urllib3's while fetching.
+        return guarded(batches_of(_chunks(cursor, first), schema), (Exception,), self._lost)
 
-    def _error(self, what: str, exc: Exception) -> WarehouseError:
+    def _lost(self, exc: BaseException) -> WarehouseError:
+        return self._error("lost the result stream from", exc)
+
+    def _error(self, what: str, exc: BaseException) -> WarehouseError:
         message = first_line(str(exc))
         fix = "correct the model; it runs in Databricks SQL"
         if what == "cannot connect to":
@@ -112,14 +113,10 @@ class DatabricksWarehouse(WarehouseResource):
         if ("TIMEOUT" in message.upper() or "timed out" in message) and (
             self.statement_timeout_seconds
         ):
-            fix = (
-                f"the model ran longer than statement_timeout_seconds="
-                f"{self.statement_timeout_seconds:g}; make it faster or raise the limit"
-            )
+            fix = self.timeout_fix()
         elif what == "lost the result stream from":
             fix = "the result stream broke off; run the sync again"
-        text = f"{what} {self.describe()}: {message}. Fix: {fix}."
-        return WarehouseError(redact(text, [self.access_token]))
+        return self.failure(what, message, fix, [self.access_token])
 
 
 def _chunks(cursor: Any, first: pa.Table) -> Iterator[pa.Table]:

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ..jsonvalues import quote_ident
 from .arrow import exact_decimal, exact_number_json, opaque_storage
-from .base import StreamGuard, WarehouseError, WarehouseResource
+from .base import StreamGuard, WarehouseError, WarehouseResource, guarded
 from .sql import bind
 
 # Types whose Arrow form (after exact_number_json for numeric) DuckDB and the JSON rules take as is.
@@ -96,29 +96,25 @@ class PostgresWarehouse(WarehouseResource):
     def _batches(
         self, reader: pa.RecordBatchReader, schema: pa.Schema, errors: type[Exception]
     ) -> Iterator[pa.RecordBatch]:
-        try:
-            for batch in reader:
-                yield _normalise(batch, schema)
-        except (errors, OSError) as exc:
-            raise self._error("lost the result stream from", exc) from None
+        normalised = (_normalise(batch, schema) for batch in reader)
+        return guarded(normalised, (errors, OSError), self._lost)
 
-    def _error(self, what: str, exc: Exception) -> WarehouseError:
+    def _lost(self, exc: BaseException) -> WarehouseError:
+        return self._error("lost the result stream from", exc)
+
+    def _error(self, what: str, exc: BaseException) -> WarehouseError:
         message = _driver_message(exc)
         fix = "correct the model; it runs read-only in the warehouse's own SQL"
         if what == "cannot connect to":
             fix = next((f for key, f in _CONNECT_FIXES if key in message), "check the url")
         elif "statement timeout" in message:
             what = "the model failed on"
-            fix = (
-                f"the model ran longer than statement_timeout_seconds="
-                f"{self.statement_timeout_seconds:g}; make it faster or raise the limit"
-            )
+            fix = self.timeout_fix()
         elif "read-only transaction" in message:
             fix = "models run in a read-only transaction; remove the statement that writes"
         elif what == "lost the result stream from":
             fix = "the connection dropped mid-stream; nothing was committed, run the sync again"
-        text = f"{what} {self.describe()}: {message}. Fix: {fix}."
-        return WarehouseError(redact(text, self.url))
+        return self.failure(what, message, fix, [self.url, url_password(self.url)])
 
 
 def describe_url(kind: str, url: str) -> str:
@@ -143,14 +139,6 @@ def url_password(url: str) -> str | None:
     if parts.password:
         return unquote(parts.password)
     return (parse_qs(parts.query).get("password") or [None])[0]
-
-
-def redact(text: str, url: str) -> str:
-    """No message may carry the URL's password, whatever the driver echoes back."""
-    for secret in {url, url_password(url) or ""}:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _typed_query(query: str, schema: pa.Schema) -> str:

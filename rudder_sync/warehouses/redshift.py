@@ -21,14 +21,13 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field
 
-from .base import BATCH_ROWS, WarehouseError, WarehouseResource, stream
+from .base import BATCH_ROWS, WarehouseError, WarehouseResource, guarded, stream
 from .sql import bind
 from .vendor import (
     JSON,
     batches_of,
     close_quietly,
     first_line,
-    redact,
     timestamp,
     utc_datetime,
 )
@@ -150,26 +149,22 @@ class RedshiftWarehouse(WarehouseResource):
     def _batches(
         self, chunks: Iterator[pa.RecordBatch], schema: pa.Schema, errors: type[Exception]
     ) -> Iterator[pa.RecordBatch]:
-        try:
-            yield from batches_of(chunks, schema)
-        except (errors, OSError) as exc:
-            raise self._error("lost the result stream from", exc) from None
+        return guarded(batches_of(chunks, schema), (errors, OSError), self._lost)
 
-    def _error(self, what: str, exc: Exception) -> WarehouseError:
+    def _lost(self, exc: BaseException) -> WarehouseError:
+        return self._error("lost the result stream from", exc)
+
+    def _error(self, what: str, exc: BaseException) -> WarehouseError:
         message = _driver_message(exc)
         fix = "correct the model; it runs read-only in Redshift's SQL"
         if what == "cannot connect to":
             fix = "check 'host', 'port', 'database', 'user' and 'password'"
         fix = next((f for words, f in _FIXES if words in message), fix)
         if "statement timeout" in message and self.statement_timeout_seconds:
-            fix = (
-                f"the model ran longer than statement_timeout_seconds="
-                f"{self.statement_timeout_seconds:g}; make it faster or raise the limit"
-            )
+            fix = self.timeout_fix()
         elif what == "lost the result stream from":
             fix = "the connection dropped mid-stream; nothing was committed, run the sync again"
-        text = f"{what} {self.describe()}: {message}. Fix: {fix}."
-        return WarehouseError(redact(text, [self.password]))
+        return self.failure(what, message, fix, [self.password])
 
 
 def _fetch(cursor: Any) -> Sequence[Sequence[Any]]:

@@ -24,7 +24,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
-from .base import WarehouseError, WarehouseResource, stream
+from .base import WarehouseError, WarehouseResource, guarded, stream
 from .sql import bind
 from .vendor import (
     JSON,
@@ -32,7 +32,6 @@ from .vendor import (
     close_quietly,
     first_line,
     plain_type,
-    redact,
     timestamp,
     utc_datetime,
     whole_seconds,
@@ -132,12 +131,12 @@ class _SnowflakeReader(WarehouseResource):
     def _batches(
         self, chunks: Iterator[pa.Table], schema: pa.Schema, errors: type[Exception]
     ) -> Iterator[pa.RecordBatch]:
-        try:
-            yield from batches_of(chunks, schema)
-        except (errors, OSError) as exc:
-            raise self._error("lost the result stream from", exc) from None
+        return guarded(batches_of(chunks, schema), (errors, OSError), self._lost)
 
-    def _error(self, what: str, exc: Exception) -> WarehouseError:
+    def _lost(self, exc: BaseException) -> WarehouseError:
+        return self._error("lost the result stream from", exc)
+
+    def _error(self, what: str, exc: BaseException) -> WarehouseError:
         message = first_line(getattr(exc, "msg", None) or str(exc))
         errno = getattr(exc, "errno", None)
         fix = "correct the model; it runs in Snowflake's own SQL"
@@ -148,14 +147,10 @@ class _SnowflakeReader(WarehouseResource):
                 fix = text
                 break
         if what != "cannot connect to" and "timeout" in message and self.statement_timeout_seconds:
-            fix = (
-                f"the model ran longer than statement_timeout_seconds="
-                f"{self.statement_timeout_seconds:g}; make it faster or raise the limit"
-            )
+            fix = self.timeout_fix()
         elif what == "lost the result stream from":
             fix = "the connection dropped mid-stream; nothing was committed, run the sync again"
-        text = f"{what} {self.describe()}: {message}. Fix: {fix}."
-        return WarehouseError(redact(text, self._secrets()))
+        return self.failure(what, message, fix, self._secrets())
 
 
 class SnowflakeWarehouse(_SnowflakeReader):

@@ -138,13 +138,6 @@ def whole_seconds(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """No message may carry a secret, whatever the driver echoes back."""
-    for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
 def first_line(text: str) -> str:
     """The driver's words on one line, without trailing noise."""
     return " ".join(str(text).split()).rstrip(". ") or "unknown error"
