@@ -8,6 +8,7 @@ and the week of SCD-2 history of the partitioned syncs (DuckDB and PostgreSQL).
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -29,6 +30,8 @@ from rudder_sync.warehouses import build_warehouse
 
 from .gateway import TestGateway
 
+REPO = Path(__file__).resolve().parents[1]
+DAGSTER = str(Path(sys.executable).with_name("dagster"))  # the dagster CLI of this venv
 WRITE_KEY = "test-write-key"
 
 USERS_DDL = """

@@ -12,22 +12,16 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
-from dagster import (
-    AssetKey,
-    DagsterEventType,
-    DagsterInstance,
-    DagsterRunStatus,
-)
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from rudder_sync.definitions import build_definitions, load_project, rudderstack_from_env
 
-REPO = Path(__file__).resolve().parents[1]
-DAGSTER = str(Path(sys.executable).with_name("dagster"))
+from .helpers import DAGSTER, REPO
+
 SYNCS = ("user_events", "user_traits")
 STEPS = ("snapshot", "diff", "events")
 # checks every run of the quick start's syncs records (later ones may add more)
