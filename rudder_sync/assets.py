@@ -5,6 +5,7 @@ Asset bodies stay short and delegate: the warehouse streams the model, `diff` co
 never in Dagster's instance or IO manager.
 """
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -42,7 +43,14 @@ from .delivery import (
     delivery_frame,
     pending_counts,
 )
-from .diff import DiffSummary, ModelColumnsError, check_model_columns, compute_diff, pending_frame
+from .diff import (
+    DiffMode,
+    DiffSummary,
+    ModelColumnsError,
+    check_model_columns,
+    compute_diff,
+    pending_frame,
+)
 from .events import sample_payloads
 from .guard import evaluate_guard
 from .jsonvalues import column_types
@@ -67,6 +75,7 @@ IO_MANAGER_KEY = "rudder_sync_io_manager"
 CHANGE_GUARD = "change_guard"
 REJECTED_ROWS = "rejected_rows"
 GATEWAY_REJECTIONS = "gateway_rejections"
+QUARANTINED_ROWS = "quarantined_rows"
 
 
 def asset_key(sync: SyncConfig, step: str) -> AssetKey:
@@ -79,6 +88,23 @@ class DiffRunConfig(Config):
     approve_large_change: bool = Field(
         default=False,
         description="Let this one run deliver a diff that trips the change guard.",
+    )
+    resync: bool = Field(
+        default=False,
+        description="Send the whole current model again, with new messageIds (track: every row "
+        "as 'added' when 'added' is sent; other types: every row). Unpartitioned syncs; needs "
+        "approve_large_change.",
+    )
+    reset_baseline: bool = Field(
+        default=False,
+        description="Record the current model as delivered without sending anything; pending "
+        "changes are dropped and the next run sends only later changes. Unpartitioned syncs; "
+        "needs approve_large_change.",
+    )
+    retry_quarantined: bool = Field(
+        default=False,
+        description="Re-admit the quarantined changes (those that failed max_attempts times): "
+        "they are sent again, with max_attempts new attempts.",
     )
 
 
@@ -179,25 +205,39 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         context: AssetExecutionContext, config: DiffRunConfig, rudderstack: RudderstackResource
     ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
         now = datetime.now(UTC)
+        mode = _diff_mode(sync, config)
         with _open_state(sync, state_dir, rudderstack) as state:
+            # Before the diff, so that its counts and the guard include the re-admitted changes.
+            readmitted = (
+                state.readmit_quarantined(sync.max_attempts) if config.retry_quarantined else 0
+            )
             if partitions is None:
                 if not state.has_table("model_rows"):
                     raise Failure(
                         f"sync '{sync.name}': no model snapshot yet; materialize "
                         f"{sync.name}/snapshot first."
                     )
-                summaries = {"": compute_diff(state, sync, now)}
+                summaries = {"": compute_diff(state, sync, now, mode=mode)}
             else:
                 summaries = {
                     spec.key: compute_diff(state, sync, now, diff_window(spec, state))
                     for spec in windows(context)
                 }
             frame = pending_frame(state, sync, [k for k in summaries if k])
+        if config.retry_quarantined:
+            context.log.info(
+                f"sync '{sync.name}': retry_quarantined: {readmitted} quarantined changes or "
+                f"rows re-admitted, each with max_attempts ({sync.max_attempts}) new attempts"
+            )
         for key, summary in summaries.items():
             _log_diff(context, sync, summary, key)
-        yield Output(frame, metadata=_diff_metadata(sync, summaries, frame))
+        metadata = _diff_metadata(sync, summaries, frame)
+        metadata.update(resync=mode.resync, reset_baseline=mode.reset_baseline)
+        if config.retry_quarantined:
+            metadata["readmitted_quarantined"] = readmitted
+        yield Output(frame, metadata=metadata)
         yield _rejected_rows_check(summaries)
-        verdict = evaluate_guard(sync.guard, summaries.values())
+        verdict = evaluate_guard(sync.guard, summaries.values(), _deliberate(context, mode))
         if not verdict.passed:
             action = (
                 "approved by run config approve_large_change, delivering"
@@ -217,6 +257,8 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                 **verdict.figures,
                 "tripped": "; ".join(verdict.tripped) or "none",
                 "approved": config.approve_large_change,
+                "resync": mode.resync,
+                "reset_baseline": mode.reset_baseline,
                 **{k: -1 if v is None else v for k, v in sync.guard.model_dump().items()},
             },
         )
@@ -233,7 +275,13 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                 GATEWAY_REJECTIONS,
                 asset=asset_key(sync, "events"),
                 description="Events RudderStack rejected (kept pending, retried next run).",
-            )
+            ),
+            AssetCheckSpec(
+                QUARANTINED_ROWS,
+                asset=asset_key(sync, "events"),
+                description="Changes rejected (or rows invalid) max_attempts times: no longer "
+                "sent until the row changes or run config retry_quarantined re-admits them.",
+            ),
         ],
         **common,
     )
@@ -255,7 +303,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
             total = DeliveryReport(status="dry_run" if sender.dry_run else "delivered")
             per_window: dict[str, dict[str, Any]] = {}
             for number, key in enumerate(keys, start=1):
-                counts = pending_counts(state, key)
+                counts = pending_counts(state, key, sync)
                 try:
                     report = deliver_pending(
                         state,
@@ -284,10 +332,15 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                     }
                     _log_window_progress(context, sync, key, number, len(keys), total)
             frame = delivery_frame(state, run_id, sync)
+            quarantined, quarantine_sample = state.quarantined(sync.max_attempts, REJECTED_SAMPLE)
         rejected_sample = _rejected_sample(sync, frame)
         _log_delivery(context, sync, total, rejected_sample)
         metadata = _delivery_metadata(total, samples, rejected_sample)
         metadata["destination"] = destination
+        metadata["quarantined"] = quarantined
+        if quarantine_sample:
+            metadata["quarantined_rows"] = MetadataValue.json(quarantine_sample)
+            _log_quarantine(context, sync, quarantined, quarantine_sample)
         if moved_from is not None:
             metadata["moved_destination_from"] = moved_from
         if per_window:
@@ -304,8 +357,70 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                 "sample": MetadataValue.json(rejected_sample),
             },
         )
+        yield AssetCheckResult(
+            check_name=QUARANTINED_ROWS,
+            passed=quarantined == 0,
+            severity=AssetCheckSeverity.WARN,
+            metadata={
+                "quarantined": quarantined,
+                "max_attempts": -1 if sync.max_attempts is None else sync.max_attempts,
+                "sample": MetadataValue.json(quarantine_sample),
+            },
+        )
 
     return [snapshot, diff, events]
+
+
+def _log_quarantine(
+    context: AssetExecutionContext, sync: SyncConfig, count: int, sample: list[dict[str, Any]]
+) -> None:
+    context.log.warning(
+        f"sync '{sync.name}': {count} quarantined (failed {sync.max_attempts} times), not sent. "
+        "They are re-admitted when their row changes, or by run config ops: "
+        f"{{{sync.name}__diff: {{config: {{retry_quarantined: true}}}}}}"
+    )
+    for row in sample:
+        context.log.warning(
+            f"sync '{sync.name}': quarantined {sync.primary_key}={row['key']}"
+            f"{_in(row.get('window'))} after {row['attempts']} attempts since "
+            f"{row['first_seen']}: {row['reason']}"
+        )
+
+
+def _diff_mode(sync: SyncConfig, config: DiffRunConfig) -> DiffMode:
+    """The diff's mode from run config, refusing what cannot apply to this sync."""
+    fix_run_config = f"run config ops: {{{sync.name}__diff: {{config: {{...}}}}}}"
+    if config.resync and config.reset_baseline:
+        raise Failure(
+            f"sync '{sync.name}': run config asks for both resync and reset_baseline, which "
+            f"contradict each other (send everything / send nothing). Fix: set only one in the "
+            f"{fix_run_config}."
+        )
+    if sync.partitions is not None and (config.resync or config.reset_baseline):
+        key = "resync" if config.resync else "reset_baseline"
+        raise Failure(
+            f"sync '{sync.name}': run config {key} is for unpartitioned syncs; a partitioned "
+            "sync keeps no baseline (each window is diffed with the window before). Fix: to "
+            "send windows again, re-run them (RudderStack drops the same messageIds), or set "
+            "the sync key 'message_id_salt' to a new value to re-send them with new messageIds."
+        )
+    return DiffMode(
+        resync=config.resync, reset_baseline=config.reset_baseline, nonce=uuid.uuid4().hex
+    )
+
+
+def _deliberate(context: AssetExecutionContext, mode: DiffMode) -> list[str]:
+    """Guard reasons for a resync or reset: deliberate, but it must still be approved."""
+    if mode.resync:
+        context.log.warning("resync: every row of the model is a change, sent with new messageIds")
+        return ["resync (run config) sends the whole model again"]
+    if mode.reset_baseline:
+        context.log.warning(
+            "reset_baseline: the current model is recorded as delivered, nothing is sent; "
+            "pending changes are dropped"
+        )
+        return ["reset_baseline (run config) records the model as delivered without sending"]
+    return []
 
 
 def _rejected_rows_check(summaries: dict[str, DiffSummary]) -> AssetCheckResult:

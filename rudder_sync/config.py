@@ -129,6 +129,10 @@ class SyncConfig(BaseModel):
     trigger: TriggerConfig | None = None
     upstream: list[str] = []
     guard: GuardConfig = GuardConfig()
+    # A change that failed this many times (gateway rejections) is quarantined; None: never.
+    max_attempts: int | None = Field(default=5, ge=1)
+    # Partitioned syncs: mixed into every deterministic messageId, to re-send windows on purpose.
+    message_id_salt: str | None = None
 
     @field_validator("schedule")
     @classmethod
@@ -412,6 +416,21 @@ def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> 
                 "Fix: map each event field name to a column name."
             )
     _check_call_columns(prefix, sync, body)
+    if sync.message_id_salt is not None:
+        if sync.partitions is None:
+            raise ConfigError(
+                f"{prefix}: key 'message_id_salt' is for partitioned syncs; an unpartitioned "
+                "sync's messageIds already include a random value of its state. Fix: remove "
+                "it; to send the whole model again with new messageIds, run once with the run "
+                f"config ops: {{{sync.name}__diff: {{config: {{resync: true, "
+                "approve_large_change: true}}}."
+            )
+        if not sync.message_id_salt.strip():
+            raise ConfigError(
+                f"{prefix}: key 'message_id_salt' is blank. Fix: a new text (e.g. "
+                "'resend-2024-06') gives every window new messageIds; remove the key to keep "
+                "the current ones."
+            )
     if sync.type != "track":
         for key in ("events", "send_initial_results"):
             if key in body:
@@ -632,6 +651,9 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "group_id": "name the column holding the groupId",
         "previous_id": "name the column holding the previousId",
         "send_initial_results": "use true or false",
+        "max_attempts": "a number of failed attempts of at least 1 before a row is quarantined, "
+        "or null to retry forever",
+        "message_id_salt": "a text, e.g. 'resend-2024-06' (quote numbers)",
     }
     fix = fixes.get(key.split(".")[0], "see the YAML reference in the README")
     if error["type"] == "literal_error" and key.startswith("events."):

@@ -17,7 +17,7 @@ import pandas as pd
 from .config import CHANGE_TYPES, SyncConfig
 from .events import iter_outgoing_events
 from .rudderstack import DeliveryStats, RudderstackResource
-from .state import SyncState
+from .state import SyncState, quarantined_sql
 
 COMMIT_EVERY_EVENTS = 20_000
 COMMIT_EVERY_SECONDS = 5.0
@@ -92,6 +92,7 @@ def deliver_pending(
         finally:
             events.close()
         return report
+    state.start_resync(window)
     report.committed_without_event = state.commit_silent_changes(window)
 
     buffer = _CommitBuffer(state, run_id, status, destination)
@@ -117,11 +118,17 @@ def deliver_pending(
     return report
 
 
-def pending_counts(state: SyncState, window: str | None) -> dict[str, int]:
-    """Changes to send per change type (of one window), before delivery starts."""
+def pending_counts(
+    state: SyncState, window: str | None, sync: SyncConfig | None = None
+) -> dict[str, int]:
+    """Changes to send per change type (of one window), before delivery starts.
+
+    With ``sync``, quarantined changes are not counted: they are not sent.
+    """
+    quarantined = quarantined_sql(sync.max_attempts if sync else None)
     rows = state.conn.execute(
         "select __rs_change, count(*) from pending where __rs_send "
-        "and __rs_window is not distinct from ? group by 1",
+        f"and __rs_window is not distinct from ? and not {quarantined} group by 1",
         [window],
     ).fetchall()
     counts = {change: 0 for change in CHANGE_TYPES}

@@ -25,7 +25,7 @@ from .jsonvalues import (
     quote_literal,
 )
 from .jsonvalues import timestamp_sql as render_timestamp_sql
-from .state import SyncState, run
+from .state import SALT_KEY, SyncState, quarantined_sql, run
 
 REJECTED_SAMPLE = 20
 SEP = "chr(31)"
@@ -87,8 +87,26 @@ class Window:
     previous_rows: str | None  # relation holding the model over the window before (None: first)
 
 
+@dataclass(frozen=True)
+class DiffMode:
+    """How a run's diff treats the committed state (run config of the diff step).
+
+    ``resync``: every current row is a change ('added'), with messageIds made new by ``nonce``.
+    ``reset_baseline``: every change is recorded as delivered without an event.
+    Both apply to unpartitioned syncs only: windows have no committed state.
+    """
+
+    resync: bool = False
+    reset_baseline: bool = False
+    nonce: str = ""
+
+
 def compute_diff(
-    state: SyncState, sync: SyncConfig, now: datetime, window: Window | None = None
+    state: SyncState,
+    sync: SyncConfig,
+    now: datetime,
+    window: Window | None = None,
+    mode: DiffMode | None = None,
 ) -> DiffSummary:
     """Rebuild the pending changes (of one window, for partitioned syncs).
 
@@ -97,7 +115,13 @@ def compute_diff(
 
     Two passes keep the cost near a bare join: every row gets a cheap fingerprint (key, content
     hash, ID present); only the rows that changed are then rendered to JSON.
+
+    A resync whose delivery began and did not finish is carried on by later diffs: its pending
+    rows stay (same messageIds) while their row is unchanged.
     """
+    mode = mode or DiffMode()
+    if window is not None and (mode.resync or mode.reset_baseline):
+        raise ValueError("resync and reset_baseline apply to unpartitioned syncs only")
     conn = state.conn
     current = window.rows if window else "model_rows"
     types = column_types(conn, current)
@@ -123,12 +147,28 @@ def compute_diff(
     scope = "__rs_window is not distinct from ?"
     window_key = window.key if window else None
     with state.transaction():
-        run(conn, f"delete from rejected_rows where {scope}", [window_key])
-        run(conn, f"insert into rejected_rows by name {_rejected_sql(sync)}", [window_key])
+        # A row that fails validation again, unchanged, counts one more attempt (quarantine).
         run(
             conn,
-            f"create or replace temp table __rs_changes as {_changes_sql(sync, first_run, base)}",
+            f"""
+            create or replace temp table __rs_rejected as
+            select n.*, coalesce(o.attempts, 0) + 1 as __rs_attempts,
+                   coalesce(o.first_seen, ?::timestamptz) as __rs_first_seen
+            from ({_rejected_sql(sync)}) n
+            left join (
+                select __rs_pk, __rs_hash, reason, max(__rs_attempts) as attempts,
+                       min(__rs_first_seen) as first_seen
+                from rejected_rows where {scope} group by all
+            ) o on o.__rs_pk = n.__rs_pk and o.reason = n.reason
+               and o.__rs_hash is not distinct from n.__rs_hash
+            """,
+            [now, window_key, window_key],
         )
+        run(conn, f"delete from rejected_rows where {scope}", [window_key])
+        run(conn, "insert into rejected_rows by name select * from __rs_rejected")
+        run(conn, "drop table __rs_rejected")
+        changes = _changes_sql(sync, first_run, base, mode)
+        run(conn, f"create or replace temp table __rs_changes as {changes}")
         render = _render_sql(sync, types)
         run(
             conn,
@@ -152,6 +192,9 @@ def compute_diff(
                   on r.__rs_pk = cast(m.{quote_ident(sync.primary_key)} as varchar)
                 """,
             )
+        salt = state.get_meta(SALT_KEY) if window is None else sync.message_id_salt
+        digest = _digest_sql(sync, window_key, salt, mode.nonce if mode.resync else None)
+        origin = "'resync'" if mode.resync else "null::varchar"
         run(
             conn,
             f"""
@@ -167,8 +210,7 @@ def compute_diff(
                            as __rs_row_timestamp,
                        case when c.__rs_change <> 'removed' then r.__rs_row_message_id end
                            as __rs_row_message_id,
-                       case when c.__rs_send then {_digest_sql(sync, window_key)} end
-                           as __rs_digest
+                       case when c.__rs_send then {digest} end as __rs_digest
                 from __rs_changes c
                 left join __rs_rendered r on r.__rs_pk = c.__rs_pk
             )
@@ -186,7 +228,8 @@ def compute_diff(
                    c.__rs_user_id, c.__rs_anonymous_id, c.__rs_props, c.__rs_send,
                    coalesce(o.__rs_first_seen, ?::timestamptz) as __rs_first_seen,
                    coalesce(o.__rs_attempts, 0) as __rs_attempts,
-                   o.__rs_last_error
+                   o.__rs_last_error,
+                   case when c.__rs_change <> 'removed' then {origin} end as __rs_origin
             from c
             left join (select * from pending where {scope}) o
               on o.__rs_pk = c.__rs_pk and o.__rs_change = c.__rs_change
@@ -195,13 +238,39 @@ def compute_diff(
             """,
             [window_key, window_key, default_ts, now, window_key],
         )
+        if window is None and not (mode.resync or mode.reset_baseline):
+            _carry_started_resync(state)
         run(conn, f"delete from pending where {scope}", [window_key])
         run(conn, "insert into pending by name select * from __rs_new_pending")
         run(conn, "drop table __rs_new_pending; drop table __rs_changes; drop table __rs_rendered")
-    summary = _summarize(state, first_run, window_key)
+    summary = _summarize(state, first_run, window_key, sync.max_attempts)
     summary.base_rows = _scalar(state, f"select count(*) from {base} where not __rs_deleted")
     run(conn, "drop table __rs_current; drop table if exists __rs_base")
     return summary
+
+
+def _carry_started_resync(state: SyncState) -> None:
+    """Keep the undelivered rows of a resync whose delivery began, while their row is unchanged.
+
+    A normal diff sees no change in them (their content equals the snapshot's), so without this a
+    resync cut short by a failure would silently never finish. A row that changed since gets its
+    own, newer change instead; a row gone or now unsendable is dropped.
+    """
+    run(
+        state.conn,
+        """
+        insert into __rs_new_pending by name
+        select o.* replace (
+            (select coalesce(max(__rs_change_id), 0) from __rs_new_pending)
+            + row_number() over (order by o.__rs_change_id) as __rs_change_id)
+        from pending o
+        join __rs_current c
+          on c.__rs_pk = o.__rs_pk and c.__rs_hash = o.__rs_hash
+         and c.__rs_key_rows = 1 and c.__rs_problem is null
+        where o.__rs_window is null and o.__rs_origin = 'resync_started'
+          and o.__rs_pk not in (select __rs_pk from __rs_new_pending)
+        """,
+    )
 
 
 def _fingerprint_sql(sync: SyncConfig, types: dict, relation: str) -> str:
@@ -337,25 +406,32 @@ def _render_sql(sync: SyncConfig, types: dict) -> str:
 
 def _rejected_sql(sync: SyncConfig) -> str:
     return """
-        select ?::varchar as __rs_window, coalesce(__rs_pk, '(null)') as __rs_pk,
+        select ?::varchar as __rs_window, coalesce(__rs_pk, '(null)') as __rs_pk, __rs_hash,
                case when __rs_pk is null then 'null primary key'
                     when __rs_key_rows > 1
                       then 'duplicate primary key (' || __rs_key_rows || ' rows)'
                     else __rs_problem end as reason
         from __rs_current
         where __rs_pk is null or __rs_key_rows > 1 or __rs_problem is not null
-        order by 2
     """
 
 
-def _changes_sql(sync: SyncConfig, first_run: bool, base: str) -> str:
-    """The changes by key, and for each whether it sends an event and needs rendering."""
+def _changes_sql(sync: SyncConfig, first_run: bool, base: str, mode: DiffMode) -> str:
+    """The changes by key, and for each whether it sends an event and needs rendering.
+
+    A resync makes every current row 'added' (a track sync sends it when it sends 'added', the
+    other types always); a baseline reset sends nothing.
+    """
 
     def sends(change: str) -> str:
         send = sync.sends(change)
         if change == "added" and first_run and sync.type == "track":
             send = send and sync.send_initial_results
-        return "true" if send else "false"
+        if change == "added" and mode.resync:
+            send = sync.sends("added") if sync.type == "track" else True
+        return "true" if send and not mode.reset_baseline else "false"
+
+    resync = "true" if mode.resync else "false"
 
     # A `removed` event needs the last values, kept in the snapshot when the sync sends them.
     keep = "true" if sync.sends("removed") else "false"
@@ -364,7 +440,8 @@ def _changes_sql(sync: SyncConfig, first_run: bool, base: str) -> str:
     return f"""
         select * exclude (__rs_valid, __rs_present) from (
           select coalesce(c.__rs_pk, s.__rs_pk) as __rs_pk,
-            case when c.__rs_valid and (s.__rs_pk is null or s.__rs_deleted) then 'added'
+            case when c.__rs_valid and (s.__rs_pk is null or s.__rs_deleted or {resync})
+                      then 'added'
                  when c.__rs_valid and not s.__rs_deleted
                       and s.__rs_hash is distinct from c.__rs_hash then 'changed'
                  when c.__rs_present is null and not s.__rs_deleted then 'removed'
@@ -373,10 +450,11 @@ def _changes_sql(sync: SyncConfig, first_run: bool, base: str) -> str:
             case when c.__rs_present is null then null else c.__rs_hash end as __rs_hash,
             coalesce(s.__rs_version, 0) + 1 as __rs_version,
             case when c.__rs_present is null then {sends("removed")}
-                 when s.__rs_pk is null or s.__rs_deleted then {sends("added")}
+                 when s.__rs_pk is null or s.__rs_deleted or {resync} then {sends("added")}
                  else {sends("changed")} end as __rs_send,
             case when c.__rs_present is null then {sends("removed")}
-                 when s.__rs_pk is null or s.__rs_deleted then {sends("added")} or {keep}
+                 when s.__rs_pk is null or s.__rs_deleted or {resync}
+                   then {sends("added")} or {keep}
                  else {sends("changed")} or {keep} end as __rs_render,
             case when c.__rs_present is null then s.__rs_user_id end as __rs_base_user_id,
             case when c.__rs_present is null then s.__rs_anonymous_id end
@@ -390,11 +468,20 @@ def _changes_sql(sync: SyncConfig, first_run: bool, base: str) -> str:
     """
 
 
-def _digest_sql(sync: SyncConfig, window: str | None) -> str:
-    """md5 of (sync, window, key, version, change, content): the same change, the same digest."""
+def _digest_sql(
+    sync: SyncConfig, window: str | None, salt: str | None = None, nonce: str | None = None
+) -> str:
+    """md5 of (salt, sync, window, key, version, change, content): the same change, the same
+    digest.
+
+    ``salt`` is the state's random value (unpartitioned) or the sync's `message_id_salt`
+    (partitioned, so windows stay pure); ``nonce`` is a resync's own random value. Without
+    either, the digest is the one rudder_sync always computed.
+    """
     scope = sync.name if window is None else f"{sync.name}{chr(31)}{window}"
+    prefix = "".join(f"{quote_literal(part)} || {SEP} || " for part in (salt, nonce) if part)
     return (
-        f"md5({quote_literal(scope)} || {SEP} || c.__rs_pk || {SEP} || c.__rs_version || "
+        f"md5({prefix}{quote_literal(scope)} || {SEP} || c.__rs_pk || {SEP} || c.__rs_version || "
         f"{SEP} || c.__rs_change || {SEP} || coalesce(c.__rs_hash::varchar, ''))"
     )
 
@@ -405,11 +492,15 @@ def _uuid_shape(digest: str) -> str:
     return " || '-' || ".join(f"substr({digest}, {start}, {length})" for start, length in parts)
 
 
-def _summarize(state: SyncState, first_run: bool, window: str | None) -> DiffSummary:
+def _summarize(
+    state: SyncState, first_run: bool, window: str | None, max_attempts: int | None = None
+) -> DiffSummary:
+    """Counts by change type; quarantined changes are not counted as to be sent."""
     conn = state.conn
     scope = "__rs_window is not distinct from ?"
+    sending = f"__rs_send and not {quarantined_sql(max_attempts)}"
     rows = conn.execute(
-        "select __rs_change, count(*), count(*) filter (where __rs_send) from pending "
+        f"select __rs_change, count(*), count(*) filter (where {sending}) from pending "
         f"where {scope} group by 1",
         [window],
     ).fetchall()

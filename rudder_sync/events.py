@@ -18,7 +18,7 @@ import orjson
 from .config import SyncConfig
 from .jsonvalues import quote_literal
 from .rudderstack import OutgoingEvent
-from .state import SyncState
+from .state import SyncState, quarantined_sql
 
 READ_BATCH_ROWS = 20_000
 # Between a change's per-row fields and its properties/traits JSON (see `diff._render_sql`).
@@ -123,11 +123,14 @@ def _context(sync: SyncConfig, fields: str, props_text: str) -> Any:
 def iter_outgoing_events(
     state: SyncState, sync: SyncConfig, window: str | None = None
 ) -> Iterator[OutgoingEvent]:
-    """Every pending change (of one window) that sends an event, serialized, in change order."""
+    """Every pending change (of one window) that sends an event, serialized, in change order.
+
+    Quarantined changes (failed `max_attempts` times) are left out.
+    """
     # A cursor of its own: the caller commits on the state's connection while this still reads.
     cursor = state.conn.cursor()
     reader = cursor.sql(
-        f"select {_PENDING_COLUMNS} from pending where __rs_send and {_window_filter(window)} "
+        f"select {_PENDING_COLUMNS} from pending where {sendable_sql(sync, window)} "
         "order by __rs_change_id"
     ).to_arrow_reader(READ_BATCH_ROWS)
     try:
@@ -154,6 +157,11 @@ def _events_from_batches(sync: SyncConfig, reader: Any) -> Iterator[OutgoingEven
             yield OutgoingEvent(ref=change_id, message_id=message_id, body=orjson.dumps(event))
 
 
+def sendable_sql(sync: SyncConfig, window: str | None) -> str:
+    """SQL selecting the pending changes of one window that are sent: not quarantined ones."""
+    return f"__rs_send and {_window_filter(window)} and not {quarantined_sql(sync.max_attempts)}"
+
+
 def _window_filter(window: str | None) -> str:
     """SQL selecting one window's pending changes (relations take no parameters)."""
     return "__rs_window is null" if window is None else f"__rs_window = {quote_literal(window)}"
@@ -165,7 +173,7 @@ def sample_payloads(
     """One payload per change type that sends, as users see it in the UI and logs."""
     rows = state.conn.execute(
         f"""
-        select {_PENDING_COLUMNS} from pending where __rs_send and {_window_filter(window)}
+        select {_PENDING_COLUMNS} from pending where {sendable_sql(sync, window)}
         qualify row_number() over (partition by __rs_change order by __rs_change_id) = 1
         order by __rs_change_id
         """

@@ -6,7 +6,7 @@ most rows; sending it would blast the destination with events that cannot be tak
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .config import GuardConfig
@@ -23,14 +23,18 @@ class GuardVerdict:
         return not self.tripped
 
 
-def evaluate_guard(guard: GuardConfig, summaries: Iterable[DiffSummary]) -> GuardVerdict:
+def evaluate_guard(
+    guard: GuardConfig, summaries: Iterable[DiffSummary], always: Sequence[str] = ()
+) -> GuardVerdict:
     """Check a run's diff (all its windows) against the sync's thresholds.
 
     Fractions compare each diff with what it was compared against (the committed snapshot, or the
     previous window), and only from `min_rows` compared rows: one row of four is no model bug.
     A diff against nothing (a first run) has no fractions, only the event count.
+    ``always`` trips the guard whatever the figures: a resync or a baseline reset is deliberate,
+    so it goes through only with an explicit approval.
     """
-    tripped: list[str] = []
+    tripped: list[str] = list(always)
     removed_fraction = changed_fraction = 0.0
     events = 0
     for summary in summaries:

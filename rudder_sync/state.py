@@ -11,11 +11,17 @@ Tables (system columns start with `__rs_`):
   a new messageId), and the rendered IDs/properties that a `removed` event needs.
 - `model_rows`: the latest model result (the `<sync>/snapshot` asset).
 - `pending`: the changes of the latest diff that are not committed yet, each with a fixed
-  messageId and timestamp so a re-send is the same event.
-- `rejected_rows`: rows of the latest diff that cannot be sent (null/duplicate key, no ID).
+  messageId and timestamp so a re-send is the same event, its failed attempts (a change that
+  failed `max_attempts` times is quarantined) and its origin ('resync' when a resync asked for
+  it, 'resync_started' once its delivery began, so a later run finishes it).
+- `rejected_rows`: rows of the latest diff that cannot be sent (null/duplicate key, no ID), with
+  how many diffs in a row found them so, for the same content.
 - `delivery_log`: one row per event per attempt.
 - `meta`: schema version, initialised flag, destination (the data plane URL, recorded with the
-  first accepted commit, so that a URL which never accepted anything binds nothing).
+  first accepted commit, so that a URL which never accepted anything binds nothing), and
+  `message_id_salt`: a random value created with the state that every deterministic messageId
+  of an unpartitioned sync includes, so that two deployments of one sync, or a state deleted and
+  rebuilt, never reuse an ID that RudderStack has seen (it drops repeats for days).
 
 Commits are DuckDB transactions, so a crash leaves either the old or the new state.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +41,10 @@ import pyarrow as pa
 from .jsonvalues import quote_literal
 
 # 2: the snapshot's row hash is DuckDB's hash() as UBIGINT (1 was an md5 as UHUGEINT).
-SCHEMA_VERSION = 2
+# 3: meta message_id_salt; pending.__rs_origin; rejected_rows' hash, attempts and first sighting.
+SCHEMA_VERSION = 3
 LOCK_WAIT_SECONDS = 30.0
+SALT_KEY = "message_id_salt"
 MEMORY_LIMIT_ENV_VAR = "RUDDER_SYNC_DUCKDB_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = "1GB"
 _HASH_PROBE_SQL = (
@@ -70,9 +79,17 @@ create table if not exists pending (
     __rs_send boolean,
     __rs_first_seen timestamptz,
     __rs_attempts integer,
-    __rs_last_error varchar
+    __rs_last_error varchar,
+    __rs_origin varchar
 );
-create table if not exists rejected_rows (__rs_window varchar, __rs_pk varchar, reason varchar);
+create table if not exists rejected_rows (
+    __rs_window varchar,
+    __rs_pk varchar,
+    reason varchar,
+    __rs_hash ubigint,
+    __rs_attempts integer,
+    __rs_first_seen timestamptz
+);
 create table if not exists delivery_log (
     run_id varchar,
     window_key varchar,
@@ -290,6 +307,67 @@ class SyncState:
                 self.set_meta("destination", destination)
         return count
 
+    def start_resync(self, window: str | None = None) -> None:
+        """Mark a resync's pending rows as started: from now on, later diffs finish them."""
+        run(
+            self.conn,
+            "update pending set __rs_origin = 'resync_started' "
+            "where __rs_origin = 'resync' and __rs_window is not distinct from ?",
+            [window],
+        )
+
+    # -- quarantine -----------------------------------------------------------------------------
+    def quarantined(self, max_attempts: int | None, limit: int) -> tuple[int, list[dict]]:
+        """Changes and rows that failed ``max_attempts`` times: how many, and the first ``limit``.
+
+        Gateway rejections are pending changes that are no longer sent; rows that failed
+        validation that often are listed too (they were never sendable).
+        """
+        if max_attempts is None:
+            return 0, []
+        query = f"""
+            select __rs_window, __rs_pk, __rs_change, coalesce(__rs_last_error, ''),
+                   __rs_attempts, __rs_first_seen, 'gateway' as source
+            from pending where {quarantined_sql(max_attempts)}
+            union all
+            select __rs_window, __rs_pk, null, reason, __rs_attempts, __rs_first_seen,
+                   'validation'
+            from rejected_rows where __rs_attempts >= {int(max_attempts)}
+        """
+        count = int(run(self.conn, f"select count(*) from ({query})")[0][0])
+        rows = run(self.conn, f"{query} order by 6, 1, 2 limit {int(limit)}")
+        sample = [
+            {
+                **({"window": window} if window else {}),
+                "key": pk,
+                **({"change_type": change} if change else {}),
+                "reason": reason,
+                "attempts": attempts,
+                "first_seen": first_seen.isoformat() if first_seen else None,
+                "source": source,
+            }
+            for window, pk, change, reason, attempts, first_seen, source in rows
+        ]
+        return count, sample
+
+    def readmit_quarantined(self, max_attempts: int | None) -> int:
+        """Give quarantined changes ``max_attempts`` new attempts (run config retry_quarantined)."""
+        if max_attempts is None:
+            return 0
+        with self.transaction():
+            count = self.count("pending", quarantined_sql(max_attempts))
+            run(
+                self.conn,
+                f"update pending set __rs_attempts = 0 where {quarantined_sql(max_attempts)}",
+            )
+            count += self.count("rejected_rows", f"__rs_attempts >= {int(max_attempts)}")
+            run(
+                self.conn,
+                "update rejected_rows set __rs_attempts = 0 "
+                f"where __rs_attempts >= {int(max_attempts)}",
+            )
+        return count
+
     def record_failures(self, failures: Sequence[tuple[int, str]], run_id: str) -> None:
         """Keep failed changes pending, counting the attempt and remembering the error."""
         if not failures:
@@ -325,6 +403,13 @@ class SyncState:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def quarantined_sql(max_attempts: int | None) -> str:
+    """SQL selecting pending changes that are quarantined (never any when there is no limit)."""
+    if max_attempts is None:
+        return "false"
+    return f"(__rs_send and __rs_attempts >= {int(max_attempts)})"
 
 
 def state_path(state_dir: Path, sync_name: str, dry_run: bool) -> Path:
@@ -392,9 +477,9 @@ def _ensure_schema(state: SyncState) -> None:
         if version == "1" and state.get_meta("hash_probe") is not None:
             # Written by this layout before the version was raised to 2 (2636289..): same tables.
             with state.transaction():
-                state.set_meta("schema_version", str(SCHEMA_VERSION))
-            version = str(SCHEMA_VERSION)
-        if version != str(SCHEMA_VERSION):
+                state.set_meta("schema_version", "2")
+            version = "2"
+        if version not in ("2", str(SCHEMA_VERSION)):
             raise StateError(
                 f"sync '{state.sync_name}': state {state.path} has schema version {version}, "
                 f"this rudder_sync reads version {SCHEMA_VERSION}. Fix: use the rudder_sync "
@@ -407,8 +492,36 @@ def _ensure_schema(state: SyncState) -> None:
                 "compared. Fix: use the DuckDB version that wrote it, or move the file away to "
                 "start a full resync (the change guard will ask you to approve it)."
             )
+        if version == "2":
+            _migrate_2_to_3(state)
         return
     with state.transaction():
         run(state.conn, _SCHEMA)
         state.set_meta("schema_version", str(SCHEMA_VERSION))
         state.set_meta("hash_probe", _hash_probe(state.conn))
+        state.set_meta(SALT_KEY, new_salt())
+
+
+def new_salt() -> str:
+    """A random value for messageIds: 128 bits, so no two states ever share one."""
+    return uuid.uuid4().hex
+
+
+def _migrate_2_to_3(state: SyncState) -> None:
+    """Give a state written before salted messageIds its salt, and the new columns.
+
+    Pending changes keep the messageIds stored with them (a diff reuses a pending change's ID),
+    so a change that was sent before the upgrade and is re-sent after it is still deduplicated;
+    only changes first seen after the upgrade get salted IDs.
+    """
+    with state.transaction():
+        run(state.conn, "alter table pending add column if not exists __rs_origin varchar")
+        for column, kind in (
+            ("__rs_hash", "ubigint"),
+            ("__rs_attempts", "integer"),
+            ("__rs_first_seen", "timestamptz"),
+        ):
+            run(state.conn, f"alter table rejected_rows add column if not exists {column} {kind}")
+        if state.get_meta(SALT_KEY) is None:
+            state.set_meta(SALT_KEY, new_salt())
+        state.set_meta("schema_version", str(SCHEMA_VERSION))
