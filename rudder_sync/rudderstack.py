@@ -26,7 +26,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import dagster as dg
 import httpx
@@ -93,6 +93,16 @@ class DeliveryStats:
     def events_per_second(self) -> float:
         """Accepted events per second of delivery."""
         return self.events_accepted / self.seconds if self.seconds > 0 else 0.0
+
+    def since(self, earlier: "DeliveryStats") -> "DeliveryStats":
+        """What changed after ``earlier`` (a copy taken before): one window's share of a run."""
+        return DeliveryStats(
+            **{
+                f.name: getattr(self, f.name) - getattr(earlier, f.name)
+                for f in fields(self)
+                if f.compare
+            }
+        )
 
 
 class RudderstackError(Exception):
@@ -317,7 +327,7 @@ def _dry_run(
 ) -> Iterator[BatchOutcome]:
     """Pack and check events as the gateway would, without sending anything."""
     limit = max_request_kb * 1024
-    started, base_seconds = time.monotonic(), stats.seconds
+    started, base_seconds, before = time.monotonic(), stats.seconds, replace(stats)
     for batch in _pack(events, _Limit(limit, limit)):
         outcome = BatchOutcome(accepted=[], rejected=list(batch.rejected), sent=False)
         for event in batch.events:
@@ -334,10 +344,11 @@ def _dry_run(
         stats.seconds = base_seconds + time.monotonic() - started
         yield outcome
     if log is not None:
+        these = stats.since(before)
         log.info(
             "rudderstack dry run: %s events would be accepted, %s rejected; nothing was sent",
-            f"{stats.events_accepted:,}",
-            f"{stats.events_rejected:,}",
+            f"{these.events_accepted:,}",
+            f"{these.events_rejected:,}",
         )
 
 
@@ -456,6 +467,7 @@ class _Delivery:
         self.stop = threading.Event()
         self.started = time.monotonic()
         self.base_seconds = stats.seconds
+        self.before = replace(stats)  # progress logs count this call (one window) only
         self.last_progress = self.started
         self.last_advance = self.started  # the last request that settled: retry budget's origin
         # Rate limiting (429 without Retry-After), AIMD-style: each round of 429s halves the
@@ -814,7 +826,7 @@ class _Delivery:
             self.log.info("rudderstack: done, %s", self._progress())
 
     def _progress(self) -> str:
-        s = self.stats
+        s = self.stats.since(self.before)
         text = (
             f"{s.events_accepted:,} events accepted, {s.events_rejected:,} rejected in "
             f"{s.seconds:.1f}s ({s.events_per_second:,.0f}/s), {s.requests:,} requests, "
