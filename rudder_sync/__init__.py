@@ -2,14 +2,17 @@
 
 `RudderstackSyncComponent` (a Dagster Component for `dg` projects) is imported on first use, so
 `import rudder_sync` stays light; `dg` finds it through the package's registry entry point.
+`RudderSyncError` is the base of every error rudder_sync raises on purpose (the tree: `errors.py`).
 """
 
 from typing import TYPE_CHECKING, Any
 
+from .errors import RudderSyncError
+
 if TYPE_CHECKING:
     from .component import RudderstackSyncComponent
 
-__all__ = ["RudderstackSyncComponent"]
+__all__ = ["RudderSyncError", "RudderstackSyncComponent"]
 
 
 def __getattr__(name: str) -> Any:

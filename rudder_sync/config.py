@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ._compat import is_valid_cron_string
+from .errors import ConfigError
 from .warehouses.settings import WarehouseSettings, WarehouseSettingsError, parse_warehouse
 from .warehouses.sql import ModelSqlError, check_query
 
@@ -48,10 +49,6 @@ CALL_COLUMN_KEYS: dict[str, tuple[str, str]] = {
 RESERVED_CONTEXT = ("library", "traits")  # rudder_sync writes these context fields itself
 Cadence = Literal["hourly", "daily", "weekly", "monthly"]
 PARTITION_PARAMETERS = ("partition_start", "partition_end")
-
-
-class ConfigError(ValueError):
-    """A sync configuration that cannot run; the message says where and how to fix it."""
 
 
 class PartitionsConfig(BaseModel):

@@ -15,6 +15,7 @@ import orjson
 import pandas as pd
 
 from .config import CALL_COLUMN_KEYS, CHANGE_TYPES, SyncConfig
+from .errors import ModelColumnsError
 from .events import EXTRAS_SEP, split_content
 from .jsonvalues import (
     column_types,
@@ -29,10 +30,6 @@ from .state import SALT_KEY, SyncState, quarantined_sql, run
 
 REJECTED_SAMPLE = 20
 SEP = "chr(31)"
-
-
-class ModelColumnsError(ValueError):
-    """The model does not return a column the sync config names."""
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dagster import (
 
 from .config import PartitionsConfig, SyncConfig
 from .diff import Window, check_model_columns
+from .errors import MissingWindowError
 from .state import SyncState, run
 from .warehouses import WarehouseResource
 
@@ -104,14 +105,6 @@ def diff_window(spec: WindowSpec, state: SyncState) -> Window:
     if previous and not state.has_table(previous):
         raise MissingWindowError(spec.previous_key or "")
     return Window(key=spec.key, end=spec.end, rows=table, previous_rows=previous)
-
-
-class MissingWindowError(RuntimeError):
-    def __init__(self, key: str) -> None:
-        super().__init__(
-            f"no model snapshot of window {key} in this run. Fix: materialize the sync's "
-            "snapshot together with its diff for the same partitions."
-        )
 
 
 def _drop_other_window_tables(state: SyncState, keep: set[str]) -> None:

@@ -33,6 +33,14 @@ import httpx
 import orjson
 from pydantic import Field
 
+from .errors import (
+    RudderstackAuthError,
+    RudderstackConfigError,
+    RudderstackError,
+    RudderstackUnavailableError,
+    RudderstackUnreachableError,
+)
+
 BATCH_PATH = "/v1/batch"
 _PREFIX = b'{"batch":['
 _SUFFIX = b"]}"
@@ -103,26 +111,6 @@ class DeliveryStats:
                 if f.compare
             }
         )
-
-
-class RudderstackError(Exception):
-    """Delivery to RudderStack failed."""
-
-
-class RudderstackAuthError(RudderstackError):
-    """The gateway refused the write key or the source (401/404): no later request can pass."""
-
-
-class RudderstackUnavailableError(RudderstackError):
-    """The gateway stayed unreachable or overloaded for longer than retry_max_seconds."""
-
-
-class RudderstackUnreachableError(RudderstackUnavailableError):
-    """No connection to the data plane could be opened before it ever answered in this run."""
-
-
-class RudderstackConfigError(RudderstackError):
-    """The resource is configured in a way that cannot work (bad URL, missing key...)."""
 
 
 class _Stopped(Exception):

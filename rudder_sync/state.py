@@ -38,6 +38,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from .errors import StateError
 from .jsonvalues import quote_literal
 
 # 2: the snapshot's row hash is DuckDB's hash() as UBIGINT (1 was an md5 as UHUGEINT).
@@ -113,10 +114,6 @@ def run(conn: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> lis
     """
     result = conn.execute(sql, params) if params is not None else conn.execute(sql)
     return result.fetchall()
-
-
-class StateError(RuntimeError):
-    """The sync's state cannot be used; the message says why and what to do."""
 
 
 class SyncState:

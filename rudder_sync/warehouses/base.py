@@ -17,12 +17,9 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from ..errors import WarehouseError
+
 BATCH_ROWS = 100_000
-
-
-class WarehouseError(RuntimeError):
-    """The warehouse could not be reached or the model could not run; the message names the
-    warehouse (type, host, database; never a secret) and the fix."""
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -23,11 +23,8 @@ from typing import Any, ClassVar, Literal
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..errors import WarehouseSettingsError
 from .postgres import url_password
-
-
-class WarehouseSettingsError(ValueError):
-    """A `warehouse:` section that cannot work; the message names the key and the fix."""
 
 
 class EnvRef(BaseModel):

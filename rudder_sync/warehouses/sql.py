@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from ..errors import ModelSqlError
+
 ParamStyle = Literal["numeric", "format", "pyformat", "qmark", "colon", "at"]
 
 log = logging.getLogger("rudder_sync")
@@ -82,14 +84,6 @@ def bind(
 
 def _escape(text: str, percent: bool) -> str:
     return text.replace("%", "%%") if percent else text
-
-
-class ModelSqlError(ValueError):
-    """The model is not one SELECT in the warehouse's dialect: what is wrong, and the fix."""
-
-    def __init__(self, problem: str, fix: str = "correct the query") -> None:
-        super().__init__(f"{problem}. Fix: {fix}.")
-        self.problem, self.fix = problem, fix
 
 
 _QUERY_STARTS = {"SELECT", "WITH", "L_PAREN", "VALUES", "FROM", "TABLE"}

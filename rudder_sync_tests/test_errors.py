@@ -1,0 +1,58 @@
+"""The error tree: one base, the classes still importable where they are raised, old bases kept."""
+
+import subprocess
+import sys
+
+import pytest
+
+from rudder_sync import RudderSyncError, errors
+from rudder_sync.config import ConfigError
+from rudder_sync.diff import ModelColumnsError
+from rudder_sync.partitions import MissingWindowError
+from rudder_sync.rudderstack import (
+    RudderstackAuthError,
+    RudderstackConfigError,
+    RudderstackError,
+    RudderstackUnavailableError,
+    RudderstackUnreachableError,
+)
+from rudder_sync.state import StateError
+from rudder_sync.warehouses import WarehouseError
+from rudder_sync.warehouses.settings import WarehouseSettingsError
+from rudder_sync.warehouses.sql import ModelSqlError
+
+TREE = [
+    (ConfigError, ValueError),
+    (WarehouseSettingsError, ValueError),
+    (ModelSqlError, ValueError),
+    (ModelColumnsError, ValueError),
+    (WarehouseError, RuntimeError),
+    (StateError, RuntimeError),
+    (MissingWindowError, RuntimeError),
+    (RudderstackError, Exception),
+    (RudderstackAuthError, RudderstackError),
+    (RudderstackConfigError, RudderstackError),
+    (RudderstackUnavailableError, RudderstackError),
+    (RudderstackUnreachableError, RudderstackUnavailableError),
+]
+
+
+@pytest.mark.parametrize(("cls", "also"), TREE, ids=[cls.__name__ for cls, _ in TREE])
+def test_every_error_derives_from_the_base_and_keeps_its_old_base(cls: type, also: type) -> None:
+    assert issubclass(cls, RudderSyncError) and issubclass(cls, also)
+    assert getattr(errors, cls.__name__) is cls
+    assert cls.__name__ in errors.__doc__
+
+
+def test_the_tree_names_every_class_in_errors_py() -> None:
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, RudderSyncError)
+    }
+    assert defined == {cls.__name__ for cls, _ in TREE} | {"RudderSyncError"}
+
+
+def test_errors_and_the_package_import_without_dagster() -> None:
+    code = "import sys, rudder_sync, rudder_sync.errors; assert 'dagster' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
