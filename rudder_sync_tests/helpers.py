@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 import yaml
-from dagster import DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import DagsterInstance, ExecuteInProcessResult, TableMetadataValue, materialize
 
 from rudder_sync.assets import IO_MANAGER_KEY, build_sync_assets
 from rudder_sync.config import ProjectConfig, load_config
@@ -186,6 +186,12 @@ def asset_metadata(result: ExecuteInProcessResult, sync_name: str, step: str) ->
     materializations = result.asset_materializations_for_node(f"{sync_name}__{step}")
     assert materializations, f"no materialization of {sync_name}/{step}"
     return {k: getattr(v, "value", v) for k, v in materializations[-1].metadata.items()}
+
+
+def table_rows(value: Any) -> list[dict[str, Any]]:
+    """The rows of a table metadata value (what the UI renders inline), as dicts."""
+    assert isinstance(value, TableMetadataValue), f"not a table: {value!r}"
+    return [dict(record.data) for record in value.records]
 
 
 def events_by(gateway_events: list[dict[str, Any]], key: str = "userId") -> dict[Any, list]:

@@ -24,6 +24,7 @@ from .helpers import (
     rudderstack_for,
     run_sync,
     sql,
+    table_rows,
     window_end,
     write_project,
 )
@@ -50,9 +51,16 @@ def test_week_backfill_sends_exact_events_per_day_at_window_ends(
     diff = asset_metadata(result, "history", "diff")
     assert (diff["added"], diff["changed"], diff["removed"]) == (3, 1, 1)
     events = asset_metadata(result, "history", "events")
-    assert events["events_accepted"] == 5 and "2024-01-05" in events["windows"]
+    assert events["events_accepted"] == 5
+    # Each window's own counts, never running totals.
+    accepted = {row["window"]: row["accepted"] for row in table_rows(events["windows"])}
+    assert accepted == {day: len(sent) for day, sent in HISTORY_EXPECTED.items()}
     logs = "\n".join(result.run_logs)
-    assert "window 2024-01-03 done (3 of 7)" in logs
+    assert "window 2024-01-03 done (3 of 7): 1 events accepted, 0 rejected; run so far: 3" in logs
+    assert "window 2024-01-04 done (4 of 7): 0 events accepted" in logs
+    diff_windows = table_rows(asset_metadata(result, "history", "diff")["windows"])
+    assert [row["window"] for row in diff_windows] == list(HISTORY_EXPECTED)
+    assert {row["window"]: row["to_send"] for row in diff_windows} == accepted
 
 
 def test_rerunning_a_day_resends_identical_events(history: Project, gateway: TestGateway) -> None:
@@ -132,7 +140,18 @@ def test_run_config_dry_run_counts_a_backfill_without_sending(
     assert gateway.requests == []
     events = asset_metadata(result, "history", "events")
     assert events["status"] == "dry_run" and events["events_accepted"] == 5
-    assert "| 2024-01-05 | 0 | 1 | 0 |" in events["windows"]
+    windows = {row.pop("window"): row for row in table_rows(events["windows"])}
+    assert windows["2024-01-05"] == {
+        "added": 0,
+        "changed": 1,
+        "removed": 0,
+        "accepted": 1,
+        "rejected": 0,
+    }
+    assert sum(row["accepted"] for row in windows.values()) == 5
+    logs = "\n".join(result.run_logs)
+    assert "window 2024-01-05 done (5 of 7): 1 events validated, 0 rejected" in logs
+    assert "rudderstack dry run: 1 events would be accepted" in logs
     # nothing was recorded as delivered: the real run sends everything
     run_sync(
         history,

@@ -1,0 +1,326 @@
+"""What a run tells its user: log lines, materialization metadata and check results.
+
+Built from the figures the steps return (`steps.py`), so that what a step does and how it is shown
+in the Dagster UI change independently. Nothing here reads the state or talks to RudderStack.
+"""
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+)
+
+from .config import CHANGE_TYPES, SyncConfig
+from .delivery import REJECTED_SAMPLE, DeliveryReport
+from .diff import DiffSummary
+from .guard import GuardVerdict
+
+PREVIEW_ROWS = 10
+CHANGE_GUARD = "change_guard"
+REJECTED_ROWS = "rejected_rows"
+GATEWAY_REJECTIONS = "gateway_rejections"
+QUARANTINED_ROWS = "quarantined_rows"
+
+
+def in_window(window: str | None) -> str:
+    """' window K' for a window's log lines, '' for an unpartitioned sync."""
+    return f" window {window}" if window else ""
+
+
+# -- snapshot ------------------------------------------------------------------------------------
+
+
+def snapshot_metadata(
+    rows_by_window: dict[str, int], types: Mapping[str, str], state_dir: str, partitioned: bool
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "dagster/row_count": sum(rows_by_window.values()),
+        "dagster/column_schema": TableSchema(
+            columns=[TableColumn(name, str(kind)) for name, kind in types.items()]
+        ),
+        "state": MetadataValue.path(state_dir),
+    }
+    if partitioned:
+        metadata["rows_per_window"] = MetadataValue.json(rows_by_window)
+    return metadata
+
+
+# -- diff ----------------------------------------------------------------------------------------
+
+
+def log_diff(log: Any, sync: SyncConfig, summary: DiffSummary, window: str) -> None:
+    name = f"sync '{sync.name}'{in_window(window)}"
+    counts = ", ".join(f"{k} {v} (send {summary.to_send[k]})" for k, v in summary.counts.items())
+    first = " (first run)" if summary.first_run and not window else ""
+    log.info(f"{name}{first}: {summary.model_rows} model rows; {counts}")
+    if summary.first_run and sync.type == "track" and not sync.send_initial_results:
+        log.info(
+            f"{name}: the initial result set is recorded without sending "
+            "(send_initial_results is false)."
+        )
+    for pk, reason in summary.rejected_sample:
+        log.warning(f"{name}: row {sync.primary_key}={pk} not sent: {reason}")
+    if summary.rejected_count > len(summary.rejected_sample):
+        more = summary.rejected_count - len(summary.rejected_sample)
+        log.warning(f"{name}: ... and {more} more rejected rows")
+
+
+def diff_metadata(
+    sync: SyncConfig, summaries: dict[str, DiffSummary], frame: pd.DataFrame
+) -> dict[str, Any]:
+    values = list(summaries.values())
+    metadata: dict[str, Any] = {
+        "dagster/row_count": len(frame),
+        "model_rows": sum(s.model_rows for s in values),
+        "first_run": any(s.first_run for s in values),
+        "rejected_rows": sum(s.rejected_count for s in values),
+        "preview": table_metadata(frame.head(PREVIEW_ROWS)),
+    }
+    for change in CHANGE_TYPES:
+        metadata[change] = sum(s.counts[change] for s in values)
+        metadata[f"{change}_to_send"] = sum(s.to_send[change] for s in values)
+    sample = _rejected_rows_sample(summaries)
+    if sample:
+        metadata["rejected_sample"] = MetadataValue.json(sample)
+    if len(summaries) > 1 or sync.partitions:
+        metadata["windows"] = windows_metadata(
+            {
+                key: {**s.counts, "to_send": sum(s.to_send.values()), "rejected": s.rejected_count}
+                for key, s in summaries.items()
+            }
+        )
+    return metadata
+
+
+def rejected_rows_check(summaries: dict[str, DiffSummary]) -> AssetCheckResult:
+    count = sum(s.rejected_count for s in summaries.values())
+    return AssetCheckResult(
+        check_name=REJECTED_ROWS,
+        passed=count == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "rejected": count,
+            "sample": MetadataValue.json(_rejected_rows_sample(summaries)),
+        },
+    )
+
+
+def _rejected_rows_sample(summaries: dict[str, DiffSummary]) -> list[dict[str, Any]]:
+    return [
+        {"key": pk, "reason": reason, **({"window": key} if key else {})}
+        for key, summary in summaries.items()
+        for pk, reason in summary.rejected_sample
+    ][:REJECTED_SAMPLE]
+
+
+def change_guard_check(
+    log: Any, sync: SyncConfig, verdict: GuardVerdict, approved: bool, mode: dict[str, bool]
+) -> AssetCheckResult:
+    """The blocking check: failed unless the diff passed the guard or the run approved it."""
+    if not verdict.passed:
+        action = (
+            "approved by run config approve_large_change, delivering"
+            if approved
+            else "nothing will be sent or committed. If this change is intended, re-run with "
+            f"run config ops: {{{sync.name}__diff: {{config: {{approve_large_change: true}}}}}}"
+        )
+        (log.warning if approved else log.error)(
+            f"sync '{sync.name}': change guard tripped ({'; '.join(verdict.tripped)}): {action}"
+        )
+    return AssetCheckResult(
+        check_name=CHANGE_GUARD,
+        passed=verdict.passed or approved,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            **verdict.figures,
+            "tripped": "; ".join(verdict.tripped) or "none",
+            "approved": approved,
+            **mode,
+            **{k: -1 if v is None else v for k, v in sync.guard.model_dump().items()},
+        },
+    )
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+def announce_dry_run(
+    log: Any, sync: SyncConfig, reason: str, how: str, samples: dict[str, Any]
+) -> None:
+    log.warning(
+        f"DRY RUN for sync '{sync.name}': {reason}, so events are built and validated but NOT "
+        f"sent.{how}"
+    )
+    for change, payload in samples.items():
+        log.info(f"would send ({change}): {orjson.dumps(payload).decode()}")
+
+
+def log_window_done(
+    log: Any,
+    sync: SyncConfig,
+    key: str,
+    number: int,
+    count: int,
+    window: DeliveryReport,
+    total: DeliveryReport,
+) -> None:
+    """One window's own counts first; the run's total so far after them."""
+    verb = "validated" if window.status == "dry_run" else "accepted"
+    log.info(
+        f"sync '{sync.name}': window {key} done ({number} of {count}): {window.accepted} events "
+        f"{verb}, {len(window.rejected)} rejected; run so far: {total.accepted} {verb}, "
+        f"{len(total.rejected)} rejected, {total.stats.events_per_second:,.0f} events/s"
+    )
+
+
+def rejected_sample(sync: SyncConfig, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The first events of a run's delivery frame that the gateway (or the dry run) rejected."""
+    rejected = frame[frame["status"] == "rejected"].head(REJECTED_SAMPLE)
+    return [
+        {"key": str(key), "change_type": change, "message_id": mid, "reason": reason}
+        for key, change, mid, reason in zip(
+            rejected[sync.primary_key],
+            rejected["change_type"],
+            rejected["message_id"],
+            rejected["error"],
+            strict=True,
+        )
+    ]
+
+
+def log_delivery(log: Any, sync: SyncConfig, report: DeliveryReport, rejected: list[dict]) -> None:
+    stats = report.stats
+    verb = "validated (dry run, nothing sent)" if report.status == "dry_run" else "delivered"
+    limits = ""
+    if stats.throttled:
+        limits += f", {stats.throttled} rate-limited (429)"
+    if stats.paced_seconds:
+        limits += f", paced {stats.paced_seconds:.1f}s by max_events_per_second"
+    log.info(
+        f"sync '{sync.name}': {report.accepted} events {verb}, {len(report.rejected)} rejected, "
+        f"{report.committed_without_event} changes committed without an event; "
+        f"{stats.requests} requests, {stats.retries} retries{limits}, {stats.seconds:.1f}s"
+    )
+    for row in rejected:
+        log.warning(
+            f"sync '{sync.name}': {row['change_type']} event for {sync.primary_key}={row['key']} "
+            f"rejected, kept pending for the next run: {row['reason']}"
+        )
+
+
+def log_quarantine(log: Any, sync: SyncConfig, count: int, sample: list[dict[str, Any]]) -> None:
+    log.warning(
+        f"sync '{sync.name}': {count} quarantined (failed {sync.max_attempts} times), not sent. "
+        "They are re-admitted when their row changes, or by run config ops: "
+        f"{{{sync.name}__diff: {{config: {{retry_quarantined: true}}}}}}"
+    )
+    for row in sample:
+        log.warning(
+            f"sync '{sync.name}': quarantined {sync.primary_key}={row['key']}"
+            f"{in_window(row.get('window'))} after {row['attempts']} attempts since "
+            f"{row['first_seen']}: {row['reason']}"
+        )
+
+
+def delivery_metadata(report: DeliveryReport, samples: dict, rejected: list[dict]) -> dict:
+    stats = report.stats
+    metadata: dict[str, Any] = {
+        "dagster/row_count": report.accepted + len(report.rejected),
+        "status": report.status,
+        "events_accepted": report.accepted,
+        "events_rejected": len(report.rejected),
+        "committed_without_event": report.committed_without_event,
+        "requests": stats.requests,
+        "retries": stats.retries,
+        "bytes_uncompressed": stats.bytes_uncompressed,
+        "bytes_sent": stats.bytes_sent,
+        "seconds": round(stats.seconds, 3),
+        "events_per_second": round(stats.events_per_second, 1),
+        "throttled_requests": stats.throttled,
+        "paced_seconds": round(stats.paced_seconds, 3),
+    }
+    for change, payload in samples.items():
+        metadata[f"sample_{change}"] = MetadataValue.json(payload)
+    if rejected:
+        metadata["rejected_sample"] = MetadataValue.json(rejected)
+    return metadata
+
+
+def gateway_rejections_check(report: DeliveryReport, sample: list[dict]) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=GATEWAY_REJECTIONS,
+        passed=not report.rejected,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"rejected": len(report.rejected), "sample": MetadataValue.json(sample)},
+    )
+
+
+def quarantined_rows_check(sync: SyncConfig, count: int, sample: list[dict]) -> AssetCheckResult:
+    return AssetCheckResult(
+        check_name=QUARANTINED_ROWS,
+        passed=count == 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "quarantined": count,
+            "max_attempts": -1 if sync.max_attempts is None else sync.max_attempts,
+            "sample": MetadataValue.json(sample),
+        },
+    )
+
+
+# -- tables the UI renders inline ------------------------------------------------------------------
+
+
+def windows_metadata(per_window: dict[str, dict[str, Any]]) -> MetadataValue:
+    """One row per window, in order: the window's own counts (never running totals)."""
+    frame = pd.DataFrame.from_dict(per_window, orient="index")
+    return table_metadata(frame.rename_axis("window").reset_index())
+
+
+def table_metadata(frame: pd.DataFrame) -> MetadataValue:
+    """A small DataFrame as a table metadata value (rendered inline in the Dagster UI).
+
+    Table cells hold scalars only: nested values (lists, objects) are shown as their JSON.
+    """
+    columns = [str(c) for c in frame.columns]
+    records = [
+        TableRecord(dict(zip(columns, (_cell(v) for v in row), strict=True)))
+        for row in frame.itertuples(index=False)
+    ]
+    schema = TableSchema(
+        columns=[TableColumn(c, _column_type(frame[c].dtype)) for c in frame.columns]
+    )
+    return MetadataValue.table(records, schema=schema)
+
+
+def _column_type(dtype: Any) -> str:
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_integer_dtype(dtype):
+        return "int"
+    if pd.api.types.is_float_dtype(dtype):
+        return "float"
+    return "string"
+
+
+def _cell(value: Any) -> str | int | float | bool | None:
+    if hasattr(value, "item") and not isinstance(value, (list, dict)):
+        value = value.item()  # numpy and pandas scalars
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if value is pd.NaT or value is pd.NA:
+        return None
+    if isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, dict, tuple)):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)

@@ -1,0 +1,149 @@
+"""The work of a sync's three steps, as plain functions over its open state.
+
+The assets (`assets.py`) open the state, call one of these and hand the result to `reporting.py`
+for logs, metadata and checks. Nothing here needs a Dagster run: `log` is any logger, and the
+windows are the run's partitions in chronological order (none for an unpartitioned sync).
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from dagster import TimeWindowPartitionsDefinition
+
+from .config import SyncConfig
+from .delivery import (
+    REJECTED_SAMPLE,
+    DeliveryReport,
+    deliver_pending,
+    delivery_frame,
+    pending_counts,
+)
+from .diff import DiffMode, DiffSummary, check_model_columns, compute_diff, pending_frame
+from .jsonvalues import column_types
+from .partitions import WindowSpec, diff_window, store_window_rows, window_table
+from .reporting import log_window_done
+from .rudderstack import RudderstackError, RudderstackResource
+from .state import StateError, SyncState
+from .warehouses import WarehouseResource
+
+
+@dataclass
+class Snapshot:
+    rows_by_window: dict[str, int]  # "" for an unpartitioned sync
+    types: dict[str, str]  # the model's columns and their DuckDB types
+
+
+def take_snapshot(
+    state: SyncState,
+    sync: SyncConfig,
+    warehouse: WarehouseResource,
+    partitions: TimeWindowPartitionsDefinition | None,
+    windows: list[WindowSpec],
+) -> Snapshot:
+    """Run the model (once per window) and store its rows in the state."""
+    if partitions is None:
+        with warehouse.read_model(sync.model) as reader:
+            check_model_columns(sync, reader.schema.names)
+            rows_by_window = {"": state.replace_model_rows(reader)}
+        table = "model_rows"
+    else:
+        rows_by_window = store_window_rows(state, sync, warehouse, partitions, windows)
+        table = window_table(windows[-1].key)
+    return Snapshot(rows_by_window, column_types(state.conn, table))
+
+
+@dataclass
+class DiffResult:
+    summaries: dict[str, DiffSummary]  # by window key ("" for an unpartitioned sync)
+    frame: pd.DataFrame  # the pending changes as users read them
+    readmitted: int  # quarantined changes re-admitted by retry_quarantined
+
+
+def run_diff(
+    state: SyncState,
+    sync: SyncConfig,
+    windows: list[WindowSpec],
+    mode: DiffMode,
+    now: datetime,
+    retry_quarantined: bool = False,
+) -> DiffResult:
+    """Diff the stored model against what was delivered (or each window against the one before)."""
+    # Before the diff, so that its counts and the guard include the re-admitted changes.
+    readmitted = state.readmit_quarantined(sync.max_attempts) if retry_quarantined else 0
+    if not windows:
+        if not state.has_table("model_rows"):
+            raise StateError(
+                f"sync '{sync.name}': no model snapshot yet; materialize {sync.name}/snapshot "
+                "first."
+            )
+        summaries = {"": compute_diff(state, sync, now, mode=mode)}
+    else:
+        summaries = {
+            spec.key: compute_diff(state, sync, now, diff_window(spec, state)) for spec in windows
+        }
+    frame = pending_frame(state, sync, [key for key in summaries if key])
+    return DiffResult(summaries, frame, readmitted)
+
+
+class WindowFailedError(RudderstackError):
+    """Delivery stopped inside one window of a multi-window run; the windows before it are done."""
+
+
+@dataclass
+class Delivery:
+    total: DeliveryReport
+    per_window: dict[str, dict[str, Any]] = field(default_factory=dict)
+    frame: pd.DataFrame | None = None  # one row per event this run tried
+    quarantined: int = 0
+    quarantine_sample: list[dict[str, Any]] = field(default_factory=list)
+
+
+def deliver_windows(
+    state: SyncState,
+    sync: SyncConfig,
+    sender: RudderstackResource,
+    run_id: str,
+    log: Any,
+    windows: list[WindowSpec],
+    commit: bool,
+    destination: str,
+) -> Delivery:
+    """Deliver the pending changes, window by window in order, committing what was accepted."""
+    keys: list[str | None] = [spec.key for spec in windows] or [None]
+    result = Delivery(total=DeliveryReport(status="dry_run" if sender.dry_run else "delivered"))
+    for number, key in enumerate(keys, start=1):
+        to_send = pending_counts(state, key, sync) if key is not None else {}
+        try:
+            report = deliver_pending(
+                state,
+                sync,
+                sender,
+                run_id,
+                log,
+                window=key,
+                commit=commit,
+                stats=result.total.stats,
+                destination=destination,
+            )
+        except RudderstackError as exc:
+            if key is None:
+                raise
+            raise WindowFailedError(
+                f"window {key} ({number} of {len(keys)}) failed: {exc}. Windows before it are "
+                f"delivered; re-run from {key}"
+            ) from None
+        result.total.absorb(report)
+        if key is not None:
+            result.per_window[key] = {
+                **to_send,
+                "accepted": report.accepted,
+                "rejected": len(report.rejected),
+            }
+            log_window_done(log, sync, key, number, len(keys), report, result.total)
+    result.frame = delivery_frame(state, run_id, sync)
+    result.quarantined, result.quarantine_sample = state.quarantined(
+        sync.max_attempts, REJECTED_SAMPLE
+    )
+    return result
