@@ -32,10 +32,11 @@ from dagster import (
 from pydantic import Field
 
 from .config import SyncConfig
-from .diff import DiffMode, ModelColumnsError
+from .diff import DiffMode
+from .errors import RudderSyncError
 from .events import sample_payloads
 from .guard import evaluate_guard
-from .partitions import MissingWindowError, WindowSpec, partitions_definition, windows_for
+from .partitions import WindowSpec, partitions_definition, windows_for
 from .reporting import (
     CHANGE_GUARD,
     GATEWAY_REJECTIONS,
@@ -57,7 +58,7 @@ from .reporting import (
     windows_metadata,
 )
 from .rudderstack import RudderstackError, RudderstackResource
-from .state import StateError, SyncState, open_state
+from .state import SyncState, open_state
 from .steps import deliver_windows, run_diff, take_snapshot
 from .warehouses import WarehouseError, WarehouseResource
 
@@ -375,15 +376,17 @@ def _open_state(
 
 @contextmanager
 def failures_named(sync: SyncConfig) -> Iterator[None]:
-    """Turn our own errors into a Dagster Failure whose message names the sync and the fix."""
+    """Turn our own errors (`errors.RudderSyncError`) into a Dagster Failure whose message names
+    the sync and the fix; anything else is a bug and keeps its traceback."""
     try:
         yield
     except WarehouseError as exc:
         raise Failure(f"sync '{sync.name}': the model failed: {exc}") from None
-    except (ModelColumnsError, StateError, MissingWindowError) as exc:
-        raise Failure(str(exc)) from None
     except RudderstackError as exc:
         raise Failure(
             f"sync '{sync.name}': delivery stopped: {exc}. Changes that were accepted "
             "are committed; the rest stay pending and are sent at the next run."
         ) from None
+    except RudderSyncError as exc:
+        named = f"sync '{sync.name}'"
+        raise Failure(str(exc) if named in str(exc) else f"{named}: {exc}") from None

@@ -56,3 +56,24 @@ def test_the_tree_names_every_class_in_errors_py() -> None:
 def test_errors_and_the_package_import_without_dagster() -> None:
     code = "import sys, rudder_sync, rudder_sync.errors; assert 'dagster' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_step_turns_our_errors_into_a_failure_that_names_the_sync() -> None:
+    from dagster import Failure
+
+    from rudder_sync.assets import failures_named
+    from rudder_sync.config import parse_config
+
+    from .helpers import TRACK_SYNC
+
+    sync = parse_config({"syncs": {"users": TRACK_SYNC}}).syncs["users"]
+    with pytest.raises(Failure) as caught, failures_named(sync):
+        raise MissingWindowError("2024-01-01")
+    assert caught.value.description.startswith("sync 'users': no model snapshot of window")
+    with pytest.raises(Failure) as caught, failures_named(sync):
+        raise RudderstackAuthError("401 from the gateway")
+    assert "sync 'users': delivery stopped: 401 from the gateway. Changes that" in str(
+        caught.value.description
+    )
+    with pytest.raises(KeyError), failures_named(sync):  # a bug keeps its traceback
+        raise KeyError("x")
