@@ -95,6 +95,7 @@ def failure_text(result: ExecuteInProcessResult) -> str:
 # -- the stuck-URL story, end to end through the CLI ----------------------------------------------
 
 
+@pytest.mark.slow  # dagster job execute in a subprocess
 def test_a_refused_url_fails_fast_and_the_fixed_url_then_delivers(
     tmp_path: Path, gateway: TestGateway
 ) -> None:
@@ -131,6 +132,7 @@ def test_a_refused_url_fails_fast_and_the_fixed_url_then_delivers(
     assert recorded_destination(project) == gateway.url
 
 
+@pytest.mark.slow  # dagster job execute in a subprocess
 def test_a_malformed_url_fails_when_the_definitions_load(tmp_path: Path) -> None:
     project = write_project(tmp_path, {SYNC: TRACK_SYNC}, users=1)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}

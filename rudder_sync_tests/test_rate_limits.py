@@ -248,6 +248,7 @@ def test_sync_bigger_than_several_windows_gets_through_a_rate_limit(
     assert asset_metadata(again, "user_events", "events")["events_accepted"] == 0
 
 
+@pytest.mark.slow  # dagster job execute in a subprocess
 def test_max_events_per_second_from_the_yaml_paces_a_cli_run(
     tmp_path: Path, gateway: TestGateway
 ) -> None:
