@@ -17,7 +17,7 @@ import pandas as pd
 from .config import CHANGE_TYPES, SyncConfig
 from .events import iter_outgoing_events
 from .rudderstack import DeliveryStats, RudderstackResource
-from .state import SyncState, quarantined_sql
+from .state import SyncState
 
 COMMIT_EVERY_EVENTS = 20_000
 COMMIT_EVERY_SECONDS = 5.0
@@ -125,15 +125,8 @@ def pending_counts(
 
     With ``sync``, quarantined changes are not counted: they are not sent.
     """
-    quarantined = quarantined_sql(sync.max_attempts if sync else None)
-    rows = state.conn.execute(
-        "select __rs_change, count(*) from pending where __rs_send "
-        f"and __rs_window is not distinct from ? and not {quarantined} group by 1",
-        [window],
-    ).fetchall()
-    counts = {change: 0 for change in CHANGE_TYPES}
-    counts.update({change: int(n) for change, n in rows})
-    return counts
+    by_change = state.change_counts(window, sync.max_attempts if sync else None)
+    return {change: by_change.get(change, (0, 0))[1] for change in CHANGE_TYPES}
 
 
 def delivery_frame(state: SyncState, run_id: str, sync: SyncConfig) -> pd.DataFrame:

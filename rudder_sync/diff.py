@@ -26,7 +26,7 @@ from .jsonvalues import (
     quote_literal,
 )
 from .jsonvalues import timestamp_sql as render_timestamp_sql
-from .state import SALT_KEY, SyncState, quarantined_sql, run
+from .state import SALT_KEY, SyncState, run
 
 REJECTED_SAMPLE = 20
 SEP = "chr(31)"
@@ -43,10 +43,6 @@ class DiffSummary:
     rejected_sample: list[tuple[str, str]] = field(default_factory=list)
     first_run: bool = False
     base_rows: int = 0  # rows the diff compared against: the committed snapshot or last window
-
-    @property
-    def total_changes(self) -> int:
-        return sum(self.counts.values())
 
 
 def check_model_columns(sync: SyncConfig, columns: list[str]) -> None:
@@ -119,155 +115,154 @@ def compute_diff(
     mode = mode or DiffMode()
     if window is not None and (mode.resync or mode.reset_baseline):
         raise ValueError("resync and reset_baseline apply to unpartitioned syncs only")
-    conn = state.conn
     current = window.rows if window else "model_rows"
-    types = column_types(conn, current)
-    check_model_columns(sync, list(types))
-    fingerprint = _fingerprint_sql(sync, types, current)
-    run(conn, f"create or replace temp table __rs_current as {fingerprint}")
-    if window is None:
-        first_run, base, default_ts = not state.initialized, "snapshot", now
-    else:
-        first_run, base, default_ts = window.previous_rows is None, "__rs_base", window.end
-        previous = window.previous_rows or f"(select * from {current} limit 0)"
-        run(
-            conn,
-            f"""
-            create or replace temp table __rs_base as
-            select __rs_pk, __rs_hash, 0::bigint as __rs_version, false as __rs_deleted,
-                   null::varchar as __rs_user_id, null::varchar as __rs_anonymous_id,
-                   null::varchar as __rs_props
-            from ({_fingerprint_sql(sync, column_types(conn, previous), previous)})
-            where __rs_pk is not null and __rs_key_rows = 1 and __rs_problem is null
-            """,
-        )
-    scope = "__rs_window is not distinct from ?"
+    types = _fingerprint_current(state, sync, current)
+    first_run, base = _choose_base(state, sync, window)
     window_key = window.key if window else None
+    carry_resync = window is None and not (mode.resync or mode.reset_baseline)
     with state.transaction():
-        # A row that fails validation again, unchanged, counts one more attempt (quarantine).
-        run(
-            conn,
-            f"""
-            create or replace temp table __rs_rejected as
-            select n.*, coalesce(o.attempts, 0) + 1 as __rs_attempts,
-                   coalesce(o.first_seen, ?::timestamptz) as __rs_first_seen
-            from ({_rejected_sql(sync)}) n
-            left join (
-                select __rs_pk, __rs_hash, reason, max(__rs_attempts) as attempts,
-                       min(__rs_first_seen) as first_seen
-                from rejected_rows where {scope} group by all
-            ) o on o.__rs_pk = n.__rs_pk and o.reason = n.reason
-               and o.__rs_hash is not distinct from n.__rs_hash
-            """,
-            [now, window_key, window_key],
+        state.replace_rejected_rows(window_key, _REJECTED_SQL, now)
+        _find_changes(state, sync, first_run, base, mode)
+        _render_changed_rows(state, sync, types, current, window)
+        state.replace_pending(
+            window_key,
+            _new_changes_sql(
+                state, sync, window, mode, default_timestamp=window.end if window else now
+            ),
+            now,
+            keep_started_resync_of=_VALID_CURRENT if carry_resync else None,
         )
-        run(conn, f"delete from rejected_rows where {scope}", [window_key])
-        run(conn, "insert into rejected_rows by name select * from __rs_rejected")
-        run(conn, "drop table __rs_rejected")
-        changes = _changes_sql(sync, first_run, base, mode)
-        run(conn, f"create or replace temp table __rs_changes as {changes}")
-        render = _render_sql(sync, types)
-        run(
-            conn,
-            f"""
-            create or replace temp table __rs_rendered as
-            {render} from {current} m
-            semi join (select __rs_pk from __rs_changes
-                       where __rs_render and __rs_change <> 'removed') r
-              on r.__rs_pk = cast(m.{quote_ident(sync.primary_key)} as varchar)
-            """,
-        )
-        if window is not None and window.previous_rows is not None:
-            previous_render = _render_sql(sync, column_types(conn, window.previous_rows))
-            run(
-                conn,
-                f"""
-                insert into __rs_rendered
-                {previous_render} from {window.previous_rows} m
-                semi join (select __rs_pk from __rs_changes
-                           where __rs_render and __rs_change = 'removed') r
-                  on r.__rs_pk = cast(m.{quote_ident(sync.primary_key)} as varchar)
-                """,
-            )
-        salt = state.get_meta(SALT_KEY) if window is None else sync.message_id_salt
-        digest = _digest_sql(sync, window_key, salt, mode.nonce if mode.resync else None)
-        origin = "'resync'" if mode.resync else "null::varchar"
-        run(
-            conn,
-            f"""
-            create or replace temp table __rs_new_pending as
-            with c as (
-                select c.*,
-                       coalesce(r.__rs_user_id, c.__rs_base_user_id) as __rs_user_id,
-                       coalesce(r.__rs_anonymous_id, c.__rs_base_anonymous_id)
-                           as __rs_anonymous_id,
-                       coalesce(r.__rs_props, c.__rs_base_props,
-                                case when c.__rs_render then '{{}}' end) as __rs_props,
-                       case when c.__rs_change <> 'removed' then r.__rs_row_timestamp end
-                           as __rs_row_timestamp,
-                       case when c.__rs_change <> 'removed' then r.__rs_row_message_id end
-                           as __rs_row_message_id,
-                       case when c.__rs_send then {digest} end as __rs_digest
-                from __rs_changes c
-                left join __rs_rendered r on r.__rs_pk = c.__rs_pk
-            )
-            select ?::varchar as __rs_window,
-                   (select coalesce(max(__rs_change_id), 0) from pending where not ({scope}))
-                   + row_number() over (order by c.__rs_change, c.__rs_pk) as __rs_change_id,
-                   c.__rs_pk, c.__rs_change, c.__rs_hash, c.__rs_version,
-                   case when c.__rs_send then coalesce(
-                       o.__rs_message_id, c.__rs_row_message_id, {_uuid_shape("c.__rs_digest")}
-                   ) end as __rs_message_id,
-                   case when c.__rs_send then coalesce(
-                       o.__rs_timestamp, c.__rs_row_timestamp,
-                       strftime(?::timestamptz at time zone 'UTC', '%Y-%m-%dT%H:%M:%S.%fZ')
-                   ) end as __rs_timestamp,
-                   c.__rs_user_id, c.__rs_anonymous_id, c.__rs_props, c.__rs_send,
-                   coalesce(o.__rs_first_seen, ?::timestamptz) as __rs_first_seen,
-                   coalesce(o.__rs_attempts, 0) as __rs_attempts,
-                   o.__rs_last_error,
-                   case when c.__rs_change <> 'removed' then {origin} end as __rs_origin
-            from c
-            left join (select * from pending where {scope}) o
-              on o.__rs_pk = c.__rs_pk and o.__rs_change = c.__rs_change
-             and o.__rs_hash is not distinct from c.__rs_hash
-             and o.__rs_version = c.__rs_version
-            """,
-            [window_key, window_key, default_ts, now, window_key],
-        )
-        if window is None and not (mode.resync or mode.reset_baseline):
-            _carry_started_resync(state)
-        run(conn, f"delete from pending where {scope}", [window_key])
-        run(conn, "insert into pending by name select * from __rs_new_pending")
-        run(conn, "drop table __rs_new_pending; drop table __rs_changes; drop table __rs_rendered")
-    summary = _summarize(state, first_run, window_key, sync.max_attempts)
-    summary.base_rows = _scalar(state, f"select count(*) from {base} where not __rs_deleted")
-    run(conn, "drop table __rs_current; drop table if exists __rs_base")
+        run(state.conn, "drop table __rs_changes; drop table __rs_rendered")
+    summary = _summarize(state, first_run, window_key, base, sync.max_attempts)
+    run(state.conn, "drop table __rs_current; drop table if exists __rs_base")
     return summary
 
 
-def _carry_started_resync(state: SyncState) -> None:
-    """Keep the undelivered rows of a resync whose delivery began, while their row is unchanged.
+# The current rows that can be sent (one row for their key, nothing missing).
+_VALID_CURRENT = (
+    "(select __rs_pk, __rs_hash from __rs_current where __rs_key_rows = 1 and __rs_problem is null)"
+)
 
-    A normal diff sees no change in them (their content equals the snapshot's), so without this a
-    resync cut short by a failure would silently never finish. A row that changed since gets its
-    own, newer change instead; a row gone or now unsendable is dropped.
+
+def _fingerprint_current(state: SyncState, sync: SyncConfig, current: str) -> dict:
+    """Stage 1: check the model's columns and fingerprint its rows into `__rs_current`; the
+    columns' types."""
+    types = column_types(state.conn, current)
+    check_model_columns(sync, list(types))
+    fingerprint = _fingerprint_sql(sync, types, current)
+    run(state.conn, f"create or replace temp table __rs_current as {fingerprint}")
+    return types
+
+
+def _choose_base(state: SyncState, sync: SyncConfig, window: Window | None) -> tuple[bool, str]:
+    """Stage 2: what the diff compares with, and whether that is nothing yet (a first run).
+
+    The committed snapshot; for a window, the previous window's valid rows as `__rs_base` (none
+    before the first window).
     """
+    if window is None:
+        return not state.initialized, "snapshot"
+    previous = window.previous_rows or f"(select * from {window.rows} limit 0)"
     run(
         state.conn,
-        """
-        insert into __rs_new_pending by name
-        select o.* replace (
-            (select coalesce(max(__rs_change_id), 0) from __rs_new_pending)
-            + row_number() over (order by o.__rs_change_id) as __rs_change_id)
-        from pending o
-        join __rs_current c
-          on c.__rs_pk = o.__rs_pk and c.__rs_hash = o.__rs_hash
-         and c.__rs_key_rows = 1 and c.__rs_problem is null
-        where o.__rs_window is null and o.__rs_origin = 'resync_started'
-          and o.__rs_pk not in (select __rs_pk from __rs_new_pending)
+        f"""
+        create or replace temp table __rs_base as
+        select __rs_pk, __rs_hash, 0::bigint as __rs_version, false as __rs_deleted,
+               null::varchar as __rs_user_id, null::varchar as __rs_anonymous_id,
+               null::varchar as __rs_props
+        from ({_fingerprint_sql(sync, column_types(state.conn, previous), previous)})
+        where __rs_pk is not null and __rs_key_rows = 1 and __rs_problem is null
         """,
     )
+    return window.previous_rows is None, "__rs_base"
+
+
+def _find_changes(
+    state: SyncState, sync: SyncConfig, first_run: bool, base: str, mode: DiffMode
+) -> None:
+    """Stage 3: the changes by key into `__rs_changes` (see `_changes_sql`)."""
+    changes = _changes_sql(sync, first_run, base, mode)
+    run(state.conn, f"create or replace temp table __rs_changes as {changes}")
+
+
+def _render_changed_rows(
+    state: SyncState, sync: SyncConfig, types: dict, current: str, window: Window | None
+) -> None:
+    """Stage 4: render to JSON only the rows of changes that need it, into `__rs_rendered`.
+
+    Added and changed rows come from the current rows; a window's removed rows from the previous
+    window's (an unpartitioned sync's removed rows carry what the snapshot kept).
+    """
+    pk = quote_ident(sync.primary_key)
+    run(
+        state.conn,
+        f"""
+        create or replace temp table __rs_rendered as
+        {_render_sql(sync, types)} from {current} m
+        semi join (select __rs_pk from __rs_changes
+                   where __rs_render and __rs_change <> 'removed') r
+          on r.__rs_pk = cast(m.{pk} as varchar)
+        """,
+    )
+    if window is not None and window.previous_rows is not None:
+        previous_render = _render_sql(sync, column_types(state.conn, window.previous_rows))
+        run(
+            state.conn,
+            f"""
+            insert into __rs_rendered
+            {previous_render} from {window.previous_rows} m
+            semi join (select __rs_pk from __rs_changes
+                       where __rs_render and __rs_change = 'removed') r
+              on r.__rs_pk = cast(m.{pk} as varchar)
+            """,
+        )
+
+
+def _new_changes_sql(
+    state: SyncState,
+    sync: SyncConfig,
+    window: Window | None,
+    mode: DiffMode,
+    default_timestamp: datetime,
+) -> str:
+    """Stage 5: SQL of the changes as new pending rows, for `SyncState.replace_pending`.
+
+    Each takes its IDs and content from its rendering (a removed row: from the base), and the
+    messageId and timestamp a new change gets: the row's own columns when the sync names them,
+    else a deterministic ID and ``default_timestamp`` (now, or the window's end).
+    """
+    window_key = window.key if window else None
+    salt = state.get_meta(SALT_KEY) if window is None else sync.message_id_salt
+    digest = _digest_sql(sync, window_key, salt, mode.nonce if mode.resync else None)
+    origin = "'resync'" if mode.resync else "null::varchar"
+    default_ts = run(
+        state.conn,
+        "select strftime(?::timestamptz at time zone 'UTC', '%Y-%m-%dT%H:%M:%S.%fZ')",
+        [default_timestamp],
+    )[0][0]
+    return f"""
+        with c as (
+            select c.*,
+                   coalesce(r.__rs_user_id, c.__rs_base_user_id) as __rs_user_id,
+                   coalesce(r.__rs_anonymous_id, c.__rs_base_anonymous_id)
+                       as __rs_anonymous_id,
+                   coalesce(r.__rs_props, c.__rs_base_props,
+                            case when c.__rs_render then '{{}}' end) as __rs_props,
+                   case when c.__rs_change <> 'removed' then r.__rs_row_timestamp end
+                       as __rs_row_timestamp,
+                   case when c.__rs_change <> 'removed' then r.__rs_row_message_id end
+                       as __rs_row_message_id,
+                   case when c.__rs_send then {digest} end as __rs_digest
+            from __rs_changes c
+            left join __rs_rendered r on r.__rs_pk = c.__rs_pk
+        )
+        select c.__rs_pk, c.__rs_change, c.__rs_hash, c.__rs_version, c.__rs_send,
+               coalesce(c.__rs_row_message_id, {_uuid_shape("c.__rs_digest")}) as __rs_message_id,
+               coalesce(c.__rs_row_timestamp, {quote_literal(default_ts)}) as __rs_timestamp,
+               c.__rs_user_id, c.__rs_anonymous_id, c.__rs_props,
+               case when c.__rs_change <> 'removed' then {origin} end as __rs_origin
+        from c
+    """
 
 
 def _fingerprint_sql(sync: SyncConfig, types: dict, relation: str) -> str:
@@ -401,16 +396,16 @@ def _render_sql(sync: SyncConfig, types: dict) -> str:
     """
 
 
-def _rejected_sql(sync: SyncConfig) -> str:
-    return """
-        select ?::varchar as __rs_window, coalesce(__rs_pk, '(null)') as __rs_pk, __rs_hash,
-               case when __rs_pk is null then 'null primary key'
-                    when __rs_key_rows > 1
-                      then 'duplicate primary key (' || __rs_key_rows || ' rows)'
-                    else __rs_problem end as reason
-        from __rs_current
-        where __rs_pk is null or __rs_key_rows > 1 or __rs_problem is not null
-    """
+# Why a current row cannot be sent; `SyncState.replace_rejected_rows` keeps them per window.
+_REJECTED_SQL = """
+    select coalesce(__rs_pk, '(null)') as __rs_pk, __rs_hash,
+           case when __rs_pk is null then 'null primary key'
+                when __rs_key_rows > 1
+                  then 'duplicate primary key (' || __rs_key_rows || ' rows)'
+                else __rs_problem end as reason
+    from __rs_current
+    where __rs_pk is null or __rs_key_rows > 1 or __rs_problem is not null
+"""
 
 
 def _changes_sql(sync: SyncConfig, first_run: bool, base: str, mode: DiffMode) -> str:
@@ -490,52 +485,25 @@ def _uuid_shape(digest: str) -> str:
 
 
 def _summarize(
-    state: SyncState, first_run: bool, window: str | None, max_attempts: int | None = None
+    state: SyncState, first_run: bool, window: str | None, base: str, max_attempts: int | None
 ) -> DiffSummary:
-    """Counts by change type; quarantined changes are not counted as to be sent."""
-    conn = state.conn
-    scope = "__rs_window is not distinct from ?"
-    sending = f"__rs_send and not {quarantined_sql(max_attempts)}"
-    rows = conn.execute(
-        f"select __rs_change, count(*), count(*) filter (where {sending}) from pending "
-        f"where {scope} group by 1",
-        [window],
-    ).fetchall()
-    counts = {change: 0 for change in CHANGE_TYPES}
-    to_send = {change: 0 for change in CHANGE_TYPES}
-    for change, total, sending in rows:
-        counts[change], to_send[change] = int(total), int(sending)
-    sample = conn.execute(
-        f"select __rs_pk, reason from rejected_rows where {scope} order by 1 "
-        f"limit {REJECTED_SAMPLE}",
-        [window],
-    ).fetchall()
+    """Stage 6: counts by change type; quarantined changes are not counted as to be sent."""
+    by_change = state.change_counts(window, max_attempts)
+    rejected_count, rejected_sample = state.rejected(window, REJECTED_SAMPLE)
     return DiffSummary(
         model_rows=state.count("__rs_current"),
-        counts=counts,
-        to_send=to_send,
-        rejected_count=_scalar(state, f"select count(*) from rejected_rows where {scope}", window),
-        rejected_sample=[(str(pk), str(reason)) for pk, reason in sample],
+        counts={change: by_change.get(change, (0, 0))[0] for change in CHANGE_TYPES},
+        to_send={change: by_change.get(change, (0, 0))[1] for change in CHANGE_TYPES},
+        rejected_count=rejected_count,
+        rejected_sample=rejected_sample,
         first_run=first_run,
+        base_rows=state.count(base, "not __rs_deleted"),
     )
-
-
-def _scalar(state: SyncState, query: str, *params: object) -> int:
-    return int(state.conn.execute(query, list(params)).fetchall()[0][0])
 
 
 def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.DataFrame:
     """The diff as users read it: (window,) key, change type, and the fields the event carries."""
-    frame = state.conn.execute(
-        """
-        select __rs_window, __rs_pk, __rs_change, __rs_send, __rs_message_id, __rs_timestamp,
-               __rs_user_id, __rs_anonymous_id, __rs_props
-        from pending
-        where (__rs_window is null and len(?::varchar[]) = 0) or list_contains(?, __rs_window)
-        order by __rs_window, __rs_change_id
-        """,
-        [windows, windows],
-    ).df()
+    frame = state.pending_rows(windows)
     frame.columns = [
         "partition",
         sync.primary_key,

@@ -16,9 +16,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from .config import SyncConfig
-from .jsonvalues import quote_literal
 from .rudderstack import OutgoingEvent
-from .state import SyncState, quarantined_sql
+from .state import SyncState
 
 READ_BATCH_ROWS = 20_000
 # Between a change's per-row fields and its properties/traits JSON (see `diff._render_sql`).
@@ -32,11 +31,6 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 _LIBRARY = {"name": LIBRARY_NAME, "version": LIBRARY_VERSION}
 _LIBRARY_MEMBER = orjson.dumps({"library": _LIBRARY}).decode()[:-1]  # without the closing }
-
-_PENDING_COLUMNS = (
-    "__rs_change_id, __rs_change, __rs_message_id, __rs_timestamp, "
-    "__rs_user_id, __rs_anonymous_id, __rs_props"
-)
 
 
 class Content(NamedTuple):
@@ -127,16 +121,8 @@ def iter_outgoing_events(
 
     Quarantined changes (failed `max_attempts` times) are left out.
     """
-    # A cursor of its own: the caller commits on the state's connection while this still reads.
-    cursor = state.conn.cursor()
-    reader = cursor.sql(
-        f"select {_PENDING_COLUMNS} from pending where {sendable_sql(sync, window)} "
-        "order by __rs_change_id"
-    ).to_arrow_reader(READ_BATCH_ROWS)
-    try:
+    with state.sendable_changes(window, sync.max_attempts, READ_BATCH_ROWS) as reader:
         yield from _events_from_batches(sync, reader)
-    finally:
-        cursor.close()
 
 
 def _events_from_batches(sync: SyncConfig, reader: Any) -> Iterator[OutgoingEvent]:
@@ -157,28 +143,12 @@ def _events_from_batches(sync: SyncConfig, reader: Any) -> Iterator[OutgoingEven
             yield OutgoingEvent(ref=change_id, message_id=message_id, body=orjson.dumps(event))
 
 
-def sendable_sql(sync: SyncConfig, window: str | None) -> str:
-    """SQL selecting the pending changes of one window that are sent: not quarantined ones."""
-    return f"__rs_send and {_window_filter(window)} and not {quarantined_sql(sync.max_attempts)}"
-
-
-def _window_filter(window: str | None) -> str:
-    """SQL selecting one window's pending changes (relations take no parameters)."""
-    return "__rs_window is null" if window is None else f"__rs_window = {quote_literal(window)}"
-
-
 def sample_payloads(
     state: SyncState, sync: SyncConfig, window: str | None = None
 ) -> dict[str, dict[str, Any]]:
     """One payload per change type that sends, as users see it in the UI and logs."""
-    rows = state.conn.execute(
-        f"""
-        select {_PENDING_COLUMNS} from pending where {sendable_sql(sync, window)}
-        qualify row_number() over (partition by __rs_change order by __rs_change_id) = 1
-        order by __rs_change_id
-        """
-    ).fetchall()
     samples = {}
+    rows = state.first_sendable_by_change(window, sync.max_attempts)
     for _, change, message_id, timestamp, user_id, anonymous_id, props in rows:
         event = build_event(sync, change, message_id, timestamp, user_id, anonymous_id, props)
         samples[change] = orjson.loads(orjson.dumps(event))

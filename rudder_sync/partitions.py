@@ -24,9 +24,10 @@ from dagster import (
 from .config import PartitionsConfig, SyncConfig
 from .diff import Window, check_model_columns
 from .errors import MissingWindowError
-from .state import SyncState, run
+from .state import SyncState
 from .warehouses import WarehouseResource
 
+_WINDOW_PREFIX = "window__"  # the state's tables of window rows
 _DEFINITIONS = {
     "hourly": HourlyPartitionsDefinition,
     "daily": DailyPartitionsDefinition,
@@ -68,7 +69,7 @@ def windows_for(
 
 
 def window_table(key: str) -> str:
-    return "window__" + re.sub(r"[^0-9A-Za-z]", "_", key)
+    return _WINDOW_PREFIX + re.sub(r"[^0-9A-Za-z]", "_", key)
 
 
 def store_window_rows(
@@ -85,7 +86,7 @@ def store_window_rows(
     needed = [spec.key for spec in specs]
     if specs and specs[0].previous_key:
         needed.insert(0, specs[0].previous_key)
-    _drop_other_window_tables(state, {window_table(k) for k in needed})
+    state.drop_tables_except(_WINDOW_PREFIX, {window_table(k) for k in needed})
     rows = {}
     for key in needed:
         window = partitions.time_window_for_partition_key(key)
@@ -105,13 +106,3 @@ def diff_window(spec: WindowSpec, state: SyncState) -> Window:
     if previous and not state.has_table(previous):
         raise MissingWindowError(spec.previous_key or "")
     return Window(key=spec.key, end=spec.end, rows=table, previous_rows=previous)
-
-
-def _drop_other_window_tables(state: SyncState, keep: set[str]) -> None:
-    tables = state.conn.execute(
-        "select table_name from duckdb_tables() where database_name = current_database() "
-        "and starts_with(table_name, 'window__')"
-    ).fetchall()
-    for (table,) in tables:
-        if table not in keep:
-            run(state.conn, f'drop table "{table}"')

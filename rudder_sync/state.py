@@ -16,6 +16,8 @@ Tables (system columns start with `__rs_`):
   it, 'resync_started' once its delivery began, so a later run finishes it).
 - `rejected_rows`: rows of the latest diff that cannot be sent (null/duplicate key, no ID), with
   how many diffs in a row found them so, for the same content.
+  Every statement on `pending` and `rejected_rows` is a `SyncState` method (one window's rows
+  chosen by `in_window`): the diff rebuilds them, delivery reads, commits or fails them.
 - `delivery_log`: one row per event per attempt.
 - `meta`: schema version, initialised flag, destination (the data plane URL, recorded with the
   first accepted commit, so that a URL which never accepted anything binds nothing), and
@@ -34,12 +36,18 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
 
 from .errors import StateError
 from .jsonvalues import quote_literal
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    import pandas as pd
 
 # 2: the snapshot's row hash is DuckDB's hash() as UBIGINT (1 was an md5 as UHUGEINT).
 # 3: meta message_id_salt; pending.__rs_origin; rejected_rows' hash, attempts and first sighting.
@@ -48,6 +56,11 @@ LOCK_WAIT_SECONDS = 30.0
 SALT_KEY = "message_id_salt"
 MEMORY_LIMIT_ENV_VAR = "RUDDER_SYNC_DUCKDB_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = "1GB"
+# What delivery reads of a pending change to build its event.
+_EVENT_COLUMNS = (
+    "__rs_change_id, __rs_change, __rs_message_id, __rs_timestamp, "
+    "__rs_user_id, __rs_anonymous_id, __rs_props"
+)
 _HASH_PROBE_SQL = (
     "select hash(42::integer, 'rudder_sync', 1.5::double, date '2024-01-01', "
     "timestamptz '2024-01-01 00:00:00+00', null::varchar, [1, 2], {'a': true})"
@@ -239,8 +252,8 @@ class SyncState:
         baseline into `added` events at the next run.
         """
         return self._commit(
-            "not __rs_send and __rs_window is not distinct from ?",
-            [window],
+            f"not __rs_send and {in_window(window)}",
+            [],
             run_id="",
             status="committed",
             initialize=window is None,
@@ -309,8 +322,7 @@ class SyncState:
         run(
             self.conn,
             "update pending set __rs_origin = 'resync_started' "
-            "where __rs_origin = 'resync' and __rs_window is not distinct from ?",
-            [window],
+            f"where __rs_origin = 'resync' and {in_window(window)}",
         )
 
     # -- quarantine -----------------------------------------------------------------------------
@@ -325,7 +337,7 @@ class SyncState:
         query = f"""
             select __rs_window, __rs_pk, __rs_change, coalesce(__rs_last_error, ''),
                    __rs_attempts, __rs_first_seen, 'gateway' as source
-            from pending where {quarantined_sql(max_attempts)}
+            from pending where {_quarantined_sql(max_attempts)}
             union all
             select __rs_window, __rs_pk, null, reason, __rs_attempts, __rs_first_seen,
                    'validation'
@@ -352,10 +364,10 @@ class SyncState:
         if max_attempts is None:
             return 0
         with self.transaction():
-            count = self.count("pending", quarantined_sql(max_attempts))
+            count = self.count("pending", _quarantined_sql(max_attempts))
             run(
                 self.conn,
-                f"update pending set __rs_attempts = 0 where {quarantined_sql(max_attempts)}",
+                f"update pending set __rs_attempts = 0 where {_quarantined_sql(max_attempts)}",
             )
             count += self.count("rejected_rows", f"__rs_attempts >= {int(max_attempts)}")
             run(
@@ -398,11 +410,200 @@ class SyncState:
             )
             run(self.conn, "drop table __rs_failed")
 
+    # -- a diff rebuilds one window's pending changes and rejected rows --------------------------
+    # Called inside the diff's transaction: the two tables change together or not at all.
+    def replace_rejected_rows(self, window: str | None, rows_sql: str, now: datetime) -> None:
+        """One window's rejected rows become ``rows_sql``'s (`__rs_pk`, `__rs_hash`, `reason`).
+
+        A row that fails validation again, unchanged, counts one more attempt (quarantine).
+        """
+        scope = in_window(window)
+        run(
+            self.conn,
+            f"""
+            create or replace temp table __rs_rejected as
+            select ?::varchar as __rs_window, n.*, coalesce(o.attempts, 0) + 1 as __rs_attempts,
+                   coalesce(o.first_seen, ?::timestamptz) as __rs_first_seen
+            from ({rows_sql}) n
+            left join (
+                select __rs_pk, __rs_hash, reason, max(__rs_attempts) as attempts,
+                       min(__rs_first_seen) as first_seen
+                from rejected_rows where {scope} group by all
+            ) o on o.__rs_pk = n.__rs_pk and o.reason = n.reason
+               and o.__rs_hash is not distinct from n.__rs_hash
+            """,
+            [window, now],
+        )
+        run(self.conn, f"delete from rejected_rows where {scope}")
+        run(self.conn, "insert into rejected_rows by name select * from __rs_rejected")
+        run(self.conn, "drop table __rs_rejected")
+
+    def replace_pending(
+        self,
+        window: str | None,
+        changes_sql: str,
+        now: datetime,
+        keep_started_resync_of: str | None = None,
+    ) -> None:
+        """One window's pending changes become ``changes_sql``'s.
+
+        Its columns: `__rs_pk`, `__rs_change`, `__rs_hash`, `__rs_version`, `__rs_send`, a new
+        change's `__rs_message_id` and `__rs_timestamp`, `__rs_user_id`, `__rs_anonymous_id`,
+        `__rs_props`, `__rs_origin`. A change still pending from an earlier diff (same key, change
+        type, hash and version) keeps its messageId, timestamp, first sighting, attempts and last
+        error, so a re-send is the same event. Change IDs continue after other windows'.
+
+        ``keep_started_resync_of``: a relation of the current valid rows (`__rs_pk`,
+        `__rs_hash`); the undelivered changes of a resync whose delivery began are kept while
+        their row is among them unchanged (see `_keep_started_resync`).
+        """
+        scope = in_window(window)
+        run(
+            self.conn,
+            f"""
+            create or replace temp table __rs_new_pending as
+            select ?::varchar as __rs_window,
+                   (select coalesce(max(__rs_change_id), 0) from pending where not ({scope}))
+                   + row_number() over (order by c.__rs_change, c.__rs_pk) as __rs_change_id,
+                   c.__rs_pk, c.__rs_change, c.__rs_hash, c.__rs_version,
+                   case when c.__rs_send then coalesce(o.__rs_message_id, c.__rs_message_id) end
+                       as __rs_message_id,
+                   case when c.__rs_send then coalesce(o.__rs_timestamp, c.__rs_timestamp) end
+                       as __rs_timestamp,
+                   c.__rs_user_id, c.__rs_anonymous_id, c.__rs_props, c.__rs_send,
+                   coalesce(o.__rs_first_seen, ?::timestamptz) as __rs_first_seen,
+                   coalesce(o.__rs_attempts, 0) as __rs_attempts,
+                   o.__rs_last_error, c.__rs_origin
+            from ({changes_sql}) c
+            left join (select * from pending where {scope}) o
+              on o.__rs_pk = c.__rs_pk and o.__rs_change = c.__rs_change
+             and o.__rs_hash is not distinct from c.__rs_hash
+             and o.__rs_version = c.__rs_version
+            """,
+            [window, now],
+        )
+        if keep_started_resync_of is not None:
+            self._keep_started_resync(keep_started_resync_of)
+        run(self.conn, f"delete from pending where {scope}")
+        run(self.conn, "insert into pending by name select * from __rs_new_pending")
+        run(self.conn, "drop table __rs_new_pending")
+
+    def _keep_started_resync(self, current_rows: str) -> None:
+        """Keep the undelivered rows of a resync whose delivery began, while their row is unchanged.
+
+        A normal diff sees no change in them (their content equals the snapshot's), so without
+        this a resync cut short by a failure would silently never finish. A row that changed since
+        gets its own, newer change instead; a row gone or now unsendable is dropped.
+        """
+        run(
+            self.conn,
+            f"""
+            insert into __rs_new_pending by name
+            select o.* replace (
+                (select coalesce(max(__rs_change_id), 0) from __rs_new_pending)
+                + row_number() over (order by o.__rs_change_id) as __rs_change_id)
+            from pending o
+            join {current_rows} c on c.__rs_pk = o.__rs_pk and c.__rs_hash = o.__rs_hash
+            where o.__rs_window is null and o.__rs_origin = 'resync_started'
+              and o.__rs_pk not in (select __rs_pk from __rs_new_pending)
+            """,
+        )
+
+    # -- reading pending changes and rejected rows ----------------------------------------------
+    def change_counts(
+        self, window: str | None, max_attempts: int | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """One window's pending changes by change type: (all, to send); quarantined ones (failed
+        ``max_attempts`` times) are not sent."""
+        sending = f"__rs_send and not {_quarantined_sql(max_attempts)}"
+        rows = run(
+            self.conn,
+            f"select __rs_change, count(*), count(*) filter (where {sending}) from pending "
+            f"where {in_window(window)} group by 1",
+        )
+        return {change: (int(total), int(sent)) for change, total, sent in rows}
+
+    def rejected(self, window: str | None, limit: int) -> tuple[int, list[tuple[str, str]]]:
+        """One window's rejected rows: how many, and the first ``limit`` (key, reason) by key."""
+        scope = in_window(window)
+        count = self.count("rejected_rows", scope)
+        sample = run(
+            self.conn,
+            f"select __rs_pk, reason from rejected_rows where {scope} order by 1 "
+            f"limit {int(limit)}",
+        )
+        return count, [(str(pk), str(reason)) for pk, reason in sample]
+
+    @contextmanager
+    def sendable_changes(
+        self, window: str | None, max_attempts: int | None, batch_rows: int
+    ) -> Iterator[pa.RecordBatchReader]:
+        """The changes of one window that send an event, in change order, in Arrow batches of
+        `_EVENT_COLUMNS`; quarantined ones are left out.
+
+        On a cursor of its own, so the caller can commit on the state's connection while it reads.
+        """
+        cursor = self.conn.cursor()
+        try:
+            yield cursor.sql(
+                f"select {_EVENT_COLUMNS} from pending where {_sendable_sql(window, max_attempts)} "
+                "order by __rs_change_id"
+            ).to_arrow_reader(batch_rows)
+        finally:
+            cursor.close()
+
+    def first_sendable_by_change(self, window: str | None, max_attempts: int | None) -> list[tuple]:
+        """The first change of each change type that sends an event (`_EVENT_COLUMNS`)."""
+        return run(
+            self.conn,
+            f"""
+            select {_EVENT_COLUMNS} from pending where {_sendable_sql(window, max_attempts)}
+            qualify row_number() over (partition by __rs_change order by __rs_change_id) = 1
+            order by __rs_change_id
+            """,
+        )
+
+    def pending_rows(self, windows: Sequence[str]) -> pd.DataFrame:
+        """The pending changes of these windows (none: of an unpartitioned sync), in order."""
+        return self.conn.execute(
+            """
+            select __rs_window, __rs_pk, __rs_change, __rs_send, __rs_message_id, __rs_timestamp,
+                   __rs_user_id, __rs_anonymous_id, __rs_props
+            from pending
+            where (__rs_window is null and len(?::varchar[]) = 0) or list_contains(?, __rs_window)
+            order by __rs_window, __rs_change_id
+            """,
+            [list(windows), list(windows)],
+        ).df()
+
+    def drop_tables_except(self, prefix: str, keep: set[str]) -> None:
+        """Drop the tables whose name starts with ``prefix``, except those in ``keep``."""
+        tables = run(
+            self.conn,
+            "select table_name from duckdb_tables() where database_name = current_database() "
+            "and starts_with(table_name, ?)",
+            [prefix],
+        )
+        for (table,) in tables:
+            if table not in keep:
+                run(self.conn, f'drop table "{table}"')
+
     def close(self) -> None:
         self.conn.close()
 
 
-def quarantined_sql(max_attempts: int | None) -> str:
+def in_window(window: str | None) -> str:
+    """SQL choosing one window's rows of `pending` or `rejected_rows` (None: an unpartitioned
+    sync's). A literal rather than a parameter, so relations (which take none) can use it too."""
+    return f"__rs_window is not distinct from {'null' if window is None else quote_literal(window)}"
+
+
+def _sendable_sql(window: str | None, max_attempts: int | None) -> str:
+    """SQL choosing the pending changes of one window that are sent: not the quarantined ones."""
+    return f"__rs_send and {in_window(window)} and not {_quarantined_sql(max_attempts)}"
+
+
+def _quarantined_sql(max_attempts: int | None) -> str:
     """SQL selecting pending changes that are quarantined (never any when there is no limit)."""
     if max_attempts is None:
         return "false"
