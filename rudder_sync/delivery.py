@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .config import CHANGE_TYPES, SyncConfig
+from .diff import REJECTED_SAMPLE as REJECTED_SAMPLE  # steps and reporting read it here too
 from .events import iter_outgoing_events
-from .rudderstack import DeliveryStats, RudderstackResource
+from .rudderstack import ChangeId, DeliveryStats, RudderstackResource
 from .state import SyncState
 
 COMMIT_EVERY_EVENTS = 20_000
 COMMIT_EVERY_SECONDS = 5.0
-REJECTED_SAMPLE = 20
 
 
 @dataclass
@@ -31,7 +31,7 @@ class DeliveryReport:
     status: str  # "delivered" or "dry_run"
     committed_without_event: int = 0
     accepted: int = 0
-    rejected: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[tuple[ChangeId, str]] = field(default_factory=list)
     stats: DeliveryStats = field(default_factory=DeliveryStats)
 
     def absorb(self, other: DeliveryReport) -> None:
@@ -47,10 +47,10 @@ class _CommitBuffer:
     def __init__(self, state: SyncState, run_id: str, status: str, destination: str | None) -> None:
         self.state, self.run_id, self.status = state, run_id, status
         self.destination = destination
-        self.ids: list[int] = []
+        self.ids: list[ChangeId] = []
         self.last_flush = time.monotonic()
 
-    def add(self, change_ids: list[int]) -> None:
+    def add(self, change_ids: list[ChangeId]) -> None:
         self.ids.extend(change_ids)
         due = time.monotonic() - self.last_flush >= COMMIT_EVERY_SECONDS
         if len(self.ids) >= COMMIT_EVERY_EVENTS or due:
@@ -88,7 +88,7 @@ def deliver_pending(
         try:
             for outcome in rudderstack.deliver(events, stats=report.stats, log=log):
                 report.accepted += len(outcome.accepted)
-                report.rejected.extend((int(e.ref), r) for e, r in outcome.rejected)  # type: ignore[call-overload]
+                report.rejected.extend((e.ref, r) for e, r in outcome.rejected)
         finally:
             events.close()
         return report
@@ -102,11 +102,11 @@ def deliver_pending(
     try:
         for outcome in rudderstack.deliver(events, stats=report.stats, log=log):
             if outcome.accepted:
-                ids = [int(event.ref) for event in outcome.accepted]  # type: ignore[call-overload]
+                ids = [event.ref for event in outcome.accepted]
                 report.accepted += len(ids)
                 buffer.add(ids)
             if outcome.rejected:
-                failures = [(int(e.ref), reason) for e, reason in outcome.rejected]  # type: ignore[call-overload]
+                failures = [(e.ref, reason) for e, reason in outcome.rejected]
                 report.rejected.extend(failures)
                 buffer.flush()
                 state.record_failures(failures, run_id)

@@ -10,11 +10,11 @@ Events are streamed from the state in Arrow batches: memory is bounded by a batc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NamedTuple
 
 import orjson
 
+from . import __version__
 from .config import SyncConfig
 from .rudderstack import OutgoingEvent
 from .state import SyncState
@@ -23,11 +23,7 @@ READ_BATCH_ROWS = 20_000
 # Between a change's per-row fields and its properties/traits JSON (see `diff._render_sql`).
 EXTRAS_SEP = "\x1e"
 LIBRARY_NAME = "rudder_sync"
-
-try:
-    LIBRARY_VERSION = version("rudder_sync")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    LIBRARY_VERSION = "0+unknown"
+LIBRARY_VERSION = __version__
 
 _LIBRARY = {"name": LIBRARY_NAME, "version": LIBRARY_VERSION}
 _LIBRARY_MEMBER = orjson.dumps({"library": _LIBRARY}).decode()[:-1]  # without the closing }

@@ -15,7 +15,6 @@ RudderStack's messageId de-duplication relies on).
 
 import base64
 import email.utils
-import importlib.metadata
 import ipaddress
 import logging
 import random
@@ -27,12 +26,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
+from typing import TypeAlias
 
 import dagster as dg
 import httpx
 import orjson
 from pydantic import Field
 
+from . import __version__
 from .errors import (
     RudderstackAuthError,
     RudderstackConfigError,
@@ -57,12 +58,18 @@ _MAX_BODY_IN_MESSAGE = 200
 _CUT_AFTER_429S = 2
 _SPLIT_AFTER_429S = 3
 
+# The caller's ID of the change an event carries (rudder_sync's pending change ID).
+ChangeId: TypeAlias = int
+
 
 @dataclass(frozen=True, slots=True)
 class OutgoingEvent:
-    """One event to deliver; ``body`` is its JSON object, sent byte-for-byte."""
+    """One event to deliver; ``body`` is its JSON object, sent byte-for-byte.
 
-    ref: object
+    ``ref`` tells the caller which of its changes the event carries; it comes back in outcomes.
+    """
+
+    ref: ChangeId
     message_id: str
     body: bytes
 
@@ -389,11 +396,7 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 def _user_agent() -> str:
-    try:
-        version = importlib.metadata.version("rudder_sync")
-    except importlib.metadata.PackageNotFoundError:
-        version = "dev"
-    return f"rudder_sync/{version} (reverse ETL) httpx/{httpx.__version__}"
+    return f"rudder_sync/{__version__} (reverse ETL) httpx/{httpx.__version__}"
 
 
 def _short(text: str) -> str:
