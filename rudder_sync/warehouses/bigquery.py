@@ -31,7 +31,6 @@ from .base import BATCH_ROWS, WarehouseError, WarehouseResource, guarded, stream
 from .sql import bind
 from .vendor import JSON, batches_of, first_line, plain_type, utc_datetime
 
-_JSON_EXTENSION = b"google:sqlType:json"
 _FIXES = (
     ("Not found: Dataset", "check the dataset name and location; the service account needs "
      "roles/bigquery.dataViewer on it"),
