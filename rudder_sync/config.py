@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._compat import is_valid_cron_string
 from .errors import ConfigError
+from .rudderstack import setting_field
 from .warehouses.settings import WarehouseSettings, WarehouseSettingsError, parse_warehouse
 from .warehouses.sql import ModelSqlError, check_query
 
@@ -242,17 +243,18 @@ class SyncConfig(BaseModel):
 
 
 class DeliveryConfig(BaseModel):
-    """How events are sent (the RudderStack resource's settings); the secrets stay in env vars."""
+    """How events are sent: RudderstackResource settings of the same names, with its defaults and
+    bounds (rudderstack.py); the secrets stay in env vars."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_in_flight: int = Field(default=4, ge=1, le=64)
-    max_request_kb: int = Field(default=4000, ge=1, le=4000)
-    request_timeout_seconds: float = Field(default=30.0, gt=0)
-    retry_max_seconds: float = Field(default=120.0, ge=0)
-    allow_insecure_http: bool = False
+    max_in_flight: int = setting_field("max_in_flight")
+    max_request_kb: int = setting_field("max_request_kb")
+    request_timeout_seconds: float = setting_field("request_timeout_seconds")
+    retry_max_seconds: float = setting_field("retry_max_seconds")
+    allow_insecure_http: bool = setting_field("allow_insecure_http")
     # A plan's rate limit, e.g. 16 for 1,000 events/minute; None: no pacing.
-    max_events_per_second: float | None = Field(default=None, gt=0)
+    max_events_per_second: float | None = setting_field("max_events_per_second")
 
 
 class ProjectConfig(BaseModel):
@@ -265,9 +267,6 @@ class ProjectConfig(BaseModel):
     syncs: dict[str, SyncConfig]
     delivery: DeliveryConfig = DeliveryConfig()
     source: Path | None = None
-
-    def sync(self, name: str) -> SyncConfig:
-        return self.syncs[name]
 
 
 def default_config_path() -> Path:

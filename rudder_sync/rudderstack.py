@@ -17,6 +17,7 @@ import base64
 import email.utils
 import ipaddress
 import logging
+import operator
 import random
 import ssl
 import threading
@@ -26,7 +27,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import dagster as dg
 import httpx
@@ -133,6 +134,35 @@ class _Batch:
     size: int = _OVERHEAD
 
 
+_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum"}  # pydantic -> JSON schema
+_BOUND_OK = {"ge": operator.ge, "gt": operator.gt, "le": operator.le}
+_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<="}
+
+
+def _bounded(default: Any, description: str, **bounds: float) -> Any:
+    """A numeric setting whose bounds (``ge``, ``gt``, ``le``) sit in its JSON schema.
+
+    Not enforced on construction: a resource out of bounds fails as RudderstackConfigError when
+    its delivery starts. Models that carry the setting enforce them with `setting_field`.
+    """
+    schema = {_BOUNDS[op]: limit for op, limit in bounds.items()}
+    return Field(default=default, description=description, json_schema_extra=schema)
+
+
+def setting_bounds(name: str) -> dict[str, float]:
+    """A RudderstackResource setting's bounds, as pydantic Field keywords (ge, gt, le)."""
+    schema = RudderstackResource.model_fields[name].json_schema_extra
+    if not isinstance(schema, dict):
+        return {}
+    return {op: schema[key] for op, key in _BOUNDS.items() if key in schema}  # type: ignore[misc]
+
+
+def setting_field(name: str) -> Any:
+    """A Field with a RudderstackResource setting's default and enforced bounds, for a model that
+    carries the setting (config.DeliveryConfig)."""
+    return Field(default=RudderstackResource.model_fields[name].default, **setting_bounds(name))
+
+
 class RudderstackResource(dg.ConfigurableResource):
     """Sends events to a RudderStack data plane; without ``data_plane_url`` it is a dry run.
 
@@ -147,31 +177,37 @@ class RudderstackResource(dg.ConfigurableResource):
     write_key: str | None = Field(
         default=None, repr=False, description="Write key of the RudderStack source (secret)."
     )
-    max_request_kb: int = Field(
-        default=4000,
-        description="Largest uncompressed request body, in KiB "
-        "(rudder-server Gateway.maxReqSizeInKB).",
+    # Bounds are on the fields (`_bounded`): checked when a delivery starts, and by the sync
+    # YAML's `delivery` (config.DeliveryConfig takes its defaults and bounds from here).
+    max_request_kb: int = _bounded(
+        4000,
+        "Largest uncompressed request body, in KiB (rudder-server Gateway.maxReqSizeInKB).",
+        ge=1,
+        le=4000,
     )
-    max_in_flight: int = Field(default=4, description="Concurrent requests.")
-    request_timeout_seconds: float = Field(default=30.0, description="Timeout of one request.")
-    retry_max_seconds: float = Field(
-        default=120.0,
-        description="How long a request may keep being retried while no request of the "
-        "delivery gets through; then the delivery fails. Progress restarts the clock.",
+    max_in_flight: int = _bounded(4, "Concurrent requests.", ge=1, le=64)
+    request_timeout_seconds: float = _bounded(30.0, "Timeout of one request.", gt=0)
+    retry_max_seconds: float = _bounded(
+        120.0,
+        "How long a request may keep being retried while no request of the delivery gets "
+        "through; then the delivery fails. Progress restarts the clock.",
+        ge=0,
     )
-    backoff_initial_seconds: float = Field(default=0.5, description="First retry wait.")
-    backoff_max_seconds: float = Field(default=30.0, description="Longest retry wait.")
+    backoff_initial_seconds: float = _bounded(0.5, "First retry wait.", ge=0)
+    backoff_max_seconds: float = _bounded(30.0, "Longest retry wait.", ge=0)
     gzip: bool = Field(default=True, description="Compress request bodies.")
-    first_contact_seconds: float = Field(
-        default=10.0,
-        description="Until the data plane has answered once in a run, a refused connection or a "
-        "name that does not resolve is most likely a wrong URL, not an outage: give up after "
-        "this long instead of retry_max_seconds. Also caps the connect timeout.",
+    first_contact_seconds: float = _bounded(
+        10.0,
+        "Until the data plane has answered once in a run, a refused connection or a name that "
+        "does not resolve is most likely a wrong URL, not an outage: give up after this long "
+        "instead of retry_max_seconds. Also caps the connect timeout.",
+        gt=0,
     )
-    max_events_per_second: float | None = Field(
-        default=None,
-        description="Pace sending to at most this many events per second, to stay under a "
-        "plan's rate limit. None: no limit.",
+    max_events_per_second: float | None = _bounded(
+        None,
+        "Pace sending to at most this many events per second, to stay under a plan's rate "
+        "limit. None: no limit.",
+        gt=0,
     )
     allow_insecure_http: bool = Field(
         default=False, description="Allow plain http:// to hosts other than loopback."
@@ -206,19 +242,14 @@ class RudderstackResource(dg.ConfigurableResource):
             delivery.close()
 
     def _check_numbers(self) -> None:
-        """Refuse settings that would hang or never send anything."""
-        if self.max_request_kb < 1 or self.max_in_flight < 1:
-            raise RudderstackConfigError("max_request_kb and max_in_flight must be at least 1")
-        if self.request_timeout_seconds <= 0 or self.retry_max_seconds < 0:
-            raise RudderstackConfigError(
-                "request_timeout_seconds must be > 0 and retry_max_seconds >= 0"
-            )
-        if self.backoff_initial_seconds < 0 or self.backoff_max_seconds < 0:
-            raise RudderstackConfigError("backoff seconds must be >= 0")
-        if self.first_contact_seconds <= 0:
-            raise RudderstackConfigError("first_contact_seconds must be > 0")
-        if self.max_events_per_second is not None and self.max_events_per_second <= 0:
-            raise RudderstackConfigError("max_events_per_second must be > 0 (or unset: no limit)")
+        """Refuse settings out of their bounds: they would hang, never send, or be refused."""
+        for name, info in type(self).model_fields.items():
+            bounds, value = setting_bounds(name), getattr(self, name)
+            if value is None or all(_BOUND_OK[op](value, limit) for op, limit in bounds.items()):
+                continue
+            wanted = " and ".join(f"{_BOUND_TEXT[op]} {limit:g}" for op, limit in bounds.items())
+            unset = " (or unset: no limit)" if info.default is None else ""
+            raise RudderstackConfigError(f"{name} must be {wanted}{unset}")
 
     def _endpoint(self) -> str:
         """The batch URL, after checking scheme, host and transport security."""
