@@ -247,23 +247,42 @@ def parse_warehouse(raw: Any, where: str, base: Path) -> WarehouseSettings:
 
 def _value(where: str, cls: type[WarehouseSettings], key: str, value: Any) -> Any:
     """`{env: NAME}` checked for being set; secrets refused when written literally."""
+    return setting_value(where, key, value, secret=key in cls.secrets)
+
+
+def setting_value(
+    where: str,
+    key: str,
+    value: Any,
+    *,
+    secret: bool = False,
+    must_be_set: bool = True,
+    env_hint: str | None = None,
+) -> Any:
+    """One YAML value that may be written `{env: NAME}`: an `EnvRef`, or the literal value.
+
+    `must_be_set`: the variable must be set when the definitions load. `secret`: a literal
+    value is refused (it would sit in the YAML, and in Dagster's storage and UI).
+    `env_hint` is the variable name the fixes suggest (default: the key in capitals).
+    """
+    hint = env_hint or key.upper()
     if isinstance(value, Mapping):
         if set(value) != {"env"} or not isinstance(value["env"], str) or not value["env"].strip():
             raise WarehouseSettingsError(
                 f"{where}: key '{key}' must be a value or {{env: NAME}}. Fix: e.g. "
-                f"'{key}: {{env: {key.upper()}}}'."
+                f"'{key}: {{env: {hint}}}'."
             )
         ref = EnvRef(env=value["env"].strip())
-        if not ref.value().strip():
+        if must_be_set and not ref.value().strip():
             raise WarehouseSettingsError(
                 f"{where}: key '{key}' reads environment variable {ref.env}, which is not set. "
                 f"Fix: export {ref.env}=... before loading the definitions."
             )
         return ref
-    if key in cls.secrets and value is not None:
+    if secret and value is not None:
         raise WarehouseSettingsError(
             f"{where}: key '{key}' is a secret written in the YAML. Fix: write "
-            f"'{key}: {{env: {key.upper()}}}' and export {key.upper()} instead."
+            f"'{key}: {{env: {hint}}}' and export {hint} instead."
         )
     return value
 
