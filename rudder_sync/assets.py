@@ -31,6 +31,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from .config import IO_MANAGER_KEY as IO_MANAGER_KEY  # the default key, re-exported
 from .config import SyncConfig
 from .diff import DiffMode
 from .errors import RudderSyncError
@@ -64,8 +65,6 @@ from .warehouses import WarehouseError, WarehouseResource
 
 if TYPE_CHECKING:
     from ._compat import UnresolvedAssetJobDefinition
-
-IO_MANAGER_KEY = "rudder_sync_io_manager"
 
 
 def asset_key(sync: SyncConfig, step: str) -> AssetKey:
@@ -132,21 +131,26 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
     def windows(context: AssetExecutionContext) -> list[WindowSpec]:
         return windows_for(partitions, context.partition_keys) if partitions else []
 
+    # The sync's resources, under the keys its project's definitions gave them (a named
+    # destination is `rudderstack_<name>`; several projects in one location may suffix them).
+    def rudderstack_of(context: AssetExecutionContext) -> RudderstackResource:
+        return getattr(context.resources, sync.rudderstack_key)
+
+    def warehouse_of(context: AssetExecutionContext) -> WarehouseResource:
+        return getattr(context.resources, sync.warehouse_key)
+
     @asset(
         key=asset_key(sync, "snapshot"),
         deps=upstream,
         kinds={"duckdb"},
         description=f"Result of the model of sync '{sync.name}', stored in its state.",
         automation_condition=automation,
+        required_resource_keys={sync.warehouse_key, sync.rudderstack_key},
         **common,
     )
-    def snapshot(
-        context: AssetExecutionContext,
-        warehouse: WarehouseResource,
-        rudderstack: RudderstackResource,
-    ) -> MaterializeResult:
-        with _open_state(sync, state_dir, rudderstack) as state:
-            taken = take_snapshot(state, sync, warehouse, partitions, windows(context))
+    def snapshot(context: AssetExecutionContext) -> MaterializeResult:
+        with _open_state(sync, state_dir, rudderstack_of(context)) as state:
+            taken = take_snapshot(state, sync, warehouse_of(context), partitions, windows(context))
         for key, rows in taken.rows_by_window.items():
             context.log.info(f"sync '{sync.name}'{in_window(key)}: model returned {rows} rows")
         return MaterializeResult(
@@ -159,7 +163,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         key=diff_key,
         deps=[snapshot],
         kinds={"duckdb", "pandas"},
-        io_manager_key=IO_MANAGER_KEY,
+        io_manager_key=sync.io_manager_key,
         description=f"Rows added, changed or removed since the last delivery of '{sync.name}'.",
         automation_condition=automation,
         check_specs=[
@@ -176,13 +180,14 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                 description="Rows left out: null or duplicate primary key, no user/anonymous ID.",
             ),
         ],
+        required_resource_keys={sync.rudderstack_key},
         **common,
     )
     def diff(
-        context: AssetExecutionContext, config: DiffRunConfig, rudderstack: RudderstackResource
+        context: AssetExecutionContext, config: DiffRunConfig
     ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
         mode = _diff_mode(sync, config)
-        with _open_state(sync, state_dir, rudderstack) as state:
+        with _open_state(sync, state_dir, rudderstack_of(context)) as state:
             result = run_diff(
                 state, sync, windows(context), mode, datetime.now(UTC), config.retry_quarantined
             )
@@ -212,7 +217,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         key=events_key,
         deps=[diff],
         kinds={"rudderstack"},
-        io_manager_key=IO_MANAGER_KEY,
+        io_manager_key=sync.io_manager_key,
         description=f"Events of '{sync.name}' delivered to RudderStack (one row per event).",
         automation_condition=automation,
         check_specs=[
@@ -228,11 +233,13 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                 "sent until the row changes or run config retry_quarantined re-admits them.",
             ),
         ],
+        required_resource_keys={sync.rudderstack_key},
         **common,
     )
     def events(
-        context: AssetExecutionContext, config: SyncRunConfig, rudderstack: RudderstackResource
+        context: AssetExecutionContext, config: SyncRunConfig
     ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
+        rudderstack = rudderstack_of(context)
         sender = (
             rudderstack.model_copy(update={"data_plane_url": None})
             if config.dry_run
@@ -243,7 +250,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
             moved_from = _settle_destination(context, sync, state, sender, config)
             samples = sample_payloads(state, sync, specs[0].key if specs else None)
             if sender.dry_run:
-                announce_dry_run(context.log, sync, *_dry_run_reason(config), samples)
+                announce_dry_run(context.log, sync, *_dry_run_reason(sync, config), samples)
             done = deliver_windows(
                 state,
                 sync,
@@ -273,14 +280,15 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
     return [snapshot, diff, events]
 
 
-def _dry_run_reason(config: SyncRunConfig) -> tuple[str, str]:
-    """Why nothing is sent, and how to send: for the dry run's announcement."""
+def _dry_run_reason(sync: SyncConfig, config: SyncRunConfig) -> tuple[str, str]:
+    """Why nothing is sent, and how to send: for the dry run's announcement. A sync names its
+    own destination's variables (RUDDERSTACK_* for the default destination)."""
     if config.dry_run:
         return "run config dry_run is true", ""
-    return (
-        "RUDDERSTACK_DATA_PLANE_URL is not set",
-        " Set it and RUDDERSTACK_WRITE_KEY to deliver.",
-    )
+    destination = sync.destination_config
+    named = "" if destination.name is None else f" (destination '{destination.name}')"
+    url = destination.url_env or "its data_plane_url"
+    return f"{url} is not set{named}", f" Set it and {destination.write_key.env} to deliver."
 
 
 def _diff_mode(sync: SyncConfig, config: DiffRunConfig) -> DiffMode:

@@ -11,7 +11,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from dagster import (
@@ -89,16 +90,19 @@ def build_trigger_sensor(
         return None
     partitions = partitions_definition(sync.partitions) if sync.partitions else None
 
+    warehouse_key = sync.warehouse_key  # the sync's warehouse, under its key in the location
+
     @sensor(
         name=f"{sync.name}_trigger",
         job=job,
         minimum_interval_seconds=trigger.every_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Runs sync '{sync.name}' when `{trigger.sql}` answers something new.",
+        required_resource_keys={warehouse_key},
     )
-    def trigger_sensor(
-        context: SensorEvaluationContext, warehouse: WarehouseResource
-    ) -> RunRequest | SkipReason:
+    def trigger_sensor(context: SensorEvaluationContext, **_: Any) -> RunRequest | SkipReason:
+        # (Called directly, as in tests, a sensor also gets its resources as keyword arguments.)
+        warehouse: WarehouseResource = getattr(context.resources, warehouse_key)
         with warehouse.read_model(trigger.sql) as reader:
             answer = orjson.dumps(reader.read_all().to_pylist(), default=str).decode()
         if context.cursor is None:
@@ -122,8 +126,13 @@ def build_trigger_sensor(
     return trigger_sensor
 
 
+@cache
 def build_failure_sensor() -> SensorDefinition:
-    """Watches every job of the code location: the sync jobs and ad-hoc materializations."""
+    """Watches every job of the code location: the sync jobs and ad-hoc materializations.
+
+    Defined once per code location (`definitions.CodeLocationResources`), and one object for
+    the whole process, so that `Definitions.merge` of two projects' definitions keeps it once.
+    """
 
     @run_failure_sensor(
         name=FAILURE_SENSOR_NAME,

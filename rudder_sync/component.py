@@ -3,8 +3,13 @@
 The attributes are the sync YAML document itself (`warehouse`, `state`, `syncs`), validated by
 `config.parse_config` and built by `definitions.build_definitions`, so a sync declared here gets the
 same checks, messages, assets, jobs, schedules and sensors as one in `RUDDER_SYNC_CONFIG`.
+
+Several instances may share a code location: they add their resources to one
+`CodeLocationResources` per load, so equal resources are defined once and different ones (another
+warehouse, state folder or destination) get keys of their own, suffixed with the folder's name.
 """
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +37,7 @@ from .config import (
     UniqueKeyLoader,
     parse_config,
 )
-from .definitions import build_definitions, rudderstack_from_env
+from .definitions import CodeLocationResources, build_definitions, namespace_of
 
 DEFS_FILES = ("defs.yaml", "defs.yml", "component.yaml")
 
@@ -69,6 +74,35 @@ SyncsAttribute = Annotated[
 ]
 
 
+class EnvValue(BaseModel):
+    """`{env: NAME}`: a value read from an environment variable, through Dagster's EnvVar."""
+
+    model_config = ConfigDict(extra="forbid", title="EnvValue")
+
+    env: str
+
+
+class RudderstackDestination(BaseModel):
+    """One RudderStack source to deliver to; its write key only from the environment."""
+
+    model_config = ConfigDict(extra="forbid", title="RudderstackDestination")
+
+    data_plane_url: str | EnvValue = Field(
+        description="The data plane URL, or {env: NAME} (unset or empty at load: its syncs are "
+        "dry runs)."
+    )
+    write_key: EnvValue = Field(
+        description="{env: NAME}: the variable holding the source's write key (never literal)."
+    )
+
+
+# Taken verbatim too, so that `parse_config` names the destination and the key of a mistake.
+DestinationsAttribute = Annotated[
+    Any,
+    PlainValidator(lambda value: value, json_schema_input_type=dict[str, RudderstackDestination]),
+]
+
+
 class RudderstackSyncAttributes(Model):
     """The attributes of `RudderstackSyncComponent` in `defs.yaml`: the sync YAML's top level."""
 
@@ -90,6 +124,13 @@ class RudderstackSyncAttributes(Model):
         description="How events are sent (in-flight requests, body limit, timeouts, retry "
         "budget), as the sync YAML's 'delivery'.",
     )
+    destinations: DestinationsAttribute = Field(
+        default=None,
+        description="Named RudderStack destinations, as the sync YAML's 'destinations': name -> "
+        "{data_plane_url, write_key}, each {env: NAME}. A sync picks one with 'destination'; "
+        "without it, it sends to RUDDERSTACK_DATA_PLANE_URL.",
+        json_schema_extra={"propertyNames": {"pattern": SYNC_NAME_PATTERN.pattern}},
+    )
     syncs: SyncsAttribute = Field(
         description="Sync name (snake_case; also the job name, asset key prefix and group) -> "
         "the sync, with the keys of the sync YAML. Taken verbatim: no templating inside.",
@@ -104,7 +145,8 @@ class RudderstackSyncComponent(Component, Resolvable):
     Each sync becomes the assets `<sync>/snapshot`, `<sync>/diff` and `<sync>/events` with their
     checks, a job of the sync's name, and its schedule and trigger sensor when configured; the
     component adds the resources, the in-process executor and the failure sensor. Events go to
-    `RUDDERSTACK_DATA_PLANE_URL` with `RUDDERSTACK_WRITE_KEY`; without a URL, syncs are dry runs.
+    `RUDDERSTACK_DATA_PLANE_URL` with `RUDDERSTACK_WRITE_KEY`, or to the sync's `destination`;
+    a destination without a URL is a dry run.
     """
 
     syncs: Annotated[Mapping[str, Any], Resolver(_verbatim, inject_before_resolve=False)]
@@ -113,6 +155,9 @@ class RudderstackSyncComponent(Component, Resolvable):
     ] = None
     state: str | None = None
     delivery: Annotated[
+        Mapping[str, Any] | None, Resolver(_verbatim, inject_before_resolve=False)
+    ] = None
+    destinations: Annotated[
         Mapping[str, Any] | None, Resolver(_verbatim, inject_before_resolve=False)
     ] = None
 
@@ -138,6 +183,8 @@ class RudderstackSyncComponent(Component, Resolvable):
             raw["state"] = self.state
         if self.delivery is not None:
             raw["delivery"] = dict(self.delivery)
+        if self.destinations is not None:
+            raw["destinations"] = dict(self.destinations)
         return parse_config(raw, base_dir=base_dir.resolve(), source=source)
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
@@ -147,7 +194,36 @@ class RudderstackSyncComponent(Component, Resolvable):
         if source is not None:
             _check_unique_keys(source)
         project = self.project(folder, source)
-        return build_definitions(project, rudderstack_from_env(project.delivery))
+        return build_definitions(
+            project,
+            code_location=_code_location(context),
+            namespace=_namespace(context, folder),
+        )
+
+
+# One per load of a code location (its component tree): a new load starts afresh, and a rebuild
+# within a load finds its own entries (same keys, same sync names, the same failure sensor).
+_CODE_LOCATIONS: "weakref.WeakKeyDictionary[Any, CodeLocationResources]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _code_location(context: ComponentLoadContext) -> CodeLocationResources:
+    """The resources shared by the components of this load (the component tree)."""
+    tree = getattr(context, "component_tree", None)
+    tracker = getattr(tree, "state_tracker", None)  # a plain object, one per tree
+    if tracker is None:
+        return CodeLocationResources()
+    return _CODE_LOCATIONS.setdefault(tracker, CodeLocationResources())
+
+
+def _namespace(context: ComponentLoadContext, folder: Path) -> str:
+    """The component's folder under defs/, e.g. `eu_syncs` (a suffix for keys of its own)."""
+    try:
+        relative = folder.resolve().relative_to(Path(context.defs_module_path).resolve())
+    except (ValueError, TypeError, AttributeError):
+        relative = Path(folder.name)
+    return namespace_of("_".join(relative.parts) or folder.name)
 
 
 def _check_unique_keys(path: Path) -> None:

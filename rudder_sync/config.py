@@ -17,12 +17,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ._compat import is_valid_cron_string
 from .errors import ConfigError
 from .rudderstack import setting_field
-from .warehouses.settings import WarehouseSettings, WarehouseSettingsError, parse_warehouse
+from .warehouses.settings import (
+    EnvRef,
+    WarehouseSettings,
+    WarehouseSettingsError,
+    parse_warehouse,
+    setting_value,
+)
 from .warehouses.sql import ModelSqlError, check_query
 
 CONFIG_ENV_VAR = "RUDDER_SYNC_CONFIG"
@@ -50,6 +56,13 @@ CALL_COLUMN_KEYS: dict[str, tuple[str, str]] = {
 RESERVED_CONTEXT = ("library", "traits")  # rudder_sync writes these context fields itself
 Cadence = Literal["hourly", "daily", "weekly", "monthly"]
 PARTITION_PARAMETERS = ("partition_start", "partition_end")
+# The default destination, used by syncs without `destination:`.
+DATA_PLANE_URL_ENV_VAR = "RUDDERSTACK_DATA_PLANE_URL"
+WRITE_KEY_ENV_VAR = "RUDDERSTACK_WRITE_KEY"
+# Resource keys of a project's definitions; a named destination's is `rudderstack_<name>`.
+WAREHOUSE_KEY = "warehouse"
+RUDDERSTACK_KEY = "rudderstack"
+IO_MANAGER_KEY = "rudder_sync_io_manager"
 
 
 class PartitionsConfig(BaseModel):
@@ -131,6 +144,13 @@ class SyncConfig(BaseModel):
     max_attempts: int | None = Field(default=5, ge=1)
     # Partitioned syncs: mixed into every deterministic messageId, to re-send windows on purpose.
     message_id_salt: str | None = None
+    # A name under the project's `destinations`; None: the default (RUDDERSTACK_* env vars).
+    destination: str | None = None
+
+    # Not YAML keys: bound by `parse_config` (the destination) and by the definitions (resource
+    # keys that differ from the plain ones when several projects share a code location).
+    _destination_config: DestinationConfig | None = PrivateAttr(default=None)
+    _resource_keys: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("schedule")
     @classmethod
@@ -173,6 +193,41 @@ class SyncConfig(BaseModel):
         if not value.strip():
             raise ValueError("is empty; write the SELECT query that returns the rows to sync")
         return value
+
+    @property
+    def rudderstack_key(self) -> str:
+        """The resource key of the RudderstackResource that the sync's assets deliver with."""
+        default = (
+            RUDDERSTACK_KEY if self.destination is None else f"{RUDDERSTACK_KEY}_{self.destination}"
+        )
+        return self._resource_keys.get(RUDDERSTACK_KEY, default)
+
+    @property
+    def warehouse_key(self) -> str:
+        """The resource key of the warehouse the sync's model (and trigger) read."""
+        return self._resource_keys.get(WAREHOUSE_KEY, WAREHOUSE_KEY)
+
+    @property
+    def io_manager_key(self) -> str:
+        """The IO manager key of the sync's diff and events outputs."""
+        return self._resource_keys.get(IO_MANAGER_KEY, IO_MANAGER_KEY)
+
+    @property
+    def destination_config(self) -> DestinationConfig:
+        """Where the sync delivers: its named destination, or the default one."""
+        return self._destination_config or DEFAULT_DESTINATION
+
+    def bound(
+        self,
+        destination: DestinationConfig | None = None,
+        resource_keys: Mapping[str, str] | None = None,
+    ) -> SyncConfig:
+        """A copy bound to its destination and/or to resource keys (WAREHOUSE_KEY,
+        RUDDERSTACK_KEY, IO_MANAGER_KEY -> the key to use instead)."""
+        copy = self.model_copy()
+        copy._destination_config = destination or self._destination_config
+        copy._resource_keys = {**self._resource_keys, **(resource_keys or {})}
+        return copy
 
     @property
     def id_columns(self) -> list[str]:
@@ -242,6 +297,38 @@ class SyncConfig(BaseModel):
         return change_type in self.effective_send_on
 
 
+class DestinationConfig(BaseModel):
+    """A RudderStack source to deliver to: a data plane URL and a write key.
+
+    The write key only ever comes from the environment. A URL from an environment variable that is
+    unset or empty makes the destination a dry run (for its syncs only).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None  # None: the default destination
+    data_plane_url: str | EnvRef
+    write_key: EnvRef
+
+    @property
+    def resource_key(self) -> str:
+        """The plain resource key of this destination's RudderstackResource."""
+        return RUDDERSTACK_KEY if self.name is None else f"{RUDDERSTACK_KEY}_{self.name}"
+
+    @property
+    def url_env(self) -> str | None:
+        """The environment variable holding the URL; None when the YAML has the URL itself."""
+        return self.data_plane_url.env if isinstance(self.data_plane_url, EnvRef) else None
+
+
+DEFAULT_DESTINATION = DestinationConfig(
+    name=None,
+    data_plane_url=EnvRef(env=DATA_PLANE_URL_ENV_VAR),
+    write_key=EnvRef(env=WRITE_KEY_ENV_VAR),
+)
+DESTINATION_KEYS = ("data_plane_url", "write_key")
+
+
 class DeliveryConfig(BaseModel):
     """How events are sent: RudderstackResource settings of the same names, with its defaults and
     bounds (rudderstack.py); the secrets stay in env vars."""
@@ -266,6 +353,7 @@ class ProjectConfig(BaseModel):
     state: Path
     syncs: dict[str, SyncConfig]
     delivery: DeliveryConfig = DeliveryConfig()
+    destinations: dict[str, DestinationConfig] = {}
     source: Path | None = None
 
 
@@ -325,7 +413,10 @@ def parse_config(
             "Fix: see the YAML reference in the README."
         )
     _check_keys(
-        raw, {"warehouse", "state", "syncs", "delivery"}, f"{where}: top level", required=("syncs",)
+        raw,
+        {"warehouse", "state", "syncs", "delivery", "destinations"},
+        f"{where}: top level",
+        required=("syncs",),
     )
     base = base_dir or Path.cwd()
     try:
@@ -334,6 +425,7 @@ def parse_config(
         raise ConfigError(str(exc)) from None
     state = _path_value(raw.get("state", ".rudder_sync"), "state", where, base)
 
+    destinations = parse_destinations(raw.get("destinations"), where)
     syncs_raw = raw["syncs"]
     if not isinstance(syncs_raw, Mapping) or not syncs_raw:
         raise ConfigError(
@@ -351,7 +443,7 @@ def parse_config(
                 "Fix: give every sync a unique name."
             )
         seen_lower[key] = sync.name
-        syncs[sync.name] = sync
+        syncs[sync.name] = _bind_destination(sync, destinations)
     delivery_raw = raw.get("delivery") or {}
     if not isinstance(delivery_raw, Mapping):
         raise ConfigError(f"{where}: key 'delivery' must be a mapping. Fix: see the README.")
@@ -366,7 +458,103 @@ def parse_config(
         )
         raise ConfigError(detail) from None
     return ProjectConfig(
-        warehouse=warehouse, state=state, syncs=syncs, delivery=delivery, source=source
+        warehouse=warehouse,
+        state=state,
+        syncs=syncs,
+        delivery=delivery,
+        destinations=destinations,
+        source=source,
+    )
+
+
+def parse_destinations(raw: Any, where: str = "sync config") -> dict[str, DestinationConfig]:
+    """The `destinations:` section: name -> {data_plane_url, write_key}, secrets from the env.
+
+    The variables are not read here: a URL variable that is unset makes a dry run, and the
+    definitions check the URL and the key when they load (`definitions.rudderstack_for`).
+    """
+    if raw is None:
+        return {}
+    example = "'eu: {data_plane_url: {env: RS_EU_URL}, write_key: {env: RS_EU_WRITE_KEY}}'"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{where}: key 'destinations' must map destination names to their data plane URL "
+            f"and write key. Fix: e.g. {example}."
+        )
+    destinations: dict[str, DestinationConfig] = {}
+    for name, body in raw.items():
+        prefix = f"destination '{name}'"
+        if not isinstance(name, str) or not SYNC_NAME_PATTERN.match(name):
+            raise ConfigError(
+                f"{prefix}: bad destination name. It is part of the resource key "
+                f"'{RUDDERSTACK_KEY}_<name>', so it must be snake_case: a lowercase letter, then "
+                "lowercase letters, digits or underscores (at most 63). Fix: rename it, e.g. "
+                f"'{_suggest_name(str(name))}'."
+            )
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{prefix}: expected a mapping of keys. Fix: e.g. {example}.")
+        _check_keys(body, set(DESTINATION_KEYS), prefix, required=DESTINATION_KEYS)
+        env = f"RS_{name.upper()}"
+        try:
+            url = setting_value(
+                prefix,
+                "data_plane_url",
+                body["data_plane_url"],
+                must_be_set=False,
+                env_hint=f"{env}_URL",
+            )
+            key = setting_value(
+                prefix,
+                "write_key",
+                body["write_key"],
+                secret=True,
+                must_be_set=False,
+                env_hint=f"{env}_WRITE_KEY",
+            )
+        except WarehouseSettingsError as exc:
+            raise ConfigError(str(exc)) from None
+        if isinstance(url, str) and not url.strip():
+            raise ConfigError(
+                f"{prefix}: key 'data_plane_url' is blank. Fix: write the data plane's URL, or "
+                f"'data_plane_url: {{env: {env}_URL}}' (unset or empty: a dry run)."
+            )
+        if not isinstance(url, (str, EnvRef)):
+            raise ConfigError(
+                f"{prefix}: key 'data_plane_url' must be a URL or {{env: NAME}} (got {url!r}). "
+                f"Fix: e.g. 'data_plane_url: {{env: {env}_URL}}'."
+            )
+        if not isinstance(key, EnvRef):
+            raise ConfigError(
+                f"{prefix}: key 'write_key' must be {{env: NAME}} (got a {type(key).__name__}). "
+                f"Fix: write 'write_key: {{env: {env}_WRITE_KEY}}' and export {env}_WRITE_KEY."
+            )
+        destinations[name] = DestinationConfig(name=name, data_plane_url=url, write_key=key)
+    return destinations
+
+
+def _bind_destination(
+    sync: SyncConfig, destinations: Mapping[str, DestinationConfig]
+) -> SyncConfig:
+    """The sync bound to its named destination; an unknown name fails with a did-you-mean."""
+    if sync.destination is None:
+        return sync
+    destination = destinations.get(sync.destination)
+    if destination is not None:
+        return sync.bound(destination=destination)
+    prefix = f"sync '{sync.name}'"
+    default = f"remove the key to send to {DATA_PLANE_URL_ENV_VAR}"
+    if not destinations:
+        raise ConfigError(
+            f"{prefix}: key 'destination' is '{sync.destination}', but the config has no "
+            f"'destinations' section. Fix: declare it, e.g. 'destinations: {{{sync.destination}: "
+            "{data_plane_url: {env: ...}, write_key: {env: ...}}}', or " + default + "."
+        )
+    close = difflib.get_close_matches(sync.destination, sorted(destinations), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(
+        f"{prefix}: key 'destination' is '{sync.destination}', which is not under "
+        f"'destinations'{hint}. Fix: use one of {', '.join(sorted(destinations))}, or "
+        f"{default}."
     )
 
 
@@ -650,6 +838,7 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "max_attempts": "a number of failed attempts of at least 1 before a row is quarantined, "
         "or null to retry forever",
         "message_id_salt": "a text, e.g. 'resend-2024-06' (quote numbers)",
+        "destination": "name a destination under 'destinations' (or remove it for the default)",
     }
     fix = fixes.get(key.split(".")[0], "see the YAML reference in the README")
     if error["type"] == "literal_error" and key.startswith("events."):
