@@ -1,4 +1,5 @@
-"""The Dagster Component on the example `dg` project: `dg check`, parity with YAML, a real run."""
+"""The Dagster Component on the example `dg` project: `dg check`, parity with YAML, a real run,
+and several components in one code location."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from dagster import DagsterInstance, Definitions
+from dagster import DagsterInstance, Definitions, build_sensor_context
 
 from rudder_sync import RudderstackSyncComponent
 from rudder_sync.config import ConfigError, load_config, parse_config
@@ -22,7 +23,7 @@ from rudder_sync.definitions import build_definitions
 from rudder_sync.demo import DEMO_USERS
 
 from .gateway import TestGateway
-from .helpers import WRITE_KEY, rudderstack_for, write_project
+from .helpers import IDENTIFY_SYNC, WRITE_KEY, rudderstack_for, seed_users, write_project
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dg_project"
 DEFS_YAML = Path("src/rudder_demo/defs/user_sync/defs.yaml")
@@ -66,6 +67,8 @@ def load_project(monkeypatch: pytest.MonkeyPatch) -> Iterator[LoadProject]:
     monkeypatch.delenv("RUDDER_SYNC_CONFIG", raising=False)
     monkeypatch.delenv("RUDDERSTACK_DATA_PLANE_URL", raising=False)
     monkeypatch.delenv("RUDDERSTACK_WRITE_KEY", raising=False)
+    for name in ("RS_EU_URL", "RS_EU_KEY"):
+        monkeypatch.delenv(name, raising=False)
     yield load
     forget()
 
@@ -220,3 +223,108 @@ def _config_error(error: BaseException) -> ConfigError:
         current = current.__cause__ or current.__context__
     assert isinstance(current, ConfigError), f"no ConfigError behind {error!r}"
     return current
+
+
+# -- several components in one code location ----------------------------------------------------
+
+EU_KEY = "eu-write-key"
+# After `user_sync` in folder order. (Not `user_sync_eu`: `dg check yaml` 1.13.27 skips a folder
+# whose name starts with a sibling's name.)
+EU_DEFS_YAML = Path("src/rudder_demo/defs/users_eu/defs.yaml")
+
+
+def _add_eu_component(project: Path, syncs: dict[str, Any] | None = None) -> Path:
+    """A second component: its own warehouse, state folder, destination and syncs."""
+    seed_users(project / "eu_warehouse.duckdb", 3)
+    eu_sync = dict(IDENTIFY_SYNC, destination="eu", trigger={"sql": "select count(*) from users"})
+    document = {
+        "type": "rudder_sync.RudderstackSyncComponent",
+        "attributes": {
+            "warehouse": "{{ context.project_root }}/eu_warehouse.duckdb",
+            "state": "{{ context.project_root }}/.rudder_sync_eu",
+            "destinations": {
+                "eu": {"data_plane_url": {"env": "RS_EU_URL"}, "write_key": {"env": "RS_EU_KEY"}}
+            },
+            "syncs": syncs or {"eu_users": eu_sync},
+        },
+    }
+    path = project / EU_DEFS_YAML
+    path.parent.mkdir(parents=True)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def test_two_components_load_into_one_code_location_and_run(
+    tmp_path: Path, load_project: LoadProject, gateway: TestGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _copy_example(tmp_path)
+    runpy.run_path(str(project / "create_warehouse.py"), run_name="__main__")
+    _add_eu_component(project)
+    with TestGateway(write_key=EU_KEY) as eu:
+        monkeypatch.setenv("RUDDERSTACK_DATA_PLANE_URL", gateway.url)
+        monkeypatch.setenv("RUDDERSTACK_WRITE_KEY", WRITE_KEY)
+        monkeypatch.setenv("RS_EU_URL", eu.url)
+        monkeypatch.setenv("RS_EU_KEY", EU_KEY)
+        defs = load_project(project)
+        summary = _summary(defs)
+        # the first component (in folder order) keeps the plain keys; the second one's own
+        # warehouse and state get its folder's name; the equal default destination is shared
+        assert summary["resources"] == [
+            "rudder_sync_io_manager",
+            "rudder_sync_io_manager_users_eu",
+            "rudderstack",
+            "rudderstack_eu",
+            "warehouse",
+            "warehouse_users_eu",
+        ]
+        assert summary["jobs"] == ["eu_users", "user_events", "user_traits"]
+        assert summary["sensors"] == ["eu_users_trigger", "rudder_sync_failures"]
+        assert summary["executor"] == "in_process"
+
+        for job in ("user_events", "eu_users"):
+            result = defs.resolve_job_def(job).execute_in_process(
+                instance=DagsterInstance.ephemeral()
+            )
+            assert result.success
+        assert len(gateway.events) == DEMO_USERS - 1
+        assert {e["type"] for e in gateway.events} == {"track"}
+        assert sorted(e["userId"] for e in eu.events) == ["u1", "u2", "u3"]
+        assert {e["type"] for e in eu.events} == {"identify"}
+    assert (project / ".rudder_sync" / "user_events.duckdb").exists()
+    assert (project / ".rudder_sync_eu" / "eu_users.duckdb").exists()
+    assert not (project / ".rudder_sync" / "eu_users.duckdb").exists()
+
+    # the trigger reads the second component's warehouse, under its key
+    sensor = defs.get_repository_def().get_sensor_def("eu_users_trigger")
+    context = build_sensor_context(resources=defs.resources)
+    first = sensor.evaluate_tick(context)
+    assert "first evaluation: recorded the answer" in (first.skip_message or "")
+    assert "3" in (first.cursor or "")
+
+
+def test_a_sync_name_in_two_components_fails_naming_both(
+    tmp_path: Path, load_project: LoadProject
+) -> None:
+    project = _copy_example(tmp_path)
+    eu_path = _add_eu_component(project, syncs={"user_traits": IDENTIFY_SYNC})
+    with pytest.raises(Exception) as raised:
+        load_project(project)
+    message = str(_config_error(raised.value))
+    assert message == (
+        f"sync 'user_traits' is declared twice in this code location: in "
+        f"{(project / DEFS_YAML).resolve()} and in {eu_path.resolve()}. Fix: rename one of them; "
+        "a sync's name is its job name and asset key prefix, which must be unique in a code "
+        "location."
+    )
+
+
+def test_dg_check_yaml_checks_destinations(tmp_path: Path) -> None:
+    project = _copy_example(tmp_path)
+    path = _add_eu_component(project)
+    checked = _dg("check", "yaml", cwd=project, tmp_path=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    path.write_text(path.read_text().replace("write_key:", "write_kye:"))
+    checked = _dg("check", "yaml", cwd=project, tmp_path=tmp_path)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "attributes.destinations.eu" in checked.stdout
+    assert "'write_kye' was unexpected" in checked.stdout
