@@ -1,6 +1,6 @@
 """Assembles the Dagster definitions from the sync config named by RUDDER_SYNC_CONFIG.
 
-Loaded by `dagster dev` (pyproject's [tool.dagster]) and by
+Loaded by `dagster dev` (pyproject's [tool.dagster] and workspace.yaml) and by
 `dagster job execute -m rudder_sync.definitions -j NAME`. `build_definitions` is the one factory
 that both this module and the Dagster Component call.
 
