@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .config import CHANGE_TYPES, SyncConfig
-from .diff import REJECTED_SAMPLE as REJECTED_SAMPLE  # steps and reporting read it here too
 from .events import iter_outgoing_events
 from .rudderstack import ChangeId, DeliveryStats, RudderstackResource
 from .state import SyncState

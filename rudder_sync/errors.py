@@ -14,8 +14,9 @@ catch a branch for one concern. Each class stays importable from the module that
     └── RudderstackError                     rudderstack: delivery to RudderStack failed
         ├── RudderstackAuthError             the write key or the source was refused
         ├── RudderstackConfigError           the resource cannot work as configured
-        └── RudderstackUnavailableError      unreachable or overloaded for too long
-            └── RudderstackUnreachableError  never reached at all in this run
+        ├── RudderstackUnavailableError      unreachable or overloaded for too long
+        │   └── RudderstackUnreachableError  never reached at all in this run
+        └── WindowFailedError                steps: delivery stopped inside one window of a run
 
 The extra bases (ValueError, RuntimeError) are the ones these classes had before the tree; callers
 that catch those still do. This module imports nothing from the package and not Dagster.
@@ -83,3 +84,7 @@ class RudderstackUnreachableError(RudderstackUnavailableError):
 
 class RudderstackConfigError(RudderstackError):
     """The resource is configured in a way that cannot work (bad URL, missing key...)."""
+
+
+class WindowFailedError(RudderstackError):
+    """Delivery stopped inside one window of a multi-window run; the windows before it are done."""

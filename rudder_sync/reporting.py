@@ -20,8 +20,8 @@ from dagster import (
 )
 
 from .config import CHANGE_TYPES, SyncConfig
-from .delivery import REJECTED_SAMPLE, DeliveryReport
-from .diff import DiffSummary
+from .delivery import DeliveryReport
+from .diff import REJECTED_SAMPLE, DiffSummary
 from .guard import GuardVerdict
 
 PREVIEW_ROWS = 10

@@ -14,13 +14,20 @@ from dagster import TimeWindowPartitionsDefinition
 
 from .config import SyncConfig
 from .delivery import (
-    REJECTED_SAMPLE,
     DeliveryReport,
     deliver_pending,
     delivery_frame,
     pending_counts,
 )
-from .diff import DiffMode, DiffSummary, check_model_columns, compute_diff, pending_frame
+from .diff import (
+    REJECTED_SAMPLE,
+    DiffMode,
+    DiffSummary,
+    check_model_columns,
+    compute_diff,
+    pending_frame,
+)
+from .errors import WindowFailedError
 from .jsonvalues import column_types
 from .partitions import WindowSpec, diff_window, store_window_rows, window_table
 from .reporting import log_window_done
@@ -85,10 +92,6 @@ def run_diff(
         }
     frame = pending_frame(state, sync, [key for key in summaries if key])
     return DiffResult(summaries, frame, readmitted)
-
-
-class WindowFailedError(RudderstackError):
-    """Delivery stopped inside one window of a multi-window run; the windows before it are done."""
 
 
 @dataclass

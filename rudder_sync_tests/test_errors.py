@@ -17,6 +17,7 @@ from rudder_sync.rudderstack import (
     RudderstackUnreachableError,
 )
 from rudder_sync.state import StateError
+from rudder_sync.steps import WindowFailedError
 from rudder_sync.warehouses import WarehouseError
 from rudder_sync.warehouses.settings import WarehouseSettingsError
 from rudder_sync.warehouses.sql import ModelSqlError
@@ -34,6 +35,7 @@ TREE = [
     (RudderstackConfigError, RudderstackError),
     (RudderstackUnavailableError, RudderstackError),
     (RudderstackUnreachableError, RudderstackUnavailableError),
+    (WindowFailedError, RudderstackError),
 ]
 
 
