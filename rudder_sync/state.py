@@ -237,13 +237,8 @@ class SyncState:
         """
         if not change_ids:
             return 0
-        return self._commit(
-            "__rs_change_id in (select unnest(?::bigint[]))",
-            [list(change_ids)],
-            run_id,
-            status,
-            destination=destination,
-        )
+        where, params = _change_ids_filter(change_ids)
+        return self._commit(where, params, run_id, status, destination=destination)
 
     def commit_silent_changes(self, window: str | None = None) -> int:
         """Commit the changes that send no event (a first-run baseline, an unsent change type).
@@ -590,6 +585,29 @@ class SyncState:
 
     def close(self) -> None:
         self.conn.close()
+
+
+MAX_COMMIT_RANGES = 32
+
+
+def _change_ids_filter(change_ids: Sequence[int]) -> tuple[str, list[object]]:
+    """SQL choosing these changes of `pending`: ranges of consecutive IDs where they are few.
+
+    Accepted changes come back in change ID order, so a commit is usually one or a few runs of
+    consecutive IDs; `between` lets DuckDB skip row groups (0.5 ms against 14-19 ms for 20k IDs
+    through `in (unnest(...))` on a 1M-row pending table). Scattered IDs (many rejections in
+    between) keep the list.
+    """
+    ranges: list[list[int]] = []
+    for change_id in sorted(change_ids):
+        if ranges and change_id <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], change_id)
+        else:
+            ranges.append([change_id, change_id])
+    if len(ranges) > MAX_COMMIT_RANGES:
+        return "__rs_change_id in (select unnest(?::bigint[]))", [list(change_ids)]
+    where = " or ".join("__rs_change_id between ? and ?" for _ in ranges)
+    return f"({where})", [bound for pair in ranges for bound in pair]
 
 
 def in_window(window: str | None) -> str:

@@ -208,3 +208,21 @@ def test_windows_diff_against_the_previous_window_and_keep_their_own_pending(
             Window("2024-01-01", end, window_table("2024-01-01"), None),
             DiffMode(resync=True),
         )
+
+
+@pytest.mark.parametrize(
+    "accepted",
+    [
+        [1, 2, 3, 4],  # one run of consecutive IDs
+        [4, 1, 2, 7],  # a few ranges, out of order
+        list(range(1, 81, 2)),  # scattered: more ranges than MAX_COMMIT_RANGES, the ID list
+    ],
+    ids=["one range", "few ranges", "scattered"],
+)
+def test_a_commit_takes_exactly_the_accepted_changes(state: SyncState, accepted: list[int]) -> None:
+    diff(state, [user(i) for i in range(1, 81)], SENDING)
+    ids = sorted(e.ref for e in iter_outgoing_events(state, SENDING))
+    assert ids == list(range(1, 81))
+    assert state.commit_changes(accepted, "run", "delivered") == len(accepted)
+    left = sorted(e.ref for e in iter_outgoing_events(state, SENDING))
+    assert left == sorted(set(ids) - set(accepted))
