@@ -193,7 +193,8 @@ def _pending_state(count: int, chunk: int = 50_000) -> Iterator[Any]:
                 change_id += len(block)
                 state.conn.register("__bench_block", table)
                 state.conn.execute(
-                    "insert into pending by name select *, true as __rs_send from __bench_block"
+                    "insert into pending by name select *, true as __rs_send, 0 as __rs_attempts "
+                    "from __bench_block"
                 ).fetchall()
                 state.conn.unregister("__bench_block")
             del block, table
