@@ -16,7 +16,7 @@ import pandas as pd
 
 from .config import CALL_COLUMN_KEYS, CHANGE_TYPES, SyncConfig
 from .errors import ModelColumnsError
-from .events import EXTRAS_SEP, split_content
+from .events import EXTRAS_SEP, content_sql
 from .jsonvalues import (
     column_types,
     id_sql,
@@ -501,55 +501,113 @@ def _summarize(
     )
 
 
+# The frame's columns after the (window and) key, before the event's fields.
+SYSTEM_COLUMNS = (
+    "change_type",
+    "will_send",
+    "message_id",
+    "timestamp",
+    "user_id",
+    "anonymous_id",
+)
+# JSON types of a field's values (DuckDB's json_type) -> how its column is typed in the frame.
+_SCALAR_CASTS = (
+    ({"VARCHAR"}, "json_extract_string({}, '$')"),
+    ({"BOOLEAN"}, "nullif({}::varchar, 'null')::boolean"),
+    ({"BIGINT"}, "nullif({}::varchar, 'null')::bigint"),
+    ({"BIGINT", "UBIGINT", "DOUBLE"}, "nullif({}::varchar, 'null')::double"),
+)
+
+
 def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.DataFrame:
-    """The diff as users read it: (window,) key, change type, and the fields the event carries."""
-    frame = state.pending_rows(windows)
-    frame.columns = [
-        "partition",
-        sync.primary_key,
-        "change_type",
-        "will_send",
-        "message_id",
-        "timestamp",
-        "user_id",
-        "anonymous_id",
-        "__props",
-    ]
-    if not sync.partitions:
-        frame = frame.drop(columns="partition")
-    contents = [
-        split_content(sync, p if isinstance(p, str) else None) for p in frame.pop("__props")
-    ]
-    props = [orjson.loads(content.properties) for content in contents]
-    for name in sync.mapping:
-        _add_column(frame, name, [_lookup(p, name.split(".")) for p in props])
-    extras = [content.names for content in contents]
+    """The diff as users read it: (window,) key, change type, and the fields the event carries.
+
+    Built by DuckDB: each field is extracted from the stored event content as JSON and typed by
+    the values it holds (text, boolean, integer, float); only objects, arrays and mixed types are
+    decoded in Python, so a diff of millions of rows costs no Python object per row and field.
+    """
+    fields = _frame_fields(sync)
+    columns = [f"__rs_f{i}" for i in range(len(fields))]
+    table = state.pending_rows(windows, list(zip(columns, (sql for _, sql in fields), strict=True)))
+    state.conn.register("__rs_frame", table)
+    try:
+        kinds = _json_types(state, columns)
+        typed = [_typed_sql(column, kinds[column]) for column in columns]
+        frame = (
+            state.conn.sql(
+                "select __rs_window, __rs_pk, __rs_change, __rs_send, __rs_message_id, "
+                "__rs_timestamp, __rs_user_id, __rs_anonymous_id"
+                + "".join(f", {sql}" for sql, _ in typed)
+                + " from __rs_frame"
+            )
+            .to_arrow_table()
+            .to_pandas()  # Arrow-backed strings: no Python object per value
+        )
+    finally:
+        state.conn.unregister("__rs_frame")
+    system = ["partition", sync.primary_key, *SYSTEM_COLUMNS]
+    field_columns = _field_names([name for name, _ in fields], system)
+    frame.columns = [*system, *field_columns]
+    for (_, decode), column in zip(typed, field_columns, strict=True):
+        if decode:
+            frame[column] = [orjson.loads(v) if isinstance(v, str) else None for v in frame[column]]
+    return frame if sync.partitions else frame.drop(columns="partition")
+
+
+def _json_types(state: SyncState, columns: list[str]) -> dict[str, set[str]]:
+    """The JSON types (DuckDB's json_type, 'NULL' left out) each field column holds."""
+    if not columns:
+        return {}
+    kinds = ", ".join(f"list(distinct json_type({c}))" for c in columns)
+    (found,) = run(state.conn, f"select {kinds} from __rs_frame")
+    return {c: set(kinds or []) - {"NULL"} for c, kinds in zip(columns, found, strict=True)}
+
+
+def _frame_fields(sync: SyncConfig) -> list[tuple[str, str]]:
+    """The frame's field columns: (name, SQL giving the field's JSON value from pending)."""
+    names, context, properties = content_sql(sync)
+    fields = [(name, _json_at(properties, name.split("."))) for name in sync.mapping]
     if sync.event_columns:
-        names = [
-            sync.event_name(change) or _lookup(extra, ["event", change])
-            for change, extra in zip(frame["change_type"], extras, strict=True)
-        ]
-        _add_column(frame, "event", names)
+        fixed = " ".join(
+            f"when {quote_literal(change)} then to_json({quote_literal(name)})"
+            for change in CHANGE_TYPES
+            if (name := sync.event_name(change))
+        )
+        from_row = f"json_extract({names}, '/event/' || __rs_change)"
+        fields.append(
+            ("event", f"(case __rs_change {fixed} else {from_row} end)" if fixed else from_row)
+        )
     if sync.call_column:
         field = CALL_COLUMN_KEYS[sync.type][1]
-        _add_column(frame, field, [extra.get(field) for extra in extras])
-    if sync.context:
-        contexts = [orjson.loads(content.context or "{}") for content in contents]
-        for name in sync.context:
-            path = name.split(".")
-            _add_column(frame, f"context.{name}", [_lookup(c, path) for c in contexts])
-    return frame
+        fields.append((field, _json_at(names, [field])))
+    for name in sync.context:
+        fields.append(
+            (f"context.{name}", _json_at(f"coalesce({context}, '{{}}')", name.split(".")))
+        )
+    return fields
 
 
-def _add_column(frame: pd.DataFrame, name: str, values: list) -> None:
-    """Add a field's column, marked "(mapped)" when its name is taken by a system column."""
-    frame[name if name not in frame.columns else f"{name} (mapped)"] = values
+def _json_at(json_sql: str, path: list[str]) -> str:
+    """The JSON value at a field path (NULL when absent), by JSON pointer: any key is safe."""
+    pointer = "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in path)
+    return f"json_extract({json_sql}, {quote_literal(pointer)})"
 
 
-def _lookup(value: object, path: list[str]) -> object:
-    """The value at a field path of a decoded JSON object (None when absent)."""
-    for part in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
+def _typed_sql(column: str, kinds: set[str]) -> tuple[str, bool]:
+    """SQL typing one field column by the JSON types it holds; True: decode it in Python."""
+    if not kinds:
+        return f"null::varchar as {column}", False
+    for allowed, cast in _SCALAR_CASTS:
+        if kinds <= allowed:
+            return f"{cast.format(column)} as {column}", False
+    return f"{column}::varchar as {column}", True
+
+
+def _field_names(fields: list[str], taken: list[str]) -> list[str]:
+    """Field column names, marked "(mapped)" when a system column (or field before) has it."""
+    seen = set(taken)
+    result = []
+    for name in fields:
+        result.append(name if name not in seen else f"{name} (mapped)")
+        seen.add(result[-1])
+    return result

@@ -37,6 +37,19 @@ class Content(NamedTuple):
     properties: str
 
 
+def content_sql(sync: SyncConfig, column: str = "__rs_props") -> Content:
+    """`split_content` as SQL expressions over a content column: names and context as JSON
+    text (context NULL when absent), properties as JSON text. Same rules, no Python per row."""
+    text = f"coalesce({column}, '{{}}')"
+    split = f"contains({text}, chr(30))"
+    properties = f"(case when {split} then split_part({text}, chr(30), 3) else {text} end)"
+    if not sync.has_extras:
+        return Content("'{}'", "null", properties)  # type: ignore[arg-type]
+    names = f"(case when {split} then split_part({text}, chr(30), 1) else '{{}}' end)"
+    context = f"(case when {split} then nullif(split_part({text}, chr(30), 2), '') end)"
+    return Content(names, context, properties)  # type: ignore[arg-type]
+
+
 def split_content(sync: SyncConfig, content: str | None) -> Content:
     """Split what `diff._render_sql` stored for a change.
 

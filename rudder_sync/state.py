@@ -42,12 +42,11 @@ import duckdb
 import pyarrow as pa
 
 from .errors import StateError
-from .jsonvalues import quote_literal
+from .jsonvalues import quote_ident, quote_literal
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    import pandas as pd
 
 # 2: the snapshot's row hash is DuckDB's hash() as UBIGINT (1 was an md5 as UHUGEINT).
 # 3: meta message_id_salt; pending.__rs_origin; rejected_rows' hash, attempts and first sighting.
@@ -558,18 +557,23 @@ class SyncState:
             """,
         )
 
-    def pending_rows(self, windows: Sequence[str]) -> pd.DataFrame:
-        """The pending changes of these windows (none: of an unpartitioned sync), in order."""
-        return self.conn.execute(
-            """
+    def pending_rows(
+        self, windows: Sequence[str], fields: Sequence[tuple[str, str]] = ()
+    ) -> pa.Table:
+        """The pending changes of these windows (none: of an unpartitioned sync), in order, with
+        ``fields``: (name, SQL expression over pending's columns) computed by DuckDB."""
+        extra = "".join(f", {sql} as {quote_ident(name)}" for name, sql in fields)
+        return self.conn.sql(
+            f"""
             select __rs_window, __rs_pk, __rs_change, __rs_send, __rs_message_id, __rs_timestamp,
-                   __rs_user_id, __rs_anonymous_id, __rs_props
+                   __rs_user_id, __rs_anonymous_id{extra}
             from pending
-            where (__rs_window is null and len(?::varchar[]) = 0) or list_contains(?, __rs_window)
+            where (__rs_window is null and len($windows::varchar[]) = 0)
+               or list_contains($windows, __rs_window)
             order by __rs_window, __rs_change_id
             """,
-            [list(windows), list(windows)],
-        ).df()
+            params={"windows": list(windows)},
+        ).to_arrow_table()
 
     def drop_tables_except(self, prefix: str, keep: set[str]) -> None:
         """Drop the tables whose name starts with ``prefix``, except those in ``keep``."""

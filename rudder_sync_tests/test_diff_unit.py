@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -226,3 +228,73 @@ def test_a_commit_takes_exactly_the_accepted_changes(state: SyncState, accepted:
     assert state.commit_changes(accepted, "run", "delivered") == len(accepted)
     left = sorted(e.ref for e in iter_outgoing_events(state, SENDING))
     assert left == sorted(set(ids) - set(accepted))
+
+
+def test_the_frame_shows_each_field_as_the_event_carries_it(state: SyncState) -> None:
+    """The DuckDB-built frame against the events themselves: same value per field and row."""
+    sync = parse_sync(
+        "visits",
+        {
+            "model": "select * from visits",
+            "primary_key": "id",
+            "type": "track",
+            "user_id": "user_id",
+            "send_initial_results": True,
+            "events": {"added": {"column": "name"}, "changed": "Visit Changed"},
+            "mapping": {
+                "n": "n",
+                "x": "x",
+                "ok": "ok",
+                "a.tags": "tags",
+                "a.geo": "geo",
+                "id": "s",
+            },
+            "context": {"ip": "ip", "campaign.source": "s"},
+        },
+    )
+    table = pa.table(
+        {
+            "id": [1, 2, 3],
+            "user_id": ["u1", "u2", "u3"],
+            "name": ["Visited", "Visited", "Came Back"],
+            "n": [1, None, 2**40],
+            "x": [1.5, 2.0, None],
+            "ok": [True, None, False],
+            "tags": [["a", "b"], [], None],
+            "geo": [{"lat": 1.0, "lon": 2.0}, None, {"lat": None, "lon": 0.5}],
+            "s": ["a/b~c", None, 'q"uote'],
+            "ip": ["10.0.0.1", "10.0.0.2", None],
+        }
+    )
+    state.replace_model_rows(table.to_reader())
+    compute_diff(state, sync, NOW)
+    frame = pending_frame(state, sync, []).set_index("id")
+    assert list(frame.columns[-9:]) == [
+        "n", "x", "ok", "a.tags", "a.geo", "id (mapped)", "event", "context.ip",
+        "context.campaign.source",
+    ]  # fmt: skip
+    assert str(frame["n"].dtype).startswith(("int", "float")) and str(frame["x"].dtype) == "float64"
+
+    def at(value: Any, path: str) -> Any:
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    for event in iter_outgoing_events(state, sync):
+        body = orjson.loads(event.body)
+        row = frame.loc[body["userId"][1:]]  # user u<id>
+        expected = {
+            **{name: at(body["properties"], name) for name in ["n", "x", "ok", "a.tags", "a.geo"]},
+            "id (mapped)": body["properties"]["id"],
+            "event": body["event"],
+            "context.ip": body["context"].get("ip"),
+            "context.campaign.source": at(body["context"], "campaign.source"),
+        }
+        shown = {name: None if _is_nan(row[name]) else row[name] for name in expected}
+        assert shown == expected
+        assert row["message_id"] == body["messageId"] and row["timestamp"] == body["timestamp"]
+
+
+def _is_nan(value: Any) -> bool:
+    """A typed column's missing value (NaN, pandas' NA) where the event has null."""
+    return value is pd.NA or (isinstance(value, float) and value != value)
