@@ -130,13 +130,17 @@ def pending_counts(
 
 def delivery_frame(state: SyncState, run_id: str, sync: SyncConfig) -> pd.DataFrame:
     """One row per event this run tried: (window,) key, messageId, change type, status, error."""
-    frame = state.conn.execute(
-        """
-        select window_key, pk, change, message_id, status, error, attempt from delivery_log
-        where run_id = ? order by window_key, change_id
-        """,
-        [run_id],
-    ).df()
+    frame = (
+        state.conn.sql(
+            """
+            select window_key, pk, change, message_id, status, error, attempt from delivery_log
+            where run_id = $run_id order by window_key, change_id
+            """,
+            params={"run_id": run_id},
+        )
+        .to_arrow_table()
+        .to_pandas()  # Arrow-backed strings: no Python object per value
+    )
     frame.columns = [
         "partition",
         sync.primary_key,
