@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 import orjson
 
 from . import __version__
-from .config import SyncConfig
+from .config import CHANGE_TYPES, SyncConfig
+from .jsonvalues import quote_literal
 from .rudderstack import OutgoingEvent
 from .state import SyncState
 
@@ -40,7 +41,7 @@ class Content(NamedTuple):
 def content_sql(sync: SyncConfig, column: str = "__rs_props") -> Content:
     """`split_content` as SQL expressions over a content column: names and context as JSON
     text (context NULL when absent), properties as JSON text. Same rules, no Python per row."""
-    text = f"coalesce({column}, '{{}}')"
+    text = f"coalesce(nullif({column}, ''), '{{}}')"
     split = f"contains({text}, chr(30))"
     properties = f"(case when {split} then split_part({text}, chr(30), 3) else {text} end)"
     if not sync.has_extras:
@@ -128,10 +129,80 @@ def iter_outgoing_events(
 ) -> Iterator[OutgoingEvent]:
     """Every pending change (of one window) that sends an event, serialized, in change order.
 
-    Quarantined changes (failed `max_attempts` times) are left out.
+    Quarantined changes (failed `max_attempts` times) are left out. Where `body_sql` can render
+    the whole event, DuckDB writes the bodies and Python only hands them on.
     """
-    with state.sendable_changes(window, sync.max_attempts, READ_BATCH_ROWS) as reader:
-        yield from _events_from_batches(sync, reader)
+    body = body_sql(sync)
+    with state.sendable_changes(window, sync.max_attempts, READ_BATCH_ROWS, body) as reader:
+        if body:
+            for batch in reader:
+                columns = batch.to_pydict()
+                for ref, message_id, payload in zip(
+                    columns["__rs_change_id"],
+                    columns["__rs_message_id"],
+                    columns["__rs_body"],
+                    strict=True,
+                ):
+                    yield OutgoingEvent(ref=ref, message_id=message_id, body=payload)
+        else:
+            yield from _events_from_batches(sync, reader)
+
+
+def body_sql(sync: SyncConfig) -> str:
+    """The whole event as DuckDB SQL (a BLOB of its JSON), byte for byte what `build_event` and
+    `orjson.dumps` give, for syncs whose events carry no per-row names or context fields: track
+    and identify. '' for the others, whose envelope `build_event` builds per row.
+
+    DuckDB's `to_json` escapes strings as orjson does (quotes, backslashes, control characters;
+    UTF-8 as it is); constants are rendered by orjson itself. The table-driven test in
+    test_events_sql.py holds the two to the same bytes.
+    """
+    if sync.has_extras or sync.type not in ("track", "identify"):
+        return ""
+
+    def text(value: Any) -> str:
+        return quote_literal(orjson.dumps(value).decode())
+
+    properties = content_sql(sync).properties
+    parts = [quote_literal('{"type":' + orjson.dumps(sync.type).decode())]
+    if sync.type == "track":
+        names = " ".join(
+            f"when {quote_literal(change)} then {text(name)}"
+            for change in CHANGE_TYPES
+            if (name := sync.event_name(change)) is not None
+        )
+        if names:
+            parts.append(f"""coalesce(',"event":' || (case __rs_change {names} end), '')""")
+        parts += [quote_literal(',"properties":'), properties]
+    parts += [
+        f"""coalesce(',"userId":' || {_json_string("__rs_user_id")}, '')""",
+        f"""coalesce(',"anonymousId":' || {_json_string("__rs_anonymous_id")}, '')""",
+        f"""',"messageId":' || {_json_string("__rs_message_id")}""",
+        """',"timestamp":' || to_json(__rs_timestamp)""",
+        quote_literal(',"context":{' + _LIBRARY_MEMBER[1:]),
+    ]
+    if sync.type == "identify":
+        parts += [quote_literal(',"traits":'), properties]
+    parts.append(quote_literal("}"))
+    if sync.integrations is not None:
+        integrations = ',"integrations":' + orjson.dumps(sync.integrations).decode()
+        parts.append(quote_literal(integrations))
+    parts.append(quote_literal("}"))
+    return "encode(" + " || ".join(parts) + ")"
+
+
+def _json_string(column: str) -> str:
+    """A text column as a JSON string, escaped exactly as orjson escapes it.
+
+    DuckDB's `to_json` matches orjson but for the hex digits of control characters (`\\u000B`
+    against `\\u000b`), so the rare value holding one is escaped here character by character.
+    """
+    escaped = f"replace(replace({column}, '\\', '\\\\'), '\"', '\\\"')"
+    for code in range(32):
+        escape = orjson.dumps(chr(code)).decode()[1:-1]
+        escaped = f"replace({escaped}, chr({code}), {quote_literal(escape)})"
+    control = "regexp_matches(" + column + r", '[\x00-\x1f]')"
+    return f"(case when {control} then '\"' || {escaped} || '\"' else to_json({column}) end)"
 
 
 def _events_from_batches(sync: SyncConfig, reader: Any) -> Iterator[OutgoingEvent]:

@@ -530,17 +530,23 @@ class SyncState:
 
     @contextmanager
     def sendable_changes(
-        self, window: str | None, max_attempts: int | None, batch_rows: int
+        self, window: str | None, max_attempts: int | None, batch_rows: int, body_sql: str = ""
     ) -> Iterator[pa.RecordBatchReader]:
         """The changes of one window that send an event, in change order, in Arrow batches of
-        `_EVENT_COLUMNS`; quarantined ones are left out.
+        `_EVENT_COLUMNS`, or with ``body_sql`` of ID, messageId and that expression as `__rs_body`;
+        quarantined ones are left out.
 
         On a cursor of its own, so the caller can commit on the state's connection while it reads.
         """
+        columns = (
+            f"__rs_change_id, __rs_message_id, {body_sql} as __rs_body"
+            if body_sql
+            else _EVENT_COLUMNS
+        )
         cursor = self.conn.cursor()
         try:
             yield cursor.sql(
-                f"select {_EVENT_COLUMNS} from pending where {_sendable_sql(window, max_attempts)} "
+                f"select {columns} from pending where {_sendable_sql(window, max_attempts)} "
                 "order by __rs_change_id"
             ).to_arrow_reader(batch_rows)
         finally:
