@@ -1,9 +1,11 @@
 """Pending changes -> RudderStack event payloads.
 
-The properties/traits JSON was rendered inside DuckDB by the diff (rules in `jsonvalues`);
-here it is embedded untouched with `orjson.Fragment`, so Python only builds the small envelope
-(decoding only the small object of per-row names: event or page name, groupId, previousId;
-context fields from columns are spliced in as text).
+The properties/traits JSON was rendered inside DuckDB by the diff (rules in `jsonvalues`).
+Track and identify events, which carry nothing else per row but IDs, are rendered whole by DuckDB
+(`body_sql`); for the other shapes Python builds the small envelope around the properties,
+embedded untouched with `orjson.Fragment` (decoding only the small object of per-row names: event
+or page name, groupId, previousId; context fields from columns are spliced in as text).
+`build_event` stays the reference that the SQL bodies are tested against, byte for byte.
 Events are streamed from the state in Arrow batches: memory is bounded by a batch, not the diff.
 """
 
