@@ -186,7 +186,8 @@ def test_pacing_holds_the_rate_and_counts_the_wait(gateway: TestGateway) -> None
     elapsed = time.monotonic() - started
 
     assert sum(len(o.accepted) for o in outcomes) == 100
-    assert request_sizes(gateway, 200) == [40, 40, 20]
+    # Requests reserve their slots from several sender threads: any order, never over 40.
+    assert sorted(request_sizes(gateway, 200), reverse=True) == [40, 40, 20]
     assert elapsed >= 2.0
     assert 1.5 <= stats.paced_seconds <= elapsed
     assert len(gateway.events) == 100
