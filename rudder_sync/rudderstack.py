@@ -439,8 +439,9 @@ def _short(text: str) -> str:
 class _Pacer:
     """Spaces requests so that at most ``rate`` events per second leave, across all workers.
 
-    Each request reserves the next free slot, ``n / rate`` seconds long (no bursts), so the
-    rate holds over any window a gateway may count in.
+    Each request reserves the next free slot, ``n / rate`` seconds long, and a request carries
+    at most one second's worth: over any span of requests the rate holds, and any window a
+    gateway counts in sees at most one request's worth above it (a minute's limit: < 2 %).
     """
 
     def __init__(self, rate: float) -> None:
