@@ -1,11 +1,11 @@
 """Pending changes -> RudderStack event payloads.
 
-The properties/traits JSON was rendered inside DuckDB by the diff (rules in `jsonvalues`).
-Track and identify events, which carry nothing else per row but IDs, are rendered whole by DuckDB
-(`body_sql`); for the other shapes Python builds the small envelope around the properties,
-embedded untouched with `orjson.Fragment` (decoding only the small object of per-row names: event
-or page name, groupId, previousId; context fields from columns are spliced in as text).
-`build_event` stays the reference that the SQL bodies are tested against, byte for byte.
+The properties/traits JSON was rendered inside DuckDB by the diff (rules in `jsonvalues`), and
+DuckDB renders the whole event around it (`body_sql`), for every call type. `build_event` is the
+reference that the SQL bodies are tested against byte for byte, and builds the rare event whose
+per-row name orjson would write in its own way (a float or an object stored by an earlier
+version): it embeds the properties untouched with `orjson.Fragment` and splices context fields
+from columns in as text.
 Events are streamed from the state in Arrow batches: memory is bounded by a batch, not the diff.
 """
 
@@ -20,7 +20,7 @@ from . import __version__
 from .config import CHANGE_TYPES, SyncConfig
 from .jsonvalues import quote_literal
 from .rudderstack import OutgoingEvent
-from .state import SyncState
+from .state import EVENT_FALLBACK_COLUMNS, SyncState
 
 READ_BATCH_ROWS = 20_000
 # Between a change's per-row fields and its properties/traits JSON (see `diff._render_sql`).
@@ -131,51 +131,58 @@ def iter_outgoing_events(
 ) -> Iterator[OutgoingEvent]:
     """Every pending change (of one window) that sends an event, serialized, in change order.
 
-    Quarantined changes (failed `max_attempts` times) are left out. Where `body_sql` can render
-    the whole event, DuckDB writes the bodies and Python only hands them on.
+    Quarantined changes (failed `max_attempts` times) are left out. DuckDB renders the bodies
+    (`body_sql`); the rare row it leaves to Python (a per-row name that is neither text, an
+    integer nor a boolean) comes with its columns and goes through `build_event`.
     """
     body = body_sql(sync)
-    with state.sendable_changes(window, sync.max_attempts, READ_BATCH_ROWS, body) as reader:
-        if body:
-            for batch in reader:
-                columns = batch.to_pydict()
+    # Only a per-row name (event name column, page/screen name, groupId, previousId) can leave a
+    # row to Python: without one, the fallback columns are not even selected.
+    fallback = sync.has_extras and bool(sync.event_columns or sync.call_column)
+    with state.sendable_changes(
+        window, sync.max_attempts, READ_BATCH_ROWS, body, fallback
+    ) as reader:
+        for batch in reader:
+            columns = batch.to_pydict()
+            refs, message_ids = columns["__rs_change_id"], columns["__rs_message_id"]
+            if not fallback:
                 for ref, message_id, payload in zip(
-                    columns["__rs_change_id"],
-                    columns["__rs_message_id"],
-                    columns["__rs_body"],
-                    strict=True,
+                    refs, message_ids, columns["__rs_body"], strict=True
                 ):
                     yield OutgoingEvent(ref=ref, message_id=message_id, body=payload)
-        else:
-            yield from _events_from_batches(sync, reader)
+                continue
+            rows = zip(
+                refs,
+                message_ids,
+                columns["__rs_body"],
+                *(columns[name] for name in EVENT_FALLBACK_COLUMNS),
+                strict=True,
+            )
+            for ref, message_id, payload, change, *rest in rows:
+                if payload is None:
+                    payload = orjson.dumps(build_event(sync, change, message_id, *rest))
+                yield OutgoingEvent(ref=ref, message_id=message_id, body=payload)
 
 
 def body_sql(sync: SyncConfig) -> str:
     """The whole event as DuckDB SQL (a BLOB of its JSON), byte for byte what `build_event` and
-    `orjson.dumps` give, for syncs whose events carry no per-row names or context fields: track
-    and identify. '' for the others, whose envelope `build_event` builds per row.
+    `orjson.dumps` give; NULL for a row whose per-row name (event name from a column, page or
+    screen name, groupId, previousId) is a JSON float, object or array, which orjson would
+    re-serialize in its own way: those rows are built in Python.
 
-    DuckDB's `to_json` escapes strings as orjson does (quotes, backslashes, control characters;
-    UTF-8 as it is); constants are rendered by orjson itself. The table-driven test in
-    test_events_sql.py holds the two to the same bytes.
+    DuckDB's `to_json` escapes strings as orjson does but for the case of hex digits, so strings
+    go through `_json_string`; constants are rendered by orjson itself; properties, traits and
+    context members are the JSON text the diff stored, spliced in as `build_event` splices them.
+    The table-driven test in test_events_sql.py holds the two to the same bytes.
     """
-    if sync.has_extras or sync.type not in ("track", "identify"):
-        return ""
-
-    def text(value: Any) -> str:
-        return quote_literal(orjson.dumps(value).decode())
-
-    properties = content_sql(sync).properties
+    content = content_sql(sync)
+    names = _per_row_names(sync, content.names)
     parts = [quote_literal('{"type":' + orjson.dumps(sync.type).decode())]
-    if sync.type == "track":
-        names = " ".join(
-            f"when {quote_literal(change)} then {text(name)}"
-            for change in CHANGE_TYPES
-            if (name := sync.event_name(change)) is not None
-        )
-        if names:
-            parts.append(f"""coalesce(',"event":' || (case __rs_change {names} end), '')""")
-        parts += [quote_literal(',"properties":'), properties]
+    parts += [sql for sql, _ in names]
+    if sync.type in ("track", "page", "screen"):
+        parts += [quote_literal(',"properties":'), content.properties]
+    elif sync.type == "group":
+        parts += [quote_literal(',"traits":'), content.properties]
     parts += [
         f"""coalesce(',"userId":' || {_json_string("__rs_user_id")}, '')""",
         f"""coalesce(',"anonymousId":' || {_json_string("__rs_anonymous_id")}, '')""",
@@ -183,14 +190,62 @@ def body_sql(sync: SyncConfig) -> str:
         """',"timestamp":' || to_json(__rs_timestamp)""",
         quote_literal(',"context":{' + _LIBRARY_MEMBER[1:]),
     ]
+    if sync.context:
+        members = content.context  # the context object's text: its members go in as they are
+        parts.append(
+            f"(case when coalesce(length({members}), 0) <= 2 then '' "
+            f"else ',' || substr({members}, 2, length({members}) - 2) end)"
+        )
     if sync.type == "identify":
-        parts += [quote_literal(',"traits":'), properties]
+        parts += [quote_literal(',"traits":'), content.properties]
     parts.append(quote_literal("}"))
     if sync.integrations is not None:
         integrations = ',"integrations":' + orjson.dumps(sync.integrations).decode()
         parts.append(quote_literal(integrations))
     parts.append(quote_literal("}"))
-    return "encode(" + " || ".join(parts) + ")"
+    body = "encode(" + " || ".join(parts) + ")"
+    unsafe = " or ".join(f"({check})" for _, check in names if check)
+    return f"(case when {unsafe} then null else {body} end)" if unsafe else body
+
+
+def _per_row_names(sync: SyncConfig, names: str) -> list[tuple[str, str]]:
+    """(SQL of the `,"key":value` member, SQL that is true where Python must build the event)
+    for the per-row names the call carries, in `build_event`'s order."""
+
+    def value(pointer: str) -> tuple[str, str]:
+        """The JSON text of a name as orjson would write it, and when only Python can."""
+        json = f"json_extract({names}, {pointer})"
+        kind = f"json_type({json})"
+        string = _json_string(f"json_extract_string({json}, '$')")
+        text = (
+            f"(case {kind} when 'VARCHAR' then {string} "
+            f"when 'BIGINT' then {json}::varchar when 'UBIGINT' then {json}::varchar "
+            f"when 'BOOLEAN' then {json}::varchar end)"
+        )
+        return text, f"coalesce({kind} in ('DOUBLE', 'OBJECT', 'ARRAY'), false)"
+
+    if sync.type == "track":
+        fixed_names = {c: n for c in CHANGE_TYPES if (n := sync.event_name(c)) is not None}
+        fixed = " ".join(
+            f"when {quote_literal(change)} then {quote_literal(orjson.dumps(name).decode())}"
+            for change, name in fixed_names.items()
+        )
+        if not sync.event_columns:
+            return [(f"""coalesce(',"event":' || (case __rs_change {fixed} end), '')""", "")]
+        text, unsafe = value("'/event/' || __rs_change")
+        if fixed:
+            text = f"(case __rs_change {fixed} else {text} end)"
+            listed = ", ".join(quote_literal(change) for change in fixed_names)
+            unsafe = f"__rs_change not in ({listed}) and {unsafe}"
+        return [(f"""coalesce(',"event":' || {text}, '')""", unsafe)]
+    if sync.type in ("page", "screen"):
+        text, unsafe = value("'/name'")
+        return [(f"""coalesce(',"name":' || {text}, '')""", unsafe)]
+    if sync.type in ("group", "alias"):
+        key = "groupId" if sync.type == "group" else "previousId"
+        text, unsafe = value(quote_literal("/" + key))
+        return [(f"""',"{key}":' || coalesce({text}, 'null')""", unsafe)]
+    return []
 
 
 def _json_string(column: str) -> str:
@@ -205,24 +260,6 @@ def _json_string(column: str) -> str:
         escaped = f"replace({escaped}, chr({code}), {quote_literal(escape)})"
     control = "regexp_matches(" + column + r", '[\x00-\x1f]')"
     return f"(case when {control} then '\"' || {escaped} || '\"' else to_json({column}) end)"
-
-
-def _events_from_batches(sync: SyncConfig, reader: Any) -> Iterator[OutgoingEvent]:
-    for batch in reader:
-        columns = batch.to_pydict()
-        rows = zip(
-            columns["__rs_change_id"],
-            columns["__rs_change"],
-            columns["__rs_message_id"],
-            columns["__rs_timestamp"],
-            columns["__rs_user_id"],
-            columns["__rs_anonymous_id"],
-            columns["__rs_props"],
-            strict=True,
-        )
-        for change_id, change, message_id, timestamp, user_id, anonymous_id, props in rows:
-            event = build_event(sync, change, message_id, timestamp, user_id, anonymous_id, props)
-            yield OutgoingEvent(ref=change_id, message_id=message_id, body=orjson.dumps(event))
 
 
 def sample_payloads(

@@ -56,6 +56,15 @@ SALT_KEY = "message_id_salt"
 MEMORY_LIMIT_ENV_VAR = "RUDDER_SYNC_DUCKDB_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = "1GB"
 # What delivery reads of a pending change to build its event.
+# What `events.build_event` needs of a change besides its messageId, selected only for the rows
+# whose event DuckDB leaves to Python (`events.body_sql` is NULL for them).
+EVENT_FALLBACK_COLUMNS = (
+    "__rs_change",
+    "__rs_timestamp",
+    "__rs_user_id",
+    "__rs_anonymous_id",
+    "__rs_props",
+)
 _EVENT_COLUMNS = (
     "__rs_change_id, __rs_change, __rs_message_id, __rs_timestamp, "
     "__rs_user_id, __rs_anonymous_id, __rs_props"
@@ -530,25 +539,35 @@ class SyncState:
 
     @contextmanager
     def sendable_changes(
-        self, window: str | None, max_attempts: int | None, batch_rows: int, body_sql: str = ""
+        self,
+        window: str | None,
+        max_attempts: int | None,
+        batch_rows: int,
+        body_sql: str = "",
+        fallback: bool = False,
     ) -> Iterator[pa.RecordBatchReader]:
         """The changes of one window that send an event, in change order, in Arrow batches of
-        `_EVENT_COLUMNS`, or with ``body_sql`` of ID, messageId and that expression as `__rs_body`;
-        quarantined ones are left out.
+        `_EVENT_COLUMNS`; with ``body_sql``, of ID, messageId, that expression as `__rs_body`
+        and (``fallback``) `EVENT_FALLBACK_COLUMNS` where it is NULL. Quarantined ones are left
+        out.
 
         On a cursor of its own, so the caller can commit on the state's connection while it reads.
         """
-        columns = (
-            f"__rs_change_id, __rs_message_id, {body_sql} as __rs_body"
-            if body_sql
-            else _EVENT_COLUMNS
-        )
+        rows = f"select * from pending where {_sendable_sql(window, max_attempts)}"
+        if body_sql:
+            columns = "".join(
+                f", case when __rs_body is null then {c} end as {c}"
+                for c in (EVENT_FALLBACK_COLUMNS if fallback else ())
+            )
+            rows = (
+                f"select __rs_change_id, __rs_message_id, __rs_body{columns} "
+                f"from (select *, {body_sql} as __rs_body from ({rows}))"
+            )
+        else:
+            rows = f"select {_EVENT_COLUMNS} from ({rows})"
         cursor = self.conn.cursor()
         try:
-            yield cursor.sql(
-                f"select {columns} from pending where {_sendable_sql(window, max_attempts)} "
-                "order by __rs_change_id"
-            ).to_arrow_reader(batch_rows)
+            yield cursor.sql(f"{rows} order by __rs_change_id").to_arrow_reader(batch_rows)
         finally:
             cursor.close()
 
