@@ -8,6 +8,8 @@ and the week of SCD-2 history of the partitioned syncs (DuckDB and PostgreSQL).
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -32,6 +34,30 @@ from .gateway import TestGateway
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = str(Path(sys.executable).with_name("dagster"))  # the dagster CLI of this venv
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This process's environment without rudder_sync's or Dagster's settings, plus ``extra``: what
+    a fresh shell has (no DAGSTER_HOME, so each CLI call gets a throwaway instance)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
+    env.update(extra)
+    return env
+
+
+def job_execute(
+    job: str, env: dict[str, str], cwd: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`dagster job execute` of one of our jobs in a subprocess, its output captured."""
+    return subprocess.run(
+        [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", job, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
 WRITE_KEY = "test-write-key"
 
 USERS_DDL = """

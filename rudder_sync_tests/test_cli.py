@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,45 +9,35 @@ from pathlib import Path
 import pytest
 
 from .gateway import TestGateway
-from .helpers import IDENTIFY_SYNC, TRACK_SYNC, WRITE_KEY, sql, write_project
-
-DAGSTER = str(Path(sys.executable).with_name("dagster"))
+from .helpers import (
+    DAGSTER,
+    IDENTIFY_SYNC,
+    TRACK_SYNC,
+    WRITE_KEY,
+    cli_env,
+    job_execute,
+    sql,
+    write_project,
+)
 
 pytestmark = pytest.mark.slow  # every test runs `dagster job execute` in a subprocess
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
-    env.update(extra)
-    return env
-
-
-def _execute(job: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", job],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
 
 
 def test_job_execute_twice_with_a_change_in_between(tmp_path: Path, gateway: TestGateway) -> None:
     sync = dict(TRACK_SYNC, send_initial_results=True)
     project = write_project(tmp_path, {"user_events": sync, "user_traits": IDENTIFY_SYNC}, users=3)
-    env = _env(
+    env = cli_env(
         RUDDER_SYNC_CONFIG=str(project.config_path),
         RUDDERSTACK_DATA_PLANE_URL=gateway.url,
         RUDDERSTACK_WRITE_KEY=WRITE_KEY,
     )
-    first = _execute("user_events", env, tmp_path)
+    first = job_execute("user_events", env, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(e["userId"] for e in gateway.events) == ["u1", "u2", "u3"]
 
     sql(project.warehouse, "update users set plan = 'team' where id = 3")
     sql(project.warehouse, "delete from users where id = 1")
-    second = _execute("user_events", env, tmp_path)
+    second = job_execute("user_events", env, tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     later = sorted((e["userId"], e["event"]) for e in gateway.events[3:])
     assert later == [("u1", "User Deleted Account"), ("u3", "User Changed Subscription")]
@@ -59,13 +48,15 @@ def test_job_execute_twice_with_a_change_in_between(tmp_path: Path, gateway: Tes
 def test_job_fails_at_load_time_on_a_config_error(tmp_path: Path) -> None:
     sync = dict(IDENTIFY_SYNC, events={"added": "X"})
     project = write_project(tmp_path, {"user_traits": sync}, users=1)
-    result = _execute("user_traits", _env(RUDDER_SYNC_CONFIG=str(project.config_path)), tmp_path)
+    result = job_execute(
+        "user_traits", cli_env(RUDDER_SYNC_CONFIG=str(project.config_path)), tmp_path
+    )
     assert result.returncode != 0
     assert "sync 'user_traits': key 'events' is for track syncs only" in result.stderr
 
 
 def test_readme_demo_command_runs_end_to_end_as_a_dry_run(tmp_path: Path) -> None:
-    env = _env(RUDDER_SYNC_DEMO_DIR=str(tmp_path / "demo"))
+    env = cli_env(RUDDER_SYNC_DEMO_DIR=str(tmp_path / "demo"))
     selection = "group:user_events or group:user_traits"  # the README's quick start
     command = [
         DAGSTER,

@@ -23,7 +23,7 @@ from rudder_sync.definitions import build_definitions
 from rudder_sync.demo import DEMO_USERS
 
 from .gateway import TestGateway
-from .helpers import IDENTIFY_SYNC, WRITE_KEY, rudderstack_for, seed_users, write_project
+from .helpers import IDENTIFY_SYNC, WRITE_KEY, cli_env, rudderstack_for, seed_users, write_project
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "dg_project"
 DEFS_YAML = Path("src/rudder_demo/defs/user_sync/defs.yaml")
@@ -39,9 +39,8 @@ def _attributes() -> dict[str, Any]:
 
 def _dg(*args: str, cwd: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """Run the venv's `dg` in a project, offline, without touching the user's home or config."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    env = cli_env(
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         RUDDER_SYNC_DEMO_DIR=str(tmp_path / "demo"),
         PYTHONDONTWRITEBYTECODE="1",
     )

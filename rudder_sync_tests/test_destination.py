@@ -7,7 +7,6 @@ naming host and port; `move_destination` moves a sync to another URL of the same
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from rudder_sync_tests.helpers import (
     WRITE_KEY,
     Project,
     asset_metadata,
+    cli_env,
+    job_execute,
     rudderstack_for,
     sql,
     write_project,
@@ -101,19 +102,11 @@ def test_a_refused_url_fails_fast_and_the_fixed_url_then_delivers(
 ) -> None:
     project = write_project(tmp_path, {SYNC: dict(TRACK_SYNC, send_initial_results=True)}, users=3)
     port = closed_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
-    env.update(RUDDER_SYNC_CONFIG=str(project.config_path), RUDDERSTACK_WRITE_KEY=WRITE_KEY)
+    env = cli_env(RUDDER_SYNC_CONFIG=str(project.config_path), RUDDERSTACK_WRITE_KEY=WRITE_KEY)
 
     def execute(url: str) -> tuple[subprocess.CompletedProcess[str], float]:
         started = time.monotonic()
-        done = subprocess.run(
-            [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", SYNC],
-            env={**env, URL_ENV: url},
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        done = job_execute(SYNC, {**env, URL_ENV: url}, tmp_path)
         return done, time.monotonic() - started
 
     typo, elapsed = execute(f"http://127.0.0.1:{port}")
@@ -135,20 +128,12 @@ def test_a_refused_url_fails_fast_and_the_fixed_url_then_delivers(
 @pytest.mark.slow  # dagster job execute in a subprocess
 def test_a_malformed_url_fails_when_the_definitions_load(tmp_path: Path) -> None:
     project = write_project(tmp_path, {SYNC: TRACK_SYNC}, users=1)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
-    env.update(
+    env = cli_env(
         RUDDER_SYNC_CONFIG=str(project.config_path),
         RUDDERSTACK_DATA_PLANE_URL="htps://x.dataplane.rudderstack.com",
         RUDDERSTACK_WRITE_KEY=WRITE_KEY,
     )
-    result = subprocess.run(
-        [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", SYNC],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = job_execute(SYNC, env, tmp_path)
     assert result.returncode != 0
     assert "RUDDERSTACK_DATA_PLANE_URL is not a usable data plane URL" in result.stderr
     assert not project.state_dir.exists()  # no run started

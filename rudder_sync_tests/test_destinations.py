@@ -7,8 +7,6 @@ production. A destination without a URL is a dry run for its syncs only.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,11 @@ from rudder_sync.rudderstack import RudderstackResource
 from rudder_sync.state import state_path
 from rudder_sync_tests.gateway import TestGateway
 from rudder_sync_tests.helpers import (
-    DAGSTER,
     IDENTIFY_SYNC,
     TRACK_SYNC,
     Project,
+    cli_env,
+    job_execute,
     sql,
     write_project,
 )
@@ -354,18 +353,9 @@ def test_dagster_job_execute_delivers_to_a_named_destination(
 ) -> None:
     prod, eu = two_gateways
     project = project_with(tmp_path, SYNCS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
-    for name in VARIABLES:
-        env.pop(name, None)
+    env = {k: v for k, v in cli_env().items() if k not in VARIABLES}
     env.update(RUDDER_SYNC_CONFIG=str(project.config_path), RS_EU_URL=eu.url, RS_EU_KEY=EU_KEY)
-    done = subprocess.run(
-        [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", "users_eu"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = job_execute("users_eu", env, tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert sorted(e["userId"] for e in eu.events) == ["u1", "u2", "u3"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from .helpers import (
     WRITE_KEY,
     Project,
     asset_metadata,
+    cli_env,
     events_by_window,
     rudderstack_for,
     run_sync,
@@ -213,8 +213,7 @@ def test_partition_parameters_need_partitions() -> None:
 @pytest.mark.slow
 def test_cli_range_backfill_and_single_window(history: Project, gateway: TestGateway) -> None:
     dagster = str(Path(sys.executable).with_name("dagster"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
-    env.update(
+    env = cli_env(
         RUDDER_SYNC_CONFIG=str(history.config_path),
         RUDDERSTACK_DATA_PLANE_URL=gateway.url,
         RUDDERSTACK_WRITE_KEY=WRITE_KEY,

@@ -30,7 +30,9 @@ from .helpers import (
     TRACK_SYNC,
     WRITE_KEY,
     asset_metadata,
+    cli_env,
     events_by_window,
+    job_execute,
     rudderstack_for,
     run_sync,
     sql,
@@ -451,19 +453,15 @@ def test_dagster_job_execute_twice_with_a_change_in_postgres_between(
     pg.seed_users(3)
     sync = dict(TRACK_SYNC, send_initial_results=True)
     project = write_pg_project(tmp_path, pg, {"user_events": sync})
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
-    env.update(
+    env = cli_env(
         RUDDER_SYNC_CONFIG=str(project.config_path),
         RUDDERSTACK_DATA_PLANE_URL=gateway.url,
         RUDDERSTACK_WRITE_KEY=WRITE_KEY,
         **{SYNC_URL_ENV_VAR: pg.url},
     )
-    command = [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", "user_events"]
 
     def execute_job() -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
-        )
+        done = job_execute("user_events", env, tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 

@@ -5,8 +5,6 @@ of the same messageId; windows are short so that the tests run in seconds.
 
 import collections
 import logging
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,8 @@ from rudder_sync_tests.helpers import (
     TRACK_SYNC,
     WRITE_KEY,
     asset_metadata,
+    cli_env,
+    job_execute,
     rudderstack_for,
     run_sync,
     write_project,
@@ -265,20 +265,12 @@ def test_max_events_per_second_from_the_yaml_paces_a_cli_run(
     config["delivery"] = {"max_events_per_second": 100}
     project.config_path.write_text(yaml.safe_dump(config))
     gateway.rate_limit(200, window_seconds=1.0)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
-    env.update(
+    env = cli_env(
         RUDDER_SYNC_CONFIG=str(project.config_path),
         RUDDERSTACK_DATA_PLANE_URL=gateway.url,
         RUDDERSTACK_WRITE_KEY=WRITE_KEY,
     )
-    result = subprocess.run(
-        [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", "user_events"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = job_execute("user_events", env, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert len({e["messageId"] for e in gateway.events}) == 150

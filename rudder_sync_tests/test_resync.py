@@ -9,7 +9,6 @@ never reuses an ID (RudderStack Cloud drops a repeated messageId for days).
 from __future__ import annotations
 
 import gc
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +33,8 @@ from .helpers import (
     WRITE_KEY,
     Project,
     asset_metadata,
+    cli_env,
+    job_execute,
     rudderstack_for,
     sql,
     write_project,
@@ -222,8 +223,7 @@ def test_a_resync_cut_short_is_finished_by_the_next_run_with_the_same_ids(
 def test_resync_from_the_shell_with_run_config_file(tmp_path: Path, gateway: TestGateway) -> None:
     """`dagster job execute -c`: the way a resync is started outside the UI."""
     project = write_project(tmp_path, {"traits": IDENTIFY_SYNC}, users=2)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
-    env.update(
+    env = cli_env(
         RUDDER_SYNC_CONFIG=str(project.config_path),
         RUDDERSTACK_DATA_PLANE_URL=gateway.url,
         RUDDERSTACK_WRITE_KEY=WRITE_KEY,
@@ -232,10 +232,7 @@ def test_resync_from_the_shell_with_run_config_file(tmp_path: Path, gateway: Tes
     run_config.write_text(yaml.safe_dump({"ops": {"traits__diff": {"config": APPROVED_RESYNC}}}))
 
     def execute(*extra: str) -> subprocess.CompletedProcess[str]:
-        command = [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", "traits"]
-        return subprocess.run(
-            [*command, *extra], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
-        )
+        return job_execute("traits", env, tmp_path, *extra)
 
     first = execute()
     assert first.returncode == 0, first.stderr[-3000:]
