@@ -51,6 +51,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+def set_env(env: pytest.MonkeyPatch, **values: str) -> None:
+    for name, value in values.items():
+        env.setenv(name, value)
+
+
 @pytest.fixture
 def two_gateways() -> Iterator[tuple[TestGateway, TestGateway]]:
     """Two RudderStack sources: production and EU, each accepting only its own write key."""
@@ -92,10 +97,7 @@ def test_one_model_feeds_two_sources_each_with_its_own_events_and_state(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, two_gateways: tuple[TestGateway, TestGateway]
 ) -> None:
     prod, eu = two_gateways
-    clean_env.setenv("RS_URL", prod.url)
-    clean_env.setenv("RS_KEY", PROD_KEY)
-    clean_env.setenv("RS_EU_URL", eu.url)
-    clean_env.setenv("RS_EU_KEY", EU_KEY)
+    set_env(clean_env, RS_URL=prod.url, RS_KEY=PROD_KEY, RS_EU_URL=eu.url, RS_EU_KEY=EU_KEY)
     project = project_with(tmp_path, SYNCS)
     defs = build_definitions(project.config())
 
@@ -140,9 +142,8 @@ def test_a_destination_without_url_is_a_dry_run_while_the_other_delivers(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, two_gateways: tuple[TestGateway, TestGateway]
 ) -> None:
     prod, eu = two_gateways
-    clean_env.setenv("RS_URL", prod.url)
-    clean_env.setenv("RS_KEY", PROD_KEY)
-    clean_env.setenv("RS_EU_URL", "")  # set but empty: a dry run too
+    # RS_EU_URL set but empty: a dry run too
+    set_env(clean_env, RS_URL=prod.url, RS_KEY=PROD_KEY, RS_EU_URL="")
     project = project_with(tmp_path, SYNCS)
     defs = build_definitions(project.config())
     assert (defs.resources or {})["rudderstack_eu"].dry_run  # type: ignore[union-attr]
@@ -172,10 +173,13 @@ def test_syncs_without_destination_use_the_default_variables(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, two_gateways: tuple[TestGateway, TestGateway]
 ) -> None:
     prod, eu = two_gateways
-    clean_env.setenv("RUDDERSTACK_DATA_PLANE_URL", prod.url)
-    clean_env.setenv("RUDDERSTACK_WRITE_KEY", PROD_KEY)
-    clean_env.setenv("RS_EU_URL", eu.url)
-    clean_env.setenv("RS_EU_KEY", EU_KEY)
+    set_env(
+        clean_env,
+        RUDDERSTACK_DATA_PLANE_URL=prod.url,
+        RUDDERSTACK_WRITE_KEY=PROD_KEY,
+        RS_EU_URL=eu.url,
+        RS_EU_KEY=EU_KEY,
+    )
     syncs = {"users_default": TRACK_SYNC | {"send_initial_results": True}, **SYNCS}
     del syncs["users_prod"]
     project = project_with(tmp_path, syncs, destinations={"eu": DESTINATIONS["eu"]})
@@ -279,8 +283,7 @@ def test_a_url_without_its_key_names_the_variable(
 def test_a_malformed_url_names_the_destination_and_its_variable(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, url: str, says: str
 ) -> None:
-    clean_env.setenv("RS_EU_URL", url)
-    clean_env.setenv("RS_EU_KEY", EU_KEY)
+    set_env(clean_env, RS_EU_URL=url, RS_EU_KEY=EU_KEY)
     message = load_error(tmp_path, SYNCS, DESTINATIONS)
     assert message.startswith("destination 'eu': RS_EU_URL is not a usable data plane URL: ")
     assert says in message and "Fix: set it to the data plane's base URL" in message
@@ -290,8 +293,8 @@ def test_a_malformed_url_names_the_destination_and_its_variable(
 def test_delivery_settings_apply_to_every_destination(
     tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
-    clean_env.setenv("RS_EU_URL", "http://eu.example.com")  # plain http: needs the setting
-    clean_env.setenv("RS_EU_KEY", EU_KEY)
+    # plain http: needs the setting
+    set_env(clean_env, RS_EU_URL="http://eu.example.com", RS_EU_KEY=EU_KEY)
     project = project_with(tmp_path, SYNCS, users=0)
     document = yaml.safe_load(project.config_path.read_text())
     document["delivery"] = {"allow_insecure_http": True, "max_in_flight": 2}
