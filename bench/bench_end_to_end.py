@@ -41,7 +41,7 @@ from .common import (
     run_child,
     wait_for_quiet,
 )
-from .data import SYNC_NAME, change_all_users, create_users, write_project
+from .data import SYNC_NAME, change_all_users, fresh_project
 from .gateway import RunningGateway
 
 WRITE_KEY = "bench-write-key"
@@ -109,11 +109,7 @@ def main() -> None:
 
     rows = args.rows
     root = args.workdir / f"e2e_{rows}"
-    if root.exists():
-        shutil.rmtree(root)
-    config = write_project(root)
-    with duckdb.connect(str(root / "warehouse.duckdb")) as conn:
-        create_users(conn, rows)
+    config = fresh_project(root, rows)
     log(f"end to end, {fmt_rows(rows)} rows in {root}")
     with RunningGateway(WRITE_KEY) as gateway:
         first = execute(

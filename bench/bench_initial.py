@@ -14,12 +14,8 @@ faster than the SDK's wall time.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
-
-import duckdb
-import yaml
 
 from .bench_end_to_end import WRITE_KEY, execute
 from .common import (
@@ -33,7 +29,7 @@ from .common import (
     run_child,
     wait_for_quiet,
 )
-from .data import SYNC_NAME, create_users, write_project
+from .data import fresh_project
 from .gateway import RunningGateway
 
 
@@ -48,14 +44,7 @@ def main() -> None:
 
     rows = args.rows
     root = args.workdir / f"initial_{rows}"
-    if root.exists():
-        shutil.rmtree(root)
-    config = write_project(root)
-    settings = yaml.safe_load(config.read_text())
-    settings["syncs"][SYNC_NAME]["send_initial_results"] = True
-    config.write_text(yaml.safe_dump(settings, sort_keys=False))
-    with duckdb.connect(str(root / "warehouse.duckdb")) as conn:
-        create_users(conn, rows)
+    config = fresh_project(root, rows, send_initial_results=True)
     log(f"initial sync of {fmt_rows(rows)} rows in {root}")
     with RunningGateway(WRITE_KEY) as gateway:
         ours = execute(root, config, gateway.url, "ours", args.timeout, args.quiet_timeout)

@@ -7,6 +7,7 @@ A Track event built from a row is ~350 bytes of JSON.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,8 +113,8 @@ def sync_config() -> dict[str, Any]:
     return {**SYNC, "guard": off}
 
 
-def write_project(root: Path, sync_name: str = SYNC_NAME) -> Path:
-    """The sync YAML in ``root`` (warehouse.duckdb and state/ beside it)."""
+def write_project(root: Path, sync_name: str = SYNC_NAME, **sync: Any) -> Path:
+    """The sync YAML in ``root`` (warehouse.duckdb and state/ beside it), ``sync`` keys on top."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / "rudder_sync.yaml"
     path.write_text(
@@ -121,12 +122,23 @@ def write_project(root: Path, sync_name: str = SYNC_NAME) -> Path:
             {
                 "warehouse": "warehouse.duckdb",
                 "state": "state",
-                "syncs": {sync_name: sync_config()},
+                "syncs": {sync_name: {**sync_config(), **sync}},
             },
             sort_keys=False,
         )
     )
     return path
+
+
+def fresh_project(root: Path, rows: int, **sync: Any) -> Path:
+    """A new project in ``root`` (whatever was there is removed): the sync YAML (``sync`` keys on
+    top) and a warehouse of ``rows`` users. Returns the YAML's path."""
+    if root.exists():
+        shutil.rmtree(root)
+    config = write_project(root, **sync)
+    with duckdb.connect(str(root / "warehouse.duckdb")) as conn:
+        create_users(conn, rows)
+    return config
 
 
 # -- delivery benchmark events ----------------------------------------------------------------
