@@ -103,15 +103,7 @@ def diff_metadata(
 
 def rejected_rows_check(summaries: dict[str, DiffSummary]) -> AssetCheckResult:
     count = sum(s.rejected_count for s in summaries.values())
-    return AssetCheckResult(
-        check_name=REJECTED_ROWS,
-        passed=count == 0,
-        severity=AssetCheckSeverity.WARN,
-        metadata={
-            "rejected": count,
-            "sample": MetadataValue.json(_rejected_rows_sample(summaries)),
-        },
-    )
+    return _warning_check(REJECTED_ROWS, "rejected", count, _rejected_rows_sample(summaries))
 
 
 def _rejected_rows_sample(summaries: dict[str, DiffSummary]) -> list[dict[str, Any]]:
@@ -256,24 +248,23 @@ def delivery_metadata(report: DeliveryReport, samples: dict, rejected: list[dict
 
 
 def gateway_rejections_check(report: DeliveryReport, sample: list[dict]) -> AssetCheckResult:
-    return AssetCheckResult(
-        check_name=GATEWAY_REJECTIONS,
-        passed=not report.rejected,
-        severity=AssetCheckSeverity.WARN,
-        metadata={"rejected": len(report.rejected), "sample": MetadataValue.json(sample)},
-    )
+    return _warning_check(GATEWAY_REJECTIONS, "rejected", len(report.rejected), sample)
 
 
 def quarantined_rows_check(sync: SyncConfig, count: int, sample: list[dict]) -> AssetCheckResult:
+    max_attempts = -1 if sync.max_attempts is None else sync.max_attempts
+    return _warning_check(QUARANTINED_ROWS, "quarantined", count, sample, max_attempts=max_attempts)
+
+
+def _warning_check(
+    name: str, counted: str, count: int, sample: list[dict[str, Any]], **figures: Any
+) -> AssetCheckResult:
+    """A WARN check that fails when ``count`` rows were left out; the first ones as a sample."""
     return AssetCheckResult(
-        check_name=QUARANTINED_ROWS,
+        check_name=name,
         passed=count == 0,
         severity=AssetCheckSeverity.WARN,
-        metadata={
-            "quarantined": count,
-            "max_attempts": -1 if sync.max_attempts is None else sync.max_attempts,
-            "sample": MetadataValue.json(sample),
-        },
+        metadata={counted: count, **figures, "sample": MetadataValue.json(sample)},
     )
 
 
