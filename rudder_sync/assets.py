@@ -61,6 +61,9 @@ from .reporting import (
 from .rudderstack import RudderstackError, RudderstackResource
 from .state import SyncState, open_state
 from .steps import deliver_windows, run_diff, take_snapshot
+from .warehouse_state import state_in_warehouse
+from .warehouse_state.state import WarehouseSyncState, open_warehouse_state
+from .warehouse_state.steps import run_diff_in_warehouse, take_snapshot_in_warehouse
 from .warehouses import WarehouseError, WarehouseResource
 
 if TYPE_CHECKING:
@@ -149,8 +152,12 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         **common,
     )
     def snapshot(context: AssetExecutionContext) -> MaterializeResult:
-        with _open_state(sync, state_dir, rudderstack_of(context)) as state:
-            taken = take_snapshot(state, sync, warehouse_of(context), partitions, windows(context))
+        warehouse = warehouse_of(context)
+        with _open_state(sync, state_dir, rudderstack_of(context), warehouse) as state:
+            if isinstance(state, WarehouseSyncState):
+                taken = take_snapshot_in_warehouse(state, sync, warehouse)  # type: ignore[arg-type]
+            else:
+                taken = take_snapshot(state, sync, warehouse, partitions, windows(context))
         for key, rows in taken.rows_by_window.items():
             context.log.info(f"sync '{sync.name}'{in_window(key)}: model returned {rows} rows")
         return MaterializeResult(
@@ -180,17 +187,28 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                 description="Rows left out: null or duplicate primary key, no user/anonymous ID.",
             ),
         ],
-        required_resource_keys={sync.rudderstack_key},
+        required_resource_keys={sync.warehouse_key, sync.rudderstack_key},
         **common,
     )
     def diff(
         context: AssetExecutionContext, config: DiffRunConfig
     ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
         mode = _diff_mode(sync, config)
-        with _open_state(sync, state_dir, rudderstack_of(context)) as state:
-            result = run_diff(
-                state, sync, windows(context), mode, datetime.now(UTC), config.retry_quarantined
-            )
+        warehouse = warehouse_of(context)
+        with _open_state(sync, state_dir, rudderstack_of(context), warehouse) as state:
+            if isinstance(state, WarehouseSyncState):
+                result = run_diff_in_warehouse(
+                    state,
+                    sync,
+                    warehouse,  # type: ignore[arg-type]
+                    mode,
+                    datetime.now(UTC),
+                    config.retry_quarantined,
+                )
+            else:
+                result = run_diff(
+                    state, sync, windows(context), mode, datetime.now(UTC), config.retry_quarantined
+                )
         if config.retry_quarantined:
             context.log.info(
                 f"sync '{sync.name}': retry_quarantined: {result.readmitted} quarantined changes "
@@ -200,6 +218,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
             log_diff(context.log, sync, summary, key)
         metadata = diff_metadata(sync, result.summaries, result.frame)
         metadata.update(resync=mode.resync, reset_baseline=mode.reset_baseline)
+        metadata.update(result.transfer or {})
         if config.retry_quarantined:
             metadata["readmitted_quarantined"] = result.readmitted
         yield Output(result.frame, metadata=metadata)
@@ -233,7 +252,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                 "sent until the row changes or run config retry_quarantined re-admits them.",
             ),
         ],
-        required_resource_keys={sync.rudderstack_key},
+        required_resource_keys={sync.warehouse_key, sync.rudderstack_key},
         **common,
     )
     def events(
@@ -246,7 +265,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
             else rudderstack
         )
         specs = windows(context)
-        with _open_state(sync, state_dir, rudderstack) as state:
+        with _open_state(sync, state_dir, rudderstack, warehouse_of(context)) as state:
             moved_from = _settle_destination(context, sync, state, sender, config)
             samples = sample_payloads(state, sync, specs[0].key if specs else None)
             if sender.dry_run:
@@ -375,11 +394,26 @@ def build_sync_job(sync: SyncConfig) -> "UnresolvedAssetJobDefinition":
 
 @contextmanager
 def _open_state(
-    sync: SyncConfig, state_dir: Path, rudderstack: RudderstackResource
+    sync: SyncConfig,
+    state_dir: Path,
+    rudderstack: RudderstackResource,
+    warehouse: WarehouseResource,
 ) -> Iterator[SyncState]:
-    """The sync's state (the dry-run one when nothing is sent), with errors named for the UI."""
-    with failures_named(sync), open_state(state_dir, sync.name, rudderstack.dry_run) as state:
-        yield state
+    """The sync's state (the dry-run one when nothing is sent), with errors named for the UI:
+    in its DuckDB file, or in the warehouse's `state_schema`."""
+    with failures_named(sync):
+        if state_in_warehouse(sync, warehouse):
+            opened = open_warehouse_state(
+                warehouse,  # type: ignore[arg-type]
+                sync.name,
+                sync.primary_key,
+                rudderstack.dry_run,
+                state_dir=state_dir,
+            )
+        else:
+            opened = open_state(state_dir, sync.name, rudderstack.dry_run, in_use=True)
+        with opened as state:
+            yield state
 
 
 @contextmanager

@@ -274,7 +274,7 @@ def _fingerprint_sql(sync: SyncConfig, types: dict, relation: str) -> str:
     """
     pk = f"cast({quote_ident(sync.primary_key)} as varchar)"
     carried = ", ".join(quote_ident(c) for c in sync.carried_columns)
-    shape = quote_literal(_shape(sync))
+    shape = quote_literal(content_shape(sync))
     # Duplicate keys by aggregation, not a window function: it is cheaper and spills to disk.
     return f"""
         with f as (
@@ -288,7 +288,7 @@ def _fingerprint_sql(sync: SyncConfig, types: dict, relation: str) -> str:
     """
 
 
-def _shape(sync: SyncConfig) -> str:
+def content_shape(sync: SyncConfig) -> str:
     """The sync's own part of the content hash; unchanged for syncs that use no newer key."""
     text = f"{sync.type}|{sync.user_id}|{sync.anonymous_id}|" + "|".join(
         f"{k}={v}" for k, v in sync.mapping.items()

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 3
 LOCK_WAIT_SECONDS = 30.0
 SALT_KEY = "message_id_salt"
+MOVED_KEY = "moved_to"  # meta of a state moved to (or from) the warehouse: where it went
 MEMORY_LIMIT_ENV_VAR = "RUDDER_SYNC_DUCKDB_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = "1GB"
 # What delivery reads of a pending change to build its event.
@@ -140,7 +141,7 @@ def run(conn: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> lis
 class SyncState:
     """An open connection to one sync's state file."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path, sync_name: str) -> None:
+    def __init__(self, conn: duckdb.DuckDBPyConnection, path: Path | str, sync_name: str) -> None:
         self.conn = conn
         self.path = path
         self.sync_name = sync_name
@@ -152,6 +153,7 @@ class SyncState:
 
     def set_meta(self, key: str, value: str) -> None:
         run(self.conn, "insert or replace into meta values (?, ?)", [key, value])
+        self._mirror_meta(key, value)
 
     @property
     def initialized(self) -> bool:
@@ -185,7 +187,8 @@ class SyncState:
     def move_destination(self, destination: str) -> str | None:
         """Record ``destination`` as where this state is delivered; the one it replaces."""
         recorded = self.get_meta("destination")
-        self.set_meta("destination", destination)
+        with self.transaction():
+            self.set_meta("destination", destination)
         return recorded
 
     # -- model rows -----------------------------------------------------------------------------
@@ -227,13 +230,34 @@ class SyncState:
     # -- commits --------------------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """The statements inside (and their mirror, see below) commit together or not at all."""
         run(self.conn, "begin transaction")
         try:
             yield
+            self._mirror_end(commit=True)
         except BaseException:
             run(self.conn, "rollback")
+            self._mirror_end(commit=False)
             raise
         run(self.conn, "commit")
+
+    # -- a state kept elsewhere (`warehouse_state`) repeats each change there --------------------
+    # Called inside `transaction()`; the mirror commits just before this state does, so a failure
+    # to record a change there rolls it back here too.
+    def _mirror_meta(self, key: str, value: str) -> None:
+        """`meta` took ``key`` = ``value``."""
+
+    def _mirror_update(self, table: str, assignment: str, where: str) -> None:
+        """`update <table> set <assignment> where <where>` ran (pending or rejected_rows)."""
+
+    def _mirror_commit(self, run_id: str, status: str) -> None:
+        """The changes in temp table `__rs_commit` are being committed as ``status``."""
+
+    def _mirror_failures(self, run_id: str) -> None:
+        """The changes in temp table `__rs_failed` (change_id, error) failed an attempt."""
+
+    def _mirror_end(self, commit: bool) -> None:
+        """The transaction ends: commit (or roll back) what was mirrored."""
 
     def commit_changes(
         self, change_ids: Sequence[int], run_id: str, status: str, destination: str | None = None
@@ -312,6 +336,7 @@ class SyncState:
                 "delete from pending where __rs_change_id in "
                 "(select __rs_change_id from __rs_commit)",
             )
+            self._mirror_commit(run_id, status)
             count = self.count("__rs_commit")
             run(self.conn, "drop table __rs_commit")
             if initialize:
@@ -322,11 +347,12 @@ class SyncState:
 
     def start_resync(self, window: str | None = None) -> None:
         """Mark a resync's pending rows as started: from now on, later diffs finish them."""
-        run(
-            self.conn,
-            "update pending set __rs_origin = 'resync_started' "
-            f"where __rs_origin = 'resync' and {in_window(window)}",
-        )
+        with self.transaction():
+            self._update(
+                "pending",
+                "__rs_origin = 'resync_started'",
+                f"__rs_origin = 'resync' and {in_window(window)}",
+            )
 
     # -- quarantine -----------------------------------------------------------------------------
     def quarantined(self, max_attempts: int | None, limit: int) -> tuple[int, list[dict]]:
@@ -368,17 +394,17 @@ class SyncState:
             return 0
         with self.transaction():
             count = self.count("pending", _quarantined_sql(max_attempts))
-            run(
-                self.conn,
-                f"update pending set __rs_attempts = 0 where {_quarantined_sql(max_attempts)}",
-            )
+            self._update("pending", "__rs_attempts = 0", _quarantined_sql(max_attempts))
             count += self.count("rejected_rows", f"__rs_attempts >= {int(max_attempts)}")
-            run(
-                self.conn,
-                "update rejected_rows set __rs_attempts = 0 "
-                f"where __rs_attempts >= {int(max_attempts)}",
+            self._update(
+                "rejected_rows", "__rs_attempts = 0", f"__rs_attempts >= {int(max_attempts)}"
             )
         return count
+
+    def _update(self, table: str, assignment: str, where: str) -> None:
+        """One `update` of pending or rejected_rows, here and mirrored (inside a transaction)."""
+        run(self.conn, f"update {table} set {assignment} where {where}")
+        self._mirror_update(table, assignment, where)
 
     def record_failures(self, failures: Sequence[tuple[int, str]], run_id: str) -> None:
         """Keep failed changes pending, counting the attempt and remembering the error."""
@@ -411,6 +437,7 @@ class SyncState:
                 """,
                 [run_id],
             )
+            self._mirror_failures(run_id)
             run(self.conn, "drop table __rs_failed")
 
     # -- a diff rebuilds one window's pending changes and rejected rows --------------------------
@@ -663,15 +690,29 @@ def state_path(state_dir: Path, sync_name: str, dry_run: bool) -> Path:
 
 @contextmanager
 def open_state(
-    state_dir: Path, sync_name: str, dry_run: bool, lock_wait_seconds: float = LOCK_WAIT_SECONDS
+    state_dir: Path,
+    sync_name: str,
+    dry_run: bool,
+    lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+    in_use: bool = False,
 ) -> Iterator[SyncState]:
-    """Open (creating if needed) a sync's state, waiting a bounded time if another run holds it."""
+    """Open (creating if needed) a sync's state, waiting a bounded time if another run holds it.
+
+    ``in_use``: a run will use it, so a state moved into the warehouse is refused."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_path(state_dir, sync_name, dry_run)
     conn = _connect_with_wait(path, sync_name, lock_wait_seconds)
     state = SyncState(conn, path, sync_name)
     try:
         _ensure_schema(state)
+        moved = state.get_meta(MOVED_KEY)
+        if in_use and moved:
+            raise StateError(
+                f"sync '{sync_name}': its state {path} was moved to {moved} (state_schema). "
+                "Fix: set state_schema again to use it there, or, while it is set, run "
+                f"'python -m rudder_sync.warehouse_state.move to-local {sync_name}' to bring it "
+                "back before removing state_schema."
+            )
         yield state
     finally:
         state.close()

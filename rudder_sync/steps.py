@@ -66,6 +66,8 @@ class DiffResult:
     summaries: dict[str, DiffSummary]  # by window key ("" for an unpartitioned sync)
     frame: pd.DataFrame  # the pending changes as users read them
     readmitted: int  # quarantined changes re-admitted by retry_quarantined
+    # In-warehouse state: rows read out of the warehouse (rows_transferred, model_rows, ...).
+    transfer: dict[str, int] | None = None
 
 
 def run_diff(

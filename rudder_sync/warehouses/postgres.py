@@ -52,6 +52,11 @@ class PostgresWarehouse(WarehouseResource):
         description="libpq URI, postgresql://user:password@host:port/database?sslmode=... "
         "(secret when it holds a password: set it with EnvVar).",
     )
+    state_schema: str | None = Field(
+        default=None,
+        description="Keep each unpartitioned sync's state in this schema and diff there: only "
+        "changed rows leave the warehouse (README: 'Large models: diff in the warehouse').",
+    )
 
     def describe(self) -> str:
         return describe_url(self.kind, self.url)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -88,9 +89,18 @@ class DuckDBSettings(WarehouseSettings):
 class PostgresSettings(WarehouseSettings):
     type: Literal["postgres"] = "postgres"
     url: Text
+    # Set: syncs keep their state in this schema and diff there (warehouse_state).
+    state_schema: str | None = None
     example: ClassVar[str] = "warehouse: {type: postgres, url: {env: PG_URL}}"
 
     def check(self, where: str) -> None:
+        if self.state_schema is not None and not re.fullmatch(
+            r"[a-z_][a-z0-9_]{0,62}", self.state_schema
+        ):
+            raise WarehouseSettingsError(
+                f"{where}: key 'state_schema' is {self.state_schema!r}. Fix: use a lower-case "
+                "identifier of letters, digits and '_' (at most 63), e.g. 'rudder_sync'."
+            )
         literal = isinstance(self.url, str)
         url = self.url if isinstance(self.url, str) else self.url.value()
         source = "key 'url'" if literal else f"key 'url' (from {self.url.env})"  # type: ignore[union-attr]
@@ -219,6 +229,13 @@ def parse_warehouse(raw: Any, where: str, base: Path) -> WarehouseSettings:
             f"{where}: key 'type' is {kind!r}{hint}. Fix: use one of {', '.join(SETTINGS)}."
         )
     cls = SETTINGS[kind]
+    if "state_schema" in raw and kind != "postgres":
+        raise WarehouseSettingsError(
+            f"{where}: key 'state_schema' (the diff inside the warehouse) runs on PostgreSQL in "
+            f"this version, not on {kind}; its SQL for {kind} is generated and checked "
+            "(docs/warehouses.md) but not executed yet. Fix: remove 'state_schema' to keep the "
+            "state in local DuckDB files."
+        )
     allowed = {info.alias or name for name, info in cls.model_fields.items()}
     for key in raw:
         if key not in allowed:

@@ -1,0 +1,23 @@
+"""In-warehouse state: a sync's snapshot, pending changes and delivery log as tables in the
+warehouse's `state_schema`, and the diff computed there (README: "Large models: diff in the
+warehouse").
+
+`sql` holds the diff's SQL, rendered per dialect; `store` the warehouse tables and their lock;
+`state` the scratch copy the local code runs on, mirrored into the warehouse; `steps` the snapshot
+and diff steps; `move` switches a sync's state between local files and the warehouse.
+"""
+
+from __future__ import annotations
+
+from ..config import SyncConfig
+from ..warehouses.base import WarehouseResource
+from ..warehouses.postgres import PostgresWarehouse
+
+
+def state_in_warehouse(sync: SyncConfig, warehouse: WarehouseResource) -> bool:
+    """Whether this sync keeps its state in the warehouse (unpartitioned, `state_schema` set)."""
+    return (
+        isinstance(warehouse, PostgresWarehouse)
+        and bool(warehouse.state_schema)
+        and sync.partitions is None
+    )

@@ -1,0 +1,320 @@
+"""A sync's state kept in the warehouse (`state_schema`), worked on through a scratch DuckDB.
+
+The warehouse tables are the state: the committed snapshot, pending changes, rejected rows, the
+delivery log and meta (the messageId salt among them). A step opens them under the sync's
+advisory lock and loads what it works on (pending changes, rejected rows; for a diff, the changed
+rows and their snapshot rows) into a scratch DuckDB file that is deleted when the step ends. The
+local code (`diff`, `delivery`, `events`) runs unchanged on the scratch copy, so events are the
+same as in local mode by construction, and every change it makes to the state is repeated in the
+warehouse inside the same transaction (`SyncState._mirror_*`): the warehouse commits first, and a
+failure there rolls the scratch copy back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from ..errors import StateError
+from ..jsonvalues import quote_ident
+from ..state import (
+    _SCHEMA,
+    LOCK_WAIT_SECONDS,
+    SALT_KEY,
+    SCHEMA_VERSION,
+    SyncState,
+    _configure,
+    _hash_probe,
+    new_salt,
+    run,
+    state_path,
+)
+from ..warehouses.postgres import PostgresWarehouse
+from .sql import Tables
+from .store import WarehouseStore
+
+# Ranges of consecutive change IDs written into a statement; more go through a temp table.
+MAX_LITERAL_RANGES = 200
+PENDING_COLUMNS = (
+    "__rs_window, __rs_change_id, __rs_pk, __rs_change, __rs_hash, __rs_version, "
+    "__rs_message_id, __rs_timestamp, __rs_user_id, __rs_anonymous_id, __rs_props, __rs_send, "
+    "__rs_first_seen, __rs_attempts, __rs_last_error, __rs_origin"
+)
+REJECTED_COLUMNS = "__rs_window, __rs_pk, reason, __rs_hash, __rs_attempts, __rs_first_seen"
+
+
+class WarehouseSyncState(SyncState):
+    """`SyncState` on a scratch copy, every change repeated in the warehouse's tables."""
+
+    def __init__(
+        self, conn: duckdb.DuckDBPyConnection, store: WarehouseStore, primary_key: str
+    ) -> None:
+        super().__init__(conn, store.where, store.sync_name)
+        self.store = store
+        self.primary_key = primary_key
+        self.notice: str | None = None  # what opening did that the run should log
+
+    @property
+    def tables(self) -> Tables:
+        return self.store.tables
+
+    # -- loading --------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Copy meta, pending changes and rejected rows into the scratch state."""
+        run(self.conn, _SCHEMA)
+        for key, value in self.store.get_meta().items():
+            run(self.conn, "insert or replace into meta values (?, ?)", [key, value])
+        self.load_table("pending", f"select {PENDING_COLUMNS} from {self.tables.pending}")
+        self.load_table(
+            "rejected_rows", f"select {REJECTED_COLUMNS} from {self.tables.rejected_rows}"
+        )
+
+    def load_table(self, table: str, warehouse_sql: str) -> int:
+        """Replace a scratch table with a warehouse query's rows (hashes stored there as text)."""
+        rows = self.store.arrow(warehouse_sql)
+        self.conn.register("__rs_loaded", rows)
+        try:
+            run(self.conn, f"delete from {table}")
+            hashed = ""
+            if "__rs_hash" in rows.schema.names:
+                hashed = " replace (__rs_hash::ubigint as __rs_hash)"
+            run(self.conn, f"insert into {table} by name select *{hashed} from __rs_loaded")
+        finally:
+            self.conn.unregister("__rs_loaded")
+        return rows.num_rows
+
+    def ever_accepted(self) -> bool:
+        rows = self.store.rows(
+            f"select 1 from {self.tables.delivery_log} where status = 'delivered' limit 1"
+        )
+        return bool(rows)
+
+    # -- mirroring (see SyncState.transaction) ----------------------------------------------------
+    def _mirror_meta(self, key: str, value: str) -> None:
+        self.store.set_meta(key, value)
+
+    def _mirror_update(self, table: str, assignment: str, where: str) -> None:
+        self.store.execute(f"update {getattr(self.tables, table)} set {assignment} where {where}")
+
+    def _mirror_commit(self, run_id: str, status: str) -> None:
+        where = self._change_filter("__rs_commit")
+        t = self.tables
+        self.store.execute(
+            f"""
+            insert into {t.snapshot}
+            select __rs_pk, __rs_hash, __rs_version, __rs_change = 'removed', __rs_user_id,
+                   __rs_anonymous_id, __rs_props, now(), __rs_wpk,
+                   case when __rs_change <> 'removed' then __rs_whash end
+            from {t.pending} where {where} and __rs_window is null
+            on conflict (__rs_pk) do update set
+                __rs_hash = excluded.__rs_hash, __rs_version = excluded.__rs_version,
+                __rs_deleted = excluded.__rs_deleted, __rs_user_id = excluded.__rs_user_id,
+                __rs_anonymous_id = excluded.__rs_anonymous_id,
+                __rs_props = excluded.__rs_props, __rs_committed_at = excluded.__rs_committed_at,
+                __rs_wpk = coalesce(excluded.__rs_wpk, {t.snapshot}.__rs_wpk),
+                __rs_whash = excluded.__rs_whash
+            """
+        )
+        if status != "committed":
+            self.store.execute(
+                f"""
+                insert into {t.delivery_log}
+                select $1, __rs_window, __rs_change_id, __rs_pk, __rs_change, __rs_message_id,
+                       $2, null, __rs_attempts + 1, now()
+                from {t.pending} where {where}
+                """,
+                [run_id, status],
+            )
+        self.store.execute(f"delete from {t.pending} where {where}")
+
+    def _mirror_failures(self, run_id: str) -> None:
+        failed = self.store.ingest(
+            "__rs_failed", self.conn.sql("select * from __rs_failed").to_arrow_table()
+        )
+        t = self.tables
+        self.store.execute(
+            f"""
+            update {t.pending} p set __rs_attempts = p.__rs_attempts + 1, __rs_last_error = f.error
+            from {failed} f where p.__rs_change_id = f.change_id
+            """
+        )
+        self.store.execute(
+            f"""
+            insert into {t.delivery_log}
+            select $1, p.__rs_window, p.__rs_change_id, p.__rs_pk, p.__rs_change,
+                   p.__rs_message_id, 'rejected', f.error, p.__rs_attempts, now()
+            from {t.pending} p join {failed} f on p.__rs_change_id = f.change_id
+            """,
+            [run_id],
+        )
+
+    def _mirror_end(self, commit: bool) -> None:
+        if commit:
+            self.store.conn.commit()
+        else:
+            self.store.conn.rollback()
+
+    def _change_filter(self, relation: str) -> str:
+        """SQL choosing, in the warehouse, the pending changes whose IDs ``relation`` holds:
+        literal ranges of consecutive IDs where they are few, else a temp table."""
+        ranges = run(
+            self.conn,
+            f"""
+            select min(id), max(id) from (
+                select __rs_change_id as id,
+                       __rs_change_id - row_number() over (order by __rs_change_id) as run
+                from {relation})
+            group by run order by 1
+            """,
+        )
+        if len(ranges) <= MAX_LITERAL_RANGES:
+            parts = [f"__rs_change_id between {int(lo)} and {int(hi)}" for lo, hi in ranges]
+            return "(" + (" or ".join(parts) or "false") + ")"
+        ids = self.conn.sql(f"select __rs_change_id as id from {relation}").to_arrow_table()
+        table = self.store.ingest("__rs_ids", ids)
+        return f"__rs_change_id in (select id from {table})"
+
+    # -- the diff's results ------------------------------------------------------------------------
+    def push_diff(self) -> None:
+        """Replace the warehouse's pending changes and rejected rows with the scratch diff's, and
+        record the warehouse key and hash of the rows that left unchanged (one transaction).
+
+        Keys and hashes come from the rows that left (`model_rows` keeps `__rs_wpk` and
+        `__rs_whash`); a removed change keeps its snapshot row's key.
+        """
+        t = self.tables
+        keys = (
+            "(select __rs_pk, any_value(__rs_wpk) as __rs_wpk, any_value(__rs_whash) as __rs_whash "
+            "from __rs_left group by all)"
+        )
+        run(self.conn, f"create or replace temp table __rs_left as {self._left_rows_sql()}")
+        pending = self.store.ingest(
+            "__rs_new_pending",
+            self.conn.sql(
+                f"select p.* replace (p.__rs_hash::varchar as __rs_hash), k.__rs_wpk, k.__rs_whash "
+                f"from pending p left join {keys} k using (__rs_pk)"
+            ).to_arrow_table(),
+        )
+        rejected = self.store.ingest(
+            "__rs_new_rejected",
+            self.conn.sql(
+                f"select r.* replace (r.__rs_hash::varchar as __rs_hash), k.__rs_wpk "
+                f"from rejected_rows r left join {keys} k using (__rs_pk)"
+            ).to_arrow_table(),
+        )
+        fresh = self.store.ingest(
+            "__rs_fresh",
+            self.conn.sql(
+                f"""
+                select k.* from {keys} k join snapshot s using (__rs_pk)
+                where not s.__rs_deleted
+                  and __rs_pk not in (select __rs_pk from pending)
+                  and __rs_pk not in (select __rs_pk from rejected_rows)
+                """
+            ).to_arrow_table(),
+        )
+        with self.store.transaction():
+            self.store.execute(f"delete from {t.pending}")
+            self.store.execute(
+                f"""
+                insert into {t.pending}
+                select {_prefixed("n", PENDING_COLUMNS)},
+                       coalesce(n.__rs_wpk, s.__rs_wpk), n.__rs_whash
+                from {pending} n left join {t.snapshot} s on s.__rs_pk = n.__rs_pk
+                """
+            )
+            self.store.execute(f"delete from {t.rejected_rows}")
+            self.store.execute(
+                f"insert into {t.rejected_rows} select {REJECTED_COLUMNS}, __rs_wpk from {rejected}"
+            )
+            self.store.execute(
+                f"""
+                update {t.snapshot} s set __rs_wpk = f.__rs_wpk, __rs_whash = f.__rs_whash
+                from {fresh} f where s.__rs_pk = f.__rs_pk
+                  and (s.__rs_wpk is distinct from f.__rs_wpk
+                       or s.__rs_whash is distinct from f.__rs_whash)
+                """
+            )
+        run(self.conn, "drop table __rs_left")
+
+    def _left_rows_sql(self) -> str:
+        """The rows that left the warehouse: the key as the local diff renders it, and the
+        warehouse's key and hash."""
+        pk = quote_ident(self.primary_key)
+        return (
+            f"select coalesce(cast({pk} as varchar), '(null)') as __rs_pk, __rs_wpk, __rs_whash "
+            "from model_rows"
+        )
+
+
+@contextmanager
+def open_warehouse_state(
+    warehouse: PostgresWarehouse,
+    sync_name: str,
+    primary_key: str,
+    dry_run: bool,
+    state_dir: Path | None = None,
+    lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+    settle: bool = True,
+) -> Iterator[WarehouseSyncState]:
+    """Lock the sync's state in the warehouse, create it if new, and load a scratch copy.
+
+    With ``settle``, a local state in ``state_dir`` is moved in first (`move`)."""
+    assert warehouse.state_schema is not None
+    tables = Tables(warehouse.state_schema, f"{sync_name}__dry_run" if dry_run else sync_name)
+    store = WarehouseStore(warehouse, tables, sync_name)
+    scratch = Path(tempfile.mkdtemp(prefix=f"rudder_sync-{sync_name}-"))
+    conn: duckdb.DuckDBPyConnection | None = None
+    try:
+        store.lock(lock_wait_seconds)
+        store.ensure_tables()
+        conn = duckdb.connect(str(scratch / "scratch.duckdb"))
+        _configure(conn)
+        run(conn, f"set temp_directory = '{scratch / 'spill'}'")
+        state = WarehouseSyncState(conn, store, primary_key)
+        _ensure_meta(state)
+        state.load()
+        if settle and state_dir is not None:
+            from .move import settle_local_state
+
+            state.notice = settle_local_state(state, state_path(state_dir, sync_name, dry_run))
+        yield state
+    finally:
+        if conn is not None:
+            conn.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+        store.close()
+
+
+def _ensure_meta(state: WarehouseSyncState) -> None:
+    """A new state gets its version, hash probe and messageId salt; an old one is checked."""
+    meta = state.store.get_meta()
+    probe = _hash_probe(state.conn)
+    if not meta:
+        with state.store.transaction():
+            state.store.set_meta("schema_version", str(SCHEMA_VERSION))
+            state.store.set_meta("hash_probe", probe)
+            state.store.set_meta(SALT_KEY, new_salt())
+        return
+    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        raise StateError(
+            f"sync '{state.sync_name}': state in {state.path} has schema version "
+            f"{meta.get('schema_version')}, this rudder_sync reads version {SCHEMA_VERSION}. "
+            "Fix: use the rudder_sync version that wrote it."
+        )
+    if meta.get("hash_probe") != probe:
+        raise StateError(
+            f"sync '{state.sync_name}': state in {state.path} was written by a DuckDB whose row "
+            f"hash differs from this one ({duckdb.__version__}). Fix: use the DuckDB version "
+            "that wrote it, or drop the sync's tables to start a full resync."
+        )
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    """`a, b` as `alias.a, alias.b`."""
+    return ", ".join(f"{alias}.{column.strip()}" for column in columns.split(","))
