@@ -10,16 +10,41 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import adbc_driver_postgresql.dbapi as adbc
 import pytest
+import yaml
 
 from rudder_sync.state import open_state, state_path
+from rudder_sync.warehouse_state import state as warehouse_state_module
 
 from .gateway import TestGateway
-from .helpers import IDENTIFY_SYNC, TRACK_SYNC, asset_metadata, rudderstack_for, run_sync
-from .postgres import PgDatabase, PgProject, write_pg_project
+from .helpers import (
+    DAGSTER,
+    IDENTIFY_SYNC,
+    SEEDED_SYNC,
+    SMALL_BODIES_KB,
+    SYNC_NAME,
+    TRACK_SYNC,
+    WRITE_KEY,
+    assert_delivered_exactly,
+    asset_metadata,
+    change_key,
+    cli_env,
+    failure_text,
+    rudderstack_for,
+    run_sync,
+    wait_until_idle,
+)
+from .postgres import SYNC_URL_ENV_VAR, PgDatabase, PgProject, write_pg_project
+from .test_crash import kill_group
+from .test_faults import FAULT_KINDS, _plan, _script
 
 SCHEMA = "rudder_sync"
 SYNCS = {
@@ -134,3 +159,249 @@ def test_a_one_percent_change_reads_out_only_the_changed_rows(
     again = run_sync(project, "traits", rudderstack_for(gateway.url))
     assert asset_metadata(again, "traits", "diff")["rows_transferred"] == 0
     assert not (project.state_dir / "traits.duckdb").exists()
+
+
+# -- a seeded model on PostgreSQL: a committed baseline, then known changes -----------------------
+
+
+@dataclass
+class PgSeeded:
+    project: PgProject
+    pg: PgDatabase
+    expected: set[tuple[int, str]]
+
+    def table(self, role: str, sync: str = SYNC_NAME) -> str:
+        return f'{SCHEMA}."{sync}__{role}"'
+
+    def delivered_by_run(self) -> dict[str, set[tuple[int, str]]]:
+        rows = self.pg.sql(
+            f"select run_id, pk, change from {self.table('delivery_log')} "
+            "where status = 'delivered'"
+        )
+        runs: dict[str, set[tuple[int, str]]] = {}
+        for run_id, pk, change in rows:
+            runs.setdefault(run_id, set()).add((int(pk), change))
+        return runs
+
+    def assert_settled(self) -> None:
+        """Nothing pending; the snapshot holds the model's rows, each with its warehouse hash."""
+        assert self.pg.sql(f"select count(*) from {self.table('pending')}") == [(0,)]
+        live = self.pg.sql(
+            f"select count(*), count(__rs_whash) from {self.table('snapshot')} "
+            "where not __rs_deleted"
+        )
+        assert live == self.pg.sql("select count(*), count(*) from users")
+
+
+def seed_pg(
+    root: Path,
+    pg: PgDatabase,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: int,
+    added: int,
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> PgSeeded:
+    """`helpers.seed_model` on PostgreSQL with state_schema: the same baseline and changes."""
+    pg.seed_users(rows)
+    syncs = {SYNC_NAME: SEEDED_SYNC, **(extra or {})}
+    project = write_pg_project(root, pg, syncs, monkeypatch, state_schema=SCHEMA)
+    run_sync(project, SYNC_NAME, rudderstack_for(url))
+    pg.sql(
+        "update users set plan = 'pro' where id % 4 = 0",
+        "delete from users where id % 10 = 1",
+        "insert into users select i, 'u' || i, 'a' || i, 'user' || i || '@example.com', "
+        f"'free', 'DE', '2024-06-01', 'e' || i from generate_series({rows + 1}, {rows + added}) i",
+    )
+    expected = {(i, "removed") for i in range(1, rows + 1) if i % 10 == 1}
+    expected |= {(i, "changed") for i in range(1, rows + 1) if i % 4 == 0 and i % 10 != 1}
+    expected |= {(i, "added") for i in range(rows + 1, rows + added + 1)}
+    return PgSeeded(project, pg, expected)
+
+
+def test_transient_gateway_faults_lose_nothing(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    model = seed_pg(tmp_path, pg, gateway.url, monkeypatch, rows=400, added=100)
+    _script(gateway, _plan(FAULT_KINDS, faults=10, seed=11))
+    resource = rudderstack_for(
+        gateway.url,
+        max_request_kb=SMALL_BODIES_KB,
+        retry_max_seconds=30.0,
+        request_timeout_seconds=0.7,
+    )
+    run_sync(model.project, SYNC_NAME, resource)
+    wait_until_idle(gateway)
+    gateway.clear_faults()
+    assert_delivered_exactly(gateway.events, model.expected)
+    model.assert_settled()
+
+
+def test_rejected_batches_stay_pending_with_their_message_ids(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    model = seed_pg(tmp_path, pg, gateway.url, monkeypatch, rows=100, added=20)
+    gateway.fail_next(503, times=10_000)
+    failed = run_sync(
+        model.project,
+        SYNC_NAME,
+        rudderstack_for(gateway.url, retry_max_seconds=0.2),
+        raise_on_error=False,
+    )
+    assert not failed.success and "delivery stopped" in failure_text(failed)
+    pending = dict(pg.sql(f"select __rs_pk, __rs_message_id from {model.table('pending')}"))
+    assert len(pending) == len(model.expected)
+    gateway.clear_faults()
+    run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert_delivered_exactly(gateway.events, model.expected)
+    assert {str(change_key(e)[0]): e["messageId"] for e in gateway.events} == pending
+    model.assert_settled()
+
+
+REQUEST_KB = 16
+FAST_REQUESTS = 430
+
+
+@pytest.mark.slow
+def test_sigkill_mid_delivery_then_rerun_sends_the_rest_under_the_same_ids(
+    tmp_path: Path,
+    pg: PgDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+    processes: list[subprocess.Popen[bytes]],
+) -> None:
+    with TestGateway(validate_schema=False, keep_bodies=False) as gateway:
+        model = seed_pg(tmp_path, pg, gateway.url, monkeypatch, rows=2_000, added=25_000)
+        document = yaml.safe_load(model.project.config_path.read_text())
+        document["delivery"] = {"max_request_kb": REQUEST_KB}
+        model.project.config_path.write_text(yaml.safe_dump(document))
+        env = _job_env(model, gateway.url)
+        for _ in range(FAST_REQUESTS):
+            gateway.delay_next(0.0)
+        gateway.delay_next(2.0, times=1_000)
+        killed = _start_job(model, env)
+        processes.append(killed)
+        deadline = time.monotonic() + 120
+        while sum(r.status == 200 for r in gateway.requests) < FAST_REQUESTS:
+            assert killed.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the delivery did not start"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        kill_group(killed)
+        wait_until_idle(gateway, timeout=15)
+        gateway.clear_faults()
+        committed = set().union(*model.delivered_by_run().values())
+        # the messageIds the killed run's diff gave every change: delivered or still pending
+        ids_before = dict(
+            pg.sql(
+                f"select __rs_pk || __rs_change, __rs_message_id from {model.table('pending')} "
+                f"union all select pk || change, message_id from {model.table('delivery_log')}"
+            )
+        )
+        assert 0 < len(committed) < len(model.expected), "the kill did not land mid-delivery"
+        stored_before = len(gateway.events)
+
+        rerun = subprocess.run(
+            _job_command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180
+        )
+        assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    assert assert_delivered_exactly(gateway.events, model.expected) > 0
+    rerun_keys = [change_key(event) for event in gateway.events[stored_before:]]
+    assert len(rerun_keys) == len(set(rerun_keys))
+    assert set(rerun_keys) == model.expected - committed
+    # every change went out under the messageId its diff gave it before the kill
+    sent = {
+        f"{pk}{change}": e["messageId"] for e in gateway.events for pk, change in [change_key(e)]
+    }
+    assert sent == ids_before
+    model.assert_settled()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; whatever is still running at the end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        kill_group(process)
+
+
+def _job_command() -> list[str]:
+    return [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", SYNC_NAME]
+
+
+def _job_env(model: PgSeeded, url: str) -> dict[str, str]:
+    home = model.project.root / "dagster_home"
+    home.mkdir(exist_ok=True)
+    return cli_env(
+        RUDDER_SYNC_CONFIG=str(model.project.config_path),
+        RUDDERSTACK_DATA_PLANE_URL=url,
+        RUDDERSTACK_WRITE_KEY=WRITE_KEY,
+        DAGSTER_HOME=str(home),
+        **{SYNC_URL_ENV_VAR: model.pg.url},
+    )
+
+
+def _start_job(model: PgSeeded, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with (model.project.root / "job.log").open("wb") as log:
+        return subprocess.Popen(
+            _job_command(),
+            env=env,
+            cwd=model.project.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_a_second_run_of_the_sync_waits_for_the_lock_then_fails_clearly(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    model = seed_pg(tmp_path, pg, gateway.url, monkeypatch, rows=50, added=5)
+    monkeypatch.setattr(warehouse_state_module, "LOCK_WAIT_SECONDS", 1.0)
+    holder = adbc.connect(pg.url)  # another run of the same sync, holding its lock
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(
+                "select pg_advisory_lock(hashtextextended($1, 0))",
+                [f"rudder_sync/{SCHEMA}/{SYNC_NAME}"],
+            )
+            cursor.fetchall()
+        started = time.monotonic()
+        refused = run_sync(
+            model.project, SYNC_NAME, rudderstack_for(gateway.url), raise_on_error=False
+        )
+        assert not refused.success and time.monotonic() - started >= 1.0
+        message = failure_text(refused)
+        assert "another run of this sync holds its state" in message and SCHEMA in message
+        assert gateway.events == []
+    finally:
+        holder.close()  # the lock goes with the session
+    run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert_delivered_exactly(gateway.events, model.expected)
+
+
+def test_guard_dry_run_and_resync_in_the_warehouse(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    model = seed_pg(tmp_path, pg, gateway.url, monkeypatch, rows=100, added=0)
+    pg.sql("delete from users where id > 30")  # 70% of the rows removed: the guard stops it
+    blocked = run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url), raise_on_error=False)
+    assert not blocked.success and gateway.events == []
+    diff = asset_metadata(blocked, SYNC_NAME, "diff")
+    # ids 1..30 are left, but 1, 11 and 21 were deleted before; 4, 8, ..., 28 changed
+    assert diff["model_rows"] == 27 and diff["rows_transferred"] == 7
+    dry = run_sync(
+        model.project,
+        SYNC_NAME,
+        rudderstack_for(gateway.url),
+        dry_run=True,
+        approve_large_change=True,
+    )
+    assert asset_metadata(dry, SYNC_NAME, "events")["status"] == "dry_run"
+    assert gateway.events == []
+    pending = pg.sql(f"select count(*) from {model.table('pending')}")
+    assert pending[0][0] > 0  # the dry run moved nothing
+    run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url), approve_large_change=True)
+    removed = {change_key(e) for e in gateway.events}
+    assert {change for _, change in removed} == {"removed", "changed"}
+    model.assert_settled()

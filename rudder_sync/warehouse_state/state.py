@@ -259,7 +259,7 @@ def open_warehouse_state(
     primary_key: str,
     dry_run: bool,
     state_dir: Path | None = None,
-    lock_wait_seconds: float = LOCK_WAIT_SECONDS,
+    lock_wait_seconds: float | None = None,
     settle: bool = True,
 ) -> Iterator[WarehouseSyncState]:
     """Lock the sync's state in the warehouse, create it if new, and load a scratch copy.
@@ -271,7 +271,7 @@ def open_warehouse_state(
     scratch = Path(tempfile.mkdtemp(prefix=f"rudder_sync-{sync_name}-"))
     conn: duckdb.DuckDBPyConnection | None = None
     try:
-        store.lock(lock_wait_seconds)
+        store.lock(LOCK_WAIT_SECONDS if lock_wait_seconds is None else lock_wait_seconds)
         store.ensure_tables()
         conn = duckdb.connect(str(scratch / "scratch.duckdb"))
         _configure(conn)
