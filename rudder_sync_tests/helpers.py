@@ -162,6 +162,7 @@ def run_sync(
     partition_range: tuple[str, str] | None = None,
     dry_run: bool = False,
     approve_large_change: bool = False,
+    diff_config: dict[str, Any] | None = None,
 ) -> ExecuteInProcessResult:
     """Materialize the sync's three assets in real Dagster, as its job would.
 
@@ -189,7 +190,9 @@ def run_sync(
         tags=tags,
         run_config={
             "ops": {
-                f"{sync_name}__diff": {"config": {"approve_large_change": approve_large_change}},
+                f"{sync_name}__diff": {
+                    "config": {"approve_large_change": approve_large_change, **(diff_config or {})}
+                },
                 f"{sync_name}__events": {"config": {"dry_run": dry_run}},
             }
         },

@@ -11,11 +11,13 @@ import copy
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import adbc_driver_postgresql.dbapi as adbc
 import pytest
@@ -405,3 +407,140 @@ def test_guard_dry_run_and_resync_in_the_warehouse(
     removed = {change_key(e) for e in gateway.events}
     assert {change for _, change in removed} == {"removed", "changed"}
     model.assert_settled()
+
+
+def test_resync_sends_every_row_again_with_new_message_ids(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    pg.seed_users(20)
+    project = write_pg_project(
+        tmp_path, pg, {"traits": SYNCS["user_traits"]}, monkeypatch, state_schema=SCHEMA
+    )
+    run_sync(project, "traits", rudderstack_for(gateway.url))
+    first = {e["userId"]: e["messageId"] for e in gateway.events}
+    resync = run_sync(
+        project,
+        "traits",
+        rudderstack_for(gateway.url),
+        approve_large_change=True,
+        diff_config={"resync": True},
+    )
+    assert asset_metadata(resync, "traits", "diff")["rows_transferred"] == 20
+    again = {e["userId"]: e["messageId"] for e in gateway.events[20:]}
+    assert set(again) == set(first) and not set(again.values()) & set(first.values())
+
+
+# -- switching state_schema on and off -------------------------------------------------------------
+
+
+def _set_state_schema(project: PgProject, schema: str | None) -> None:
+    document = yaml.safe_load(project.config_path.read_text())
+    document["warehouse"].pop("state_schema", None)
+    if schema:
+        document["warehouse"]["state_schema"] = schema
+    project.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def test_switching_on_moves_the_local_state_and_its_pending_changes(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    pg.seed_users(100)
+    project = write_pg_project(tmp_path, pg, {SYNC_NAME: SEEDED_SYNC}, monkeypatch)
+    run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))  # local baseline
+    pg.sql("update users set plan = 'pro' where id % 4 = 0", "delete from users where id = 1")
+    gateway.fail_next(503, times=10_000)
+    failed = run_sync(
+        project,
+        SYNC_NAME,
+        rudderstack_for(gateway.url, retry_max_seconds=0.2),
+        raise_on_error=False,
+    )
+    assert not failed.success
+    gateway.clear_faults()
+    local = state_path(project.state_dir, SYNC_NAME, False)
+    with open_state(project.state_dir, SYNC_NAME, False) as old:
+        pending = dict(old.conn.sql("select __rs_pk, __rs_message_id from pending").fetchall())
+    assert len(pending) == 26
+    pg.sql("insert into users values (500, 'u500', 'a500', 'x', 'free', 'DE', now(), 'e')")
+
+    _set_state_schema(project, SCHEMA)
+    moved = run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
+    # the pending changes went out under their messageIds, plus the new row; nothing else
+    sent = {str(change_key(e)[0]): e["messageId"] for e in gateway.events}
+    assert set(sent) == set(pending) | {"500"}
+    assert {pk: sent[pk] for pk in pending} == pending
+    assert asset_metadata(moved, SYNC_NAME, "diff")["rows_transferred"] == 100  # once
+    again = run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert asset_metadata(again, SYNC_NAME, "diff")["rows_transferred"] == 0
+    assert len(gateway.events) == 27
+
+    # the local file is marked as moved: local mode refuses it and names the way back
+    _set_state_schema(project, None)
+    refused = run_sync(project, SYNC_NAME, rudderstack_for(gateway.url), raise_on_error=False)
+    message = failure_text(refused)
+    assert not refused.success and "was moved to" in message
+    assert f"rudder_sync.warehouse_state.move to-local {SYNC_NAME}" in message
+    assert local.exists()
+
+
+def test_switching_off_with_the_move_command_keeps_the_place(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    model = seed_pg(tmp_path, pg, gateway.url, monkeypatch, rows=60, added=10)
+    run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url))
+    delivered = len(gateway.events)
+    pg.sql("update users set plan = 'team' where id = 2")
+    env = _job_env(model, gateway.url)
+    command = [sys.executable, "-m", "rudder_sync.warehouse_state.move", "to-local", SYNC_NAME]
+    moved = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0, moved.stderr
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "moved already" in again.stderr
+
+    # the warehouse state is marked as moved: without the file it went to, it is refused
+    local = state_path(model.project.state_dir, SYNC_NAME, False)
+    local.rename(local.with_suffix(".away"))
+    refused = run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url), raise_on_error=False)
+    assert not refused.success and "that file is gone" in failure_text(refused)
+    local.with_suffix(".away").rename(local)
+    # local mode carries on from the same place: only the new change is sent
+    _set_state_schema(model.project, None)
+    run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert [change_key(e) for e in gateway.events[delivered:]] == [(2, "changed")]
+    # switching on again moves it back, and again nothing is resent
+    _set_state_schema(model.project, SCHEMA)
+    pg.sql("update users set plan = 'free' where id = 2")
+    run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert [change_key(e) for e in gateway.events[delivered:]] == [(2, "changed")] * 2
+    model.assert_settled()
+
+
+def test_a_user_without_create_rights_gets_the_grants_to_run(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    pg.seed_users(5)
+    role = f"limited_{pg.name}"
+    pg.sql(
+        f"create role {role} login password 'limited-pw-1'",
+        f"grant select on users to {role}",
+    )
+    limited = PgDatabase(url=_with_user(pg.url, role, "limited-pw-1"), name=pg.name)
+    project = write_pg_project(
+        tmp_path, limited, {"traits": SYNCS["user_traits"]}, monkeypatch, state_schema=SCHEMA
+    )
+    refused = run_sync(project, "traits", rudderstack_for(gateway.url), raise_on_error=False)
+    message = failure_text(refused)
+    assert not refused.success and "may not create its state schema" in message
+    assert f'CREATE SCHEMA "{SCHEMA}" AUTHORIZATION "{role}"' in message
+    assert "limited-pw-1" not in message
+    # the README's way: an administrator creates the schema for that user
+    pg.sql(f'CREATE SCHEMA "{SCHEMA}" AUTHORIZATION "{role}"')
+    run_sync(project, "traits", rudderstack_for(gateway.url))
+    assert len(gateway.events) == 5
+    pg.sql(f"drop schema {SCHEMA} cascade", f"drop owned by {role}", f"drop role {role}")
+
+
+def _with_user(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    netloc = f"{user}:{password}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))

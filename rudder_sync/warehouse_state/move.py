@@ -25,10 +25,13 @@ from ..state import MOVED_KEY, SALT_KEY, SyncState, open_state, run, state_path
 from .state import WarehouseSyncState
 
 IMPORTED_KEY = "imported_from"
+# What a local table gives the warehouse: hashes as text (the warehouse has no unsigned
+# 64-bit type); no warehouse key or hash yet, so the first diff after the move reads every row.
+_HASH_AS_TEXT = "* replace (__rs_hash::varchar as __rs_hash)"
 _LOCAL_TABLES = {
-    "snapshot": "*, null::varchar as __rs_wpk, null::varchar as __rs_whash",
-    "pending": "*, null::varchar as __rs_wpk, null::varchar as __rs_whash",
-    "rejected_rows": "*, null::varchar as __rs_wpk",
+    "snapshot": f"{_HASH_AS_TEXT}, null::varchar as __rs_wpk, null::varchar as __rs_whash",
+    "pending": f"{_HASH_AS_TEXT}, null::varchar as __rs_wpk, null::varchar as __rs_whash",
+    "rejected_rows": f"{_HASH_AS_TEXT}, null::varchar as __rs_wpk",
     "delivery_log": "*",
 }
 
@@ -83,12 +86,9 @@ def copy_local_into_warehouse(old: SyncState, state: WarehouseSyncState, local: 
         for table in ("meta", *_LOCAL_TABLES):
             store.execute(f"delete from {getattr(t, table)}")
         for table, source in ingested.items():
-            hashed = table != "delivery_log"
-            columns = store.columns(source)
-            select = ", ".join(f"{c}::text" if hashed and c == "__rs_hash" else c for c in columns)
+            columns = ", ".join(store.columns(source))
             store.execute(
-                f"insert into {getattr(t, table)} ({', '.join(columns)}) select {select} "
-                f"from {source}"
+                f"insert into {getattr(t, table)} ({columns}) select {columns} from {source}"
             )
         for key, value in meta.items():
             if key != MOVED_KEY:
@@ -131,7 +131,7 @@ def _now() -> str:
 def main(argv: list[str] | None = None) -> int:
     """`python -m rudder_sync.warehouse_state.move to-local SYNC`: see the module docstring."""
     from ..definitions import load_project
-    from ..warehouses import build_warehouse
+    from ..warehouses import PostgresSettings, PostgresWarehouse
     from .state import open_warehouse_state
 
     parser = argparse.ArgumentParser(prog="python -m rudder_sync.warehouse_state.move")
@@ -144,17 +144,19 @@ def main(argv: list[str] | None = None) -> int:
         sync = project.syncs.get(args.sync)
         if sync is None:
             raise StateError(f"no sync '{args.sync}' in the config: {', '.join(project.syncs)}")
-        warehouse = build_warehouse(project.warehouse)
-        schema = getattr(project.warehouse, "state_schema", None)
-        if not schema:
+        settings = project.warehouse
+        schema = getattr(settings, "state_schema", None)
+        if not isinstance(settings, PostgresSettings) or not schema:
             raise StateError(
                 f"sync '{sync.name}': the config's warehouse has no state_schema, so this "
                 "command cannot find the warehouse state. Fix: run it while state_schema is "
                 "still set, then remove state_schema."
             )
+        url = settings.url if isinstance(settings.url, str) else settings.url.value()
+        warehouse = PostgresWarehouse(url=url, state_schema=schema)
         local = state_path(project.state, sync.name, args.dry_run_state)
         with open_warehouse_state(
-            warehouse.model_copy(update={"state_schema": schema}),  # type: ignore[arg-type]
+            warehouse,
             sync.name,
             sync.primary_key,
             args.dry_run_state,
