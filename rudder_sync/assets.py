@@ -155,7 +155,13 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         warehouse = warehouse_of(context)
         with _open_state(sync, state_dir, rudderstack_of(context), warehouse) as state:
             if isinstance(state, WarehouseSyncState):
-                taken = take_snapshot_in_warehouse(state, sync, warehouse)  # type: ignore[arg-type]
+                taken = take_snapshot_in_warehouse(
+                    state,
+                    sync,
+                    warehouse,  # type: ignore[arg-type]
+                    partitions,
+                    windows(context),
+                )
             else:
                 taken = take_snapshot(state, sync, warehouse, partitions, windows(context))
         for key, rows in taken.rows_by_window.items():
@@ -204,6 +210,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                     mode,
                     datetime.now(UTC),
                     config.retry_quarantined,
+                    windows(context),
                 )
             else:
                 result = run_diff(
@@ -402,7 +409,7 @@ def _open_state(
     """The sync's state (the dry-run one when nothing is sent), with errors named for the UI:
     in its DuckDB file, or in the warehouse's `state_schema`."""
     with failures_named(sync):
-        if state_in_warehouse(sync, warehouse):
+        if state_in_warehouse(warehouse):
             opened = open_warehouse_state(
                 warehouse,  # type: ignore[arg-type]
                 sync.name,

@@ -9,15 +9,10 @@ and diff steps; `move` switches a sync's state between local files and the wareh
 
 from __future__ import annotations
 
-from ..config import SyncConfig
 from ..warehouses.base import WarehouseResource
 from ..warehouses.postgres import PostgresWarehouse
 
 
-def state_in_warehouse(sync: SyncConfig, warehouse: WarehouseResource) -> bool:
-    """Whether this sync keeps its state in the warehouse (unpartitioned, `state_schema` set)."""
-    return (
-        isinstance(warehouse, PostgresWarehouse)
-        and bool(warehouse.state_schema)
-        and sync.partitions is None
-    )
+def state_in_warehouse(warehouse: WarehouseResource) -> bool:
+    """Whether this sync keeps its state in the warehouse (`state_schema` is set)."""
+    return isinstance(warehouse, PostgresWarehouse) and bool(warehouse.state_schema)

@@ -20,6 +20,7 @@ diffed again by the same code as local mode, so the events are the same in both 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sqlglot
@@ -27,6 +28,7 @@ import sqlglot
 from ..config import SyncConfig
 from ..jsonvalues import quote_ident, quote_literal
 
+WINDOW_INFIX = "__w_"
 DIALECTS = ("postgres", "redshift", "snowflake", "bigquery", "databricks")
 _MODEL_PLACEHOLDER = "__rs_model_sql__"
 # The state tables of one sync, by role: `<prefix>__<role>`.
@@ -46,7 +48,14 @@ class Tables:
     def __getattr__(self, role: str) -> str:
         if role not in TABLE_ROLES:
             raise AttributeError(role)
-        return f"{quote_ident(self.schema)}.{quote_ident(self.name(role))}"
+        return self.qualified(self.name(role))
+
+    def qualified(self, name: str) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(name)}"
+
+    def window_name(self, key: str) -> str:
+        """A time window's model rows (partitioned syncs): `<prefix>__w_<key>`."""
+        return f"{self.prefix}{WINDOW_INFIX}{re.sub(r'[^0-9A-Za-z]', '_', key)}"
 
 
 def render(sql: str, dialect: str) -> str:
@@ -69,12 +78,37 @@ def content_hash_sql(sync: SyncConfig, shape: str) -> str:
     return "MD5(" + " || ',' || ".join(parts) + ")"
 
 
-def fingerprint_sql(sync: SyncConfig, shape: str, tables: Tables, dialect: str, model: str) -> str:
-    """Materialise the model (``model``, the user's SQL, kept verbatim) with key and hash."""
+def suspect_sql(sync: SyncConfig) -> str:
+    """1 for a row that may lack an ID or name (so that only the local diff can tell), else 0.
+
+    A superset of the local rules (`diff._problem_sql`): any ID, name or event column that is
+    NULL, a JSON null, NaN or infinite, or has no letter, digit or punctuation once quotes and
+    backslash escapes are removed (blank, in any script's spaces). Flagging too many rows only
+    makes them leave the warehouse; the local diff decides.
+    """
+    columns = dict.fromkeys(
+        c for c in (*sync.id_columns, sync.call_column, *sync.event_columns.values()) if c
+    )
+    tests = [
+        f"m.{quote_ident(c)} IS NULL"
+        f" OR LOWER({_text(c)}) IN ('null', 'nan', 'infinity', '-infinity')"
+        f" OR NOT REGEXP_REPLACE({_text(c)}, '\\\\[a-zA-Z0-9]*|\"', '', 'g')"
+        " ~ '[[:alnum:][:punct:]]'"
+        for c in columns
+    ]
+    return f"CASE WHEN {' OR '.join(tests)} THEN 1 ELSE 0 END" if tests else "0"
+
+
+def fingerprint_sql(
+    sync: SyncConfig, shape: str, tables: Tables, dialect: str, model: str, target: str = ""
+) -> str:
+    """Materialise the model (``model``, the user's SQL, kept verbatim) with key, hash and
+    suspect flag, as ``target`` (default: `<sync>__model`)."""
     template = f"""
-        CREATE TABLE {tables.model} AS
+        CREATE TABLE {target or tables.model} AS
         SELECT m.*, {_text(sync.primary_key)} AS __rs_wpk,
-               {content_hash_sql(sync, shape)} AS __rs_whash
+               {content_hash_sql(sync, shape)} AS __rs_whash,
+               {suspect_sql(sync)} AS __rs_suspect
         FROM {_MODEL_PLACEHOLDER} AS m
     """
     body = model.strip().rstrip(";")
@@ -142,6 +176,39 @@ def base_rows_sql(tables: Tables, keys: str, dialect: str) -> str:
     return render(template, dialect)
 
 
+def window_delta_sql(tables: Tables, current: str, previous: str | None, dialect: str) -> str:
+    """The keys of a time window that differ from the window before (`previous`; None: the
+    first window, every key): new, removed, changed, repeated or suspect on either side."""
+
+    def keys(table: str) -> str:
+        return f"""
+            SELECT __rs_wpk, MIN(__rs_whash) AS __rs_whash, COUNT(*) AS __rs_rows,
+                   MAX(__rs_suspect) AS __rs_suspect
+            FROM {table} WHERE __rs_wpk IS NOT NULL GROUP BY __rs_wpk"""
+
+    before = keys(previous) if previous else keys(current) + " HAVING 1 = 0"
+    template = f"""
+        CREATE TABLE {tables.delta} AS
+        WITH current_keys AS ({keys(current)}), previous_keys AS ({before})
+        SELECT COALESCE(c.__rs_wpk, p.__rs_wpk) AS __rs_wpk
+        FROM current_keys AS c
+        FULL OUTER JOIN previous_keys AS p ON p.__rs_wpk = c.__rs_wpk
+        WHERE c.__rs_wpk IS NULL OR p.__rs_wpk IS NULL OR c.__rs_whash <> p.__rs_whash
+           OR c.__rs_rows > 1 OR p.__rs_rows > 1 OR c.__rs_suspect = 1 OR p.__rs_suspect = 1
+    """
+    return render(template, dialect)
+
+
+def window_rows_sql(table: str, tables: Tables, dialect: str, current: bool) -> str:
+    """A window's rows whose key is in the delta (the current window's: and those without)."""
+    null_keys = "m.__rs_wpk IS NULL OR " if current else ""
+    return render(
+        f"SELECT m.* FROM {table} AS m WHERE {null_keys}"
+        f"m.__rs_wpk IN (SELECT __rs_wpk FROM {tables.delta})",
+        dialect,
+    )
+
+
 def statements(
     sync: SyncConfig, shape: str, tables: Tables, dialect: str, model: str
 ) -> dict[str, str]:
@@ -151,4 +218,10 @@ def statements(
         "delta": delta_sql(tables, dialect),
         "changed_rows": changed_rows_sql(tables, dialect),
         "base_rows": base_rows_sql(tables, "__rs_keys", dialect),
+        "window_delta": window_delta_sql(
+            tables,
+            tables.qualified(tables.window_name("2024-01-02")),
+            tables.qualified(tables.window_name("2024-01-01")),
+            dialect,
+        ),
     }

@@ -244,7 +244,12 @@ class WarehouseSyncState(SyncState):
 
     def _left_rows_sql(self) -> str:
         """The rows that left the warehouse: the key as the local diff renders it, and the
-        warehouse's key and hash."""
+        warehouse's key and hash (none for time windows: they keep no snapshot)."""
+        if not self.has_table("model_rows"):
+            return (
+                "select ''::varchar as __rs_pk, ''::varchar as __rs_wpk, "
+                "''::varchar as __rs_whash where false"
+            )
         pk = quote_ident(self.primary_key)
         return (
             f"select coalesce(cast({pk} as varchar), '(null)') as __rs_pk, __rs_wpk, __rs_whash "
