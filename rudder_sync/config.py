@@ -444,6 +444,7 @@ def parse_config(
             )
         seen_lower[key] = sync.name
         syncs[sync.name] = _bind_destination(sync, destinations)
+    _check_state_schema_names(warehouse, syncs)
     delivery_raw = raw.get("delivery") or {}
     if not isinstance(delivery_raw, Mapping):
         raise ConfigError(f"{where}: key 'delivery' must be a mapping. Fix: see the README.")
@@ -858,3 +859,22 @@ def _suggest_name(name: str) -> str:
     snake = re.sub(r"[^a-z0-9]+", "_", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower())
     snake = snake.strip("_") or "my_sync"
     return snake if snake[0].isalpha() else f"sync_{snake}"
+
+
+# The longest table name suffix of in-warehouse state: `__dry_run__w_` + an hourly window key.
+_STATE_SUFFIX_CHARS = len("__dry_run__w_2024_01_01_00_00")
+
+
+def _check_state_schema_names(warehouse: WarehouseSettings, syncs: Mapping[str, Any]) -> None:
+    """With state_schema, a sync's tables are `<sync>__<role>`: PostgreSQL cuts names at 63
+    bytes, which would silently make two syncs share a table."""
+    if not getattr(warehouse, "state_schema", None):
+        return
+    limit = 63 - _STATE_SUFFIX_CHARS
+    for name in syncs:
+        if len(name.encode()) > limit:
+            raise ConfigError(
+                f"sync '{name}': with warehouse key 'state_schema', a sync name may have at most "
+                f"{limit} bytes (its tables are named '<sync>__<table>', and PostgreSQL cuts "
+                "names at 63). Fix: give the sync a shorter name."
+            )

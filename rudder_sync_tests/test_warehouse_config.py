@@ -99,6 +99,24 @@ def test_env_values_become_envvars_never_values(monkeypatch: pytest.MonkeyPatch)
             ["key 'access_token' is a secret"],
         ),
         (7, ["expected a DuckDB file path or a mapping with 'type'"]),
+        (
+            {"type": "postgres", "url": "postgresql://h/db", "state_schema": "Rudder-Sync"},
+            ["key 'state_schema' is 'Rudder-Sync'", "lower-case identifier"],
+        ),
+        (
+            {"type": "duckdb", "path": "w.duckdb", "state_schema": "rudder_sync"},
+            ["key 'state_schema'", "not on duckdb", "remove 'state_schema'"],
+        ),
+        (
+            {
+                "type": "databricks",
+                "server_hostname": "h",
+                "http_path": "/p",
+                "access_token": {"env": "HOME"},
+                "state_schema": "rudder_sync",
+            },
+            ["key 'state_schema'", "not on databricks", "not executed yet"],
+        ),
     ],
 )
 def test_bad_warehouse_sections_name_the_key_and_the_fix(
@@ -195,3 +213,21 @@ def test_python_api_takes_a_warehouse_resource(tmp_path: Path) -> None:
     defs = build_definitions(config, rudderstack_from_env(), warehouse=warehouse)
     resources = defs.get_repository_def().get_top_level_resources()
     assert resources["warehouse"] is not None
+
+
+def test_state_schema_limits_sync_names_to_what_postgres_keeps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RS_TEST_PG_URL", "postgresql://u@h/db")
+    sync = {
+        "model": "select 1 as id, 'x' as u",
+        "primary_key": "id",
+        "type": "identify",
+        "user_id": "u",
+    }
+    warehouse = {"type": "postgres", "url": {"env": "RS_TEST_PG_URL"}, "state_schema": "rs"}
+    parse_config({"warehouse": warehouse, "syncs": {"s" * 34: sync}})
+    with pytest.raises(ConfigError) as info:
+        parse_config({"warehouse": warehouse, "syncs": {"s" * 35: sync}})
+    assert f"sync '{'s' * 35}'" in str(info.value) and "at most 34 bytes" in str(info.value)
+    parse_config({"warehouse": {**warehouse, "state_schema": None}, "syncs": {"s" * 35: sync}})

@@ -606,3 +606,35 @@ def test_partitioned_windows_diff_in_the_warehouse_as_in_local_mode(
     }
     assert {"history__w_2024_01_04", "history__w_2024_01_05"} <= tables
     assert "history__w_2024_01_01" not in tables  # windows outside the last run are dropped
+
+
+def test_a_removed_sync_keeps_its_tables_until_the_drop_command(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    pg.seed_users(3)
+    syncs = {"traits": SYNCS["user_traits"], "traits__b": SYNCS["user_traits"]}
+    project = write_pg_project(tmp_path, pg, syncs, monkeypatch, state_schema=SCHEMA)
+    for name in syncs:
+        run_sync(project, name, rudderstack_for(gateway.url))
+    run_sync(project, "traits", rudderstack_for(None))  # a dry run: its own tables
+    env = cli_env(RUDDER_SYNC_CONFIG=str(project.config_path), **{SYNC_URL_ENV_VAR: pg.url})
+    command = [sys.executable, "-m", "rudder_sync.warehouse_state.move", "drop", "traits"]
+
+    def tables() -> set[str]:
+        rows = pg.sql(f"select tablename from pg_tables where schemaname = '{SCHEMA}'")
+        return {name for (name,) in rows}
+
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "still in the config" in refused.stderr
+    document = yaml.safe_load(project.config_path.read_text())
+    del document["syncs"]["traits"]
+    project.config_path.write_text(yaml.safe_dump(document))
+    listed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "add --yes" in listed.stdout
+    assert {"traits__snapshot", "traits__dry_run__snapshot"} <= tables()
+    dropped = subprocess.run(
+        [*command, "--yes"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert dropped.returncode == 0, dropped.stderr
+    assert {t for t in tables() if not t.startswith("traits__b__")} == set()
+    assert "traits__b__snapshot" in tables()  # another sync's tables stay

@@ -230,10 +230,15 @@ def parse_warehouse(raw: Any, where: str, base: Path) -> WarehouseSettings:
         )
     cls = SETTINGS[kind]
     if "state_schema" in raw and kind != "postgres":
+        why = (
+            "a DuckDB warehouse is local already"
+            if kind == "duckdb"
+            else f"its SQL for {kind} is generated and checked (README: 'Large models') but "
+            "not executed yet"
+        )
         raise WarehouseSettingsError(
             f"{where}: key 'state_schema' (the diff inside the warehouse) runs on PostgreSQL in "
-            f"this version, not on {kind}; its SQL for {kind} is generated and checked "
-            "(docs/warehouses.md) but not executed yet. Fix: remove 'state_schema' to keep the "
+            f"this version, not on {kind}: {why}. Fix: remove 'state_schema' to keep the "
             "state in local DuckDB files."
         )
     allowed = {info.alias or name for name, info in cls.model_fields.items()}
