@@ -49,6 +49,8 @@ from .postgres import SYNC_URL_ENV_VAR, PgDatabase, PgProject, write_pg_project
 from .test_crash import kill_group
 from .test_faults import FAULT_KINDS, _plan, _script
 from .test_postgres import EDGES
+from .test_quarantine import REASON, bad_plan
+from .test_resync import check_results, run_with
 
 SCHEMA = "rudder_sync"
 SYNCS = {
@@ -638,3 +640,32 @@ def test_a_removed_sync_keeps_its_tables_until_the_drop_command(
     assert dropped.returncode == 0, dropped.stderr
     assert {t for t in tables() if not t.startswith("traits__b__")} == set()
     assert "traits__b__snapshot" in tables()  # another sync's tables stay
+
+
+def test_quarantine_and_retry_quarantined_with_the_state_in_the_warehouse(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    pg.seed_users(3)
+    pg.sql("update users set plan = 'bad' where id = 2")
+    sync = dict(SYNCS["user_traits"], max_attempts=2)
+    project = write_pg_project(tmp_path, pg, {"traits": sync}, monkeypatch, state_schema=SCHEMA)
+    gateway.reject_events_where(bad_plan, REASON)
+    for _ in range(3):
+        result = run_with(project, "traits", rudderstack_for(gateway.url))
+        assert result.success, failure_text(result)
+    assert sorted(e["userId"] for e in gateway.events) == ["u1", "u3"]
+    assert check_results(result)["quarantined_rows"].metadata["quarantined"].value == 1
+    pending = f'{SCHEMA}."traits__pending"'
+    assert pg.sql(f"select __rs_pk, __rs_attempts from {pending}") == [("2", 2)]
+    rejections = pg.sql(
+        f"select count(*) from {SCHEMA}.\"traits__delivery_log\" where status = 'rejected'"
+    )
+    assert rejections == [(2,)]  # the third run did not send it
+
+    gateway.clear_faults()
+    retried = run_with(
+        project, "traits", rudderstack_for(gateway.url), diff={"retry_quarantined": True}
+    )
+    assert retried.success
+    assert sorted(e["userId"] for e in gateway.events) == ["u1", "u2", "u3"]
+    assert pg.sql(f"select count(*) from {pending}") == [(0,)]
