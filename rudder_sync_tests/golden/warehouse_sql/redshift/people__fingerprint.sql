@@ -1,0 +1,37 @@
+CREATE TABLE "rudder_sync"."people__model" AS
+SELECT
+  m.*,
+  CAST(m."Customer Key" AS VARCHAR(MAX)) AS __rs_wpk,
+  MD5(
+    'identify|User ID|AnonId|email=E-mail|plan=Plan|nickname=Say "Hi"' || ',' || COALESCE(
+      CAST(LENGTH(CAST(m."User ID" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."User ID" AS VARCHAR(MAX)),
+      'N'
+    ) || ',' || COALESCE(
+      CAST(LENGTH(CAST(m."AnonId" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."AnonId" AS VARCHAR(MAX)),
+      'N'
+    ) || ',' || COALESCE(
+      CAST(LENGTH(CAST(m."E-mail" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."E-mail" AS VARCHAR(MAX)),
+      'N'
+    ) || ',' || COALESCE(
+      CAST(LENGTH(CAST(m."Plan" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."Plan" AS VARCHAR(MAX)),
+      'N'
+    ) || ',' || COALESCE(
+      CAST(LENGTH(CAST(m."Say ""Hi""" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."Say ""Hi""" AS VARCHAR(MAX)),
+      'N'
+    )
+  ) AS __rs_whash,
+  CASE
+    WHEN m."User ID" IS NULL
+    OR LOWER(CAST(m."User ID" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
+    OR NOT REGEXP_REPLACE(CAST(m."User ID" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+    OR m."AnonId" IS NULL
+    OR LOWER(CAST(m."AnonId" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
+    OR NOT REGEXP_REPLACE(CAST(m."AnonId" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+    THEN 1
+    ELSE 0
+  END AS __rs_suspect
+FROM (
+select *
+from crm.people
+where not is_test; -- test accounts stay out
+) AS m

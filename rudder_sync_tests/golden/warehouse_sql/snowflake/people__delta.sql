@@ -1,0 +1,48 @@
+CREATE TABLE "rudder_sync"."people__delta" AS
+WITH current_keys AS (
+  SELECT
+    __rs_wpk,
+    MIN(__rs_whash) AS __rs_whash,
+    COUNT(*) AS __rs_rows
+  FROM "rudder_sync"."people__model"
+  WHERE
+    __rs_wpk IS NOT NULL
+  GROUP BY
+    __rs_wpk
+), base AS (
+  SELECT
+    __rs_wpk,
+    __rs_whash
+  FROM "rudder_sync"."people__snapshot"
+  WHERE
+    NOT __rs_deleted AND __rs_wpk IS NOT NULL
+), held AS (
+  SELECT
+    __rs_wpk
+  FROM "rudder_sync"."people__pending"
+  WHERE
+    __rs_wpk IS NOT NULL
+  UNION
+  SELECT
+    __rs_wpk
+  FROM "rudder_sync"."people__rejected_rows"
+  WHERE
+    __rs_wpk IS NOT NULL
+)
+SELECT DISTINCT
+  COALESCE(c.__rs_wpk, b.__rs_wpk) AS __rs_wpk,
+  c.__rs_wpk IS NULL AS __rs_removed
+FROM current_keys AS c
+FULL OUTER JOIN base AS b
+  ON b.__rs_wpk = c.__rs_wpk
+WHERE
+  c.__rs_wpk IS NULL
+  OR b.__rs_wpk IS NULL
+  OR b.__rs_whash IS NULL
+  OR c.__rs_rows > 1
+  OR c.__rs_whash <> b.__rs_whash
+  OR COALESCE(c.__rs_wpk, b.__rs_wpk) IN (
+    SELECT
+      __rs_wpk
+    FROM held
+  )
