@@ -408,14 +408,16 @@ def column_types(conn: duckdb.DuckDBPyConnection, relation_sql: str) -> dict[str
 
     Only binds the query (nothing is executed), so it is cheap even for large models.
     """
-    text = relation_sql.strip().rstrip(";").strip()
+    from .warehouses.sql import statement_body  # here: warehouses imports this module
+
+    text = statement_body(relation_sql)
     if re.fullmatch(r'[A-Za-z_][\w$]*|"(?:[^"]|"")+"', text):
         # A table or view name: no failed parse first, which would abort an open transaction.
         rel = conn.sql(f"SELECT * FROM {text}")
         return dict(zip(rel.columns, rel.types, strict=True))
     try:
         # Covers queries and plain names alike; wrapping also keeps non-SELECT statements out.
-        rel = conn.sql(f"SELECT * FROM ({text})")
+        rel = conn.sql(f"SELECT * FROM (\n{text}\n)")
     except duckdb.ParserException:
         rel = conn.sql(f"SELECT * FROM {text}")  # e.g. table functions: read_csv('x.csv')
     return dict(zip(rel.columns, rel.types, strict=True))

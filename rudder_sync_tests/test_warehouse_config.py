@@ -19,7 +19,7 @@ from rudder_sync.warehouses import (
     WarehouseError,
     build_warehouse,
 )
-from rudder_sync.warehouses.sql import bind, named_parameters
+from rudder_sync.warehouses.sql import bind, named_parameters, statement_body
 
 SYNC = {
     "model": "select 1 as id, 'u' as u",
@@ -231,3 +231,20 @@ def test_state_schema_limits_sync_names_to_what_postgres_keeps(
         parse_config({"warehouse": warehouse, "syncs": {"s" * 35: sync}})
     assert f"sync '{'s' * 35}'" in str(info.value) and "at most 34 bytes" in str(info.value)
     parse_config({"warehouse": {**warehouse, "state_schema": None}, "syncs": {"s" * 35: sync}})
+
+
+@pytest.mark.parametrize(
+    ("sql", "body"),
+    [
+        ("select 1", "select 1"),
+        ("select 1;", "select 1"),
+        ("select 1 ; -- note\n", "select 1"),
+        ("select 1 -- a; b\n;\n/* done; */ ;  ", "select 1"),
+        ("select ';' as x ;", "select ';' as x"),
+        ("select $$;$$ as y;", "select $$;$$ as y"),
+        ("select 1 /* x */ + 2;", "select 1 /* x */ + 2"),
+    ],
+)
+def test_statement_body_drops_what_trails_so_the_model_nests(sql: str, body: str):
+    """Models are wrapped as `( ... )`: a trailing `;` or comment must not end up inside."""
+    assert statement_body(sql) == body

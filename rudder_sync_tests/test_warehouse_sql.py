@@ -20,8 +20,9 @@ After an intended change of the SQL, regenerate the golden files and review thei
 With RUDDER_SYNC_UPDATE_GOLDEN=1 the golden tests write the files (and remove those no statement
 produces any more) instead of comparing.
 
-Known faults of the renderings are pinned as strict xfails (each says what is wrong and the fix);
-when sql.py is fixed they pass, pytest reports them, and the marker goes.
+The faults these tests once pinned (a model's trailing `; -- comment` kept inside the subquery,
+PostgreSQL's 'g' flag where a 4th argument is a position, POSIX classes where the engine has
+none, Snowflake's whole-value REGEXP_LIKE) stay below as regression tests.
 """
 
 from __future__ import annotations
@@ -199,48 +200,27 @@ def test_dialect_spellings(dialect: str, name: str):
         assert "FULL OUTER JOIN" in texts[statement]
 
 
-# --- known faults of the renderings, pinned until sql.py is fixed -----------------------------
+# --- faults the renderings once had ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(sqlglot.errors.ParseError, AssertionError),
-    reason="sql.fingerprint_sql strips trailing ';' only when nothing follows it: a model ending "
-    "in '; -- comment' keeps its ';' inside the `FROM ( ... ) AS m` subquery, a syntax error in "
-    "every dialect (PostgreSQL included). Fix: cut the model after its last token that is not "
-    "a semicolon (sqlglot.tokenize), or strip comments and semicolons from the end in a loop.",
-)
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_model_ending_in_semicolon_and_comment_is_embedded_as_one_statement(dialect: str):
+    """`...; -- comment` at the model's end: its `;` must not stay inside `FROM ( ... ) AS m`."""
     text = rendered("people", dialect)["fingerprint"]
     parsed = sqlglot.parse(text, read=dialect)
     assert len(parsed) == 1 and isinstance(parsed[0], exp.Create)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="PostgreSQL's REGEXP_REPLACE(s, p, r, 'g') keeps its 'g' in Snowflake and Redshift, "
-    "where the 4th argument is the start position (an integer): the statement fails. Both "
-    "replace every match by default. Fix: in suspect_sql, omit 'g' for those dialects (e.g. "
-    "render without it and re-add it only for postgres).",
-)
 @pytest.mark.parametrize("dialect", ["snowflake", "redshift"])
 def test_regexp_replace_has_no_flags_argument(dialect: str):
+    """PostgreSQL's 'g' is a start position there (and both replace every match anyway)."""
     for name in EXAMPLES:
         assert ", 'g')" not in rendered(name, dialect)["fingerprint"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Java regular expressions (Databricks) have no POSIX classes: '[[:alnum:][:punct:]]' "
-    "is the set of the characters ':alnumpct', so values with none of them ('42', 'bob', 'Zoë') "
-    "are flagged suspect (harmless, but their keys leave the warehouse in every window). Fix: "
-    r"for databricks use the regex [\p{L}\p{N}\p{P}\p{S}] (SQL literal "
-    r"'[\\p{L}\\p{N}\\p{P}\\p{S}]').",
-)
 def test_databricks_suspect_pattern_is_java_regex():
+    """Java regexes have no POSIX classes: `[[:alnum:]]` would be the set of ':alnum'."""
+    assert r"'[\\p{L}\\p{N}\\p{P}\\p{S}]'" in rendered("orders", "databricks")["fingerprint"]
     for name in EXAMPLES:
         assert "[:alnum:]" not in rendered(name, "databricks")["fingerprint"]
 
@@ -295,13 +275,6 @@ from "rudder_sync"."orders__model"
 """
 
 
-def without_regexp_flags(fingerprint: str) -> str:
-    """The fingerprint with the proposed fix applied (no 'g' argument to REGEXP_REPLACE)."""
-    fixed = fingerprint.replace("'', 'g')", "'')")
-    assert fixed.count("REGEXP_REPLACE(") == fixed.count("'')") > 0
-    return fixed
-
-
 @pytest.fixture
 def fakesnow_cursor():
     fakesnow = pytest.importorskip("fakesnow")
@@ -324,10 +297,10 @@ def run_all(cursor: Any, script: str) -> None:
 
 
 def test_snowflake_rendering_finds_the_delta_on_fakesnow(fakesnow_cursor):
-    """fingerprint (with the 'g' fix), delta, changed_rows and base_rows, run in order."""
+    """fingerprint, delta, changed_rows and base_rows, run in order."""
     cursor = fakesnow_cursor
     texts = rendered("orders", "snowflake")
-    fingerprint = without_regexp_flags(texts["fingerprint"])
+    fingerprint = texts["fingerprint"]
     run_all(cursor, SNOWFLAKE_TABLES)
     cursor.execute(fingerprint)
     cursor.execute(SNOWFLAKE_COMMIT)
@@ -398,15 +371,14 @@ def test_snowflake_rendering_finds_the_delta_on_fakesnow(fakesnow_cursor):
 
 
 def test_snowflake_window_delta_on_fakesnow(fakesnow_cursor):
-    """Two windows fingerprinted (with the 'g' fix); the window delta finds the keys that differ.
+    """Two windows fingerprinted; the window delta finds the keys that differ.
 
-    The suspect flags are reset to 0 but one (the Snowflake flag itself is pinned as a fault
-    below): a suspect row's key leaves whatever its hash.
+    The suspect flags are set to 0 but one: a suspect row's key leaves whatever its hash.
     """
     cursor = fakesnow_cursor
     texts = rendered("orders", "snowflake")
     run_all(cursor, SNOWFLAKE_TABLES)
-    fingerprint = without_regexp_flags(texts["fingerprint"])
+    fingerprint = texts["fingerprint"]
     model = '"rudder_sync"."orders__model"'
     first, second = '"rudder_sync"."orders__w_2024_01_01"', '"rudder_sync"."orders__w_2024_01_02"'
     cursor.execute(fingerprint.replace(model, first))
@@ -428,42 +400,21 @@ def test_snowflake_window_delta_on_fakesnow(fakesnow_cursor):
     assert sorted(k for (k,) in cursor.fetchall()) == ["2", "4", "5", "6", "7"]
 
 
-class KnownFault(Exception):
-    """The error a pinned fault is expected to raise (any other error fails the test)."""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=KnownFault,
-    reason="fakesnow 0.12.1 rejects the verbatim Snowflake fingerprint: 'REGEXP_REPLACE with "
-    "additional parameters (eg: <position>, <occurrence>, <parameters>) not implemented' (the "
-    "'g' fault above; real Snowflake rejects 'g' as a position too)",
-)
-def test_snowflake_fingerprint_runs_verbatim_on_fakesnow(fakesnow_cursor):
-    from snowflake.connector.errors import ProgrammingError
-
-    run_all(fakesnow_cursor, SNOWFLAKE_TABLES)
-    try:
-        fakesnow_cursor.execute(rendered("orders", "snowflake")["fingerprint"])
-    except ProgrammingError as exc:
-        if "REGEXP_REPLACE with additional parameters" in str(exc):
-            raise KnownFault(str(exc)) from exc
-        raise
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Snowflake's REGEXP_LIKE anchors the pattern at both ends (fakesnow does too), so "
-    "NOT REGEXP_LIKE(v, '[[:alnum:][:punct:]]') is true for every value longer than one "
-    "character: every row is suspect, and every key of every window leaves the warehouse. Fix: "
-    "for snowflake test REGEXP_INSTR(v, '[[:alnum:][:punct:]]') = 0 (or REGEXP_COUNT(...) = 0), "
-    "or REGEXP_LIKE(v, '.*[[:alnum:][:punct:]].*', 's').",
-)
-def test_snowflake_suspect_flag_on_fakesnow(fakesnow_cursor):
+def test_snowflake_fingerprint_and_suspect_flag_on_fakesnow(fakesnow_cursor):
+    """The verbatim Snowflake fingerprint runs; it flags a row without any ID (or with only
+    blanks, quotes or a JSON null) and no other: one missing ID of two is not suspect."""
     cursor = fakesnow_cursor
     run_all(cursor, SNOWFLAKE_TABLES)
-    cursor.execute(without_regexp_flags(rendered("orders", "snowflake")["fingerprint"]))
+    run_all(
+        cursor,
+        """insert into users values
+            (10, null, null, 'ten@x.io', 'free', 'DE', null, 'e10'),
+            (11, '  ', '""', 'eleven@x.io', 'free', 'DE', null, 'e11'),
+            (12, 'null', null, 'twelve@x.io', 'free', 'DE', null, 'e12'),
+            (13, null, 'Zoë', 'thirteen@x.io', 'free', 'DE', null, 'e13')""",
+    )
+    cursor.execute(rendered("orders", "snowflake")["fingerprint"])
     cursor.execute('select __rs_wpk, __rs_suspect from "rudder_sync"."orders__model"')
-    # user 3 has no anonymous ID but a user ID: not suspect either.
-    assert dict(cursor.fetchall()) == {str(i): 0 for i in range(1, 7)}
+    # user 3 has no anonymous ID but a user ID, 13 the reverse: neither is suspect.
+    expected = {str(i): 0 for i in (*range(1, 7), 13)} | {"10": 1, "11": 1, "12": 1}
+    assert dict(cursor.fetchall()) == expected

@@ -59,7 +59,9 @@ SYNCS = {
     ),
     "user_traits": dict(
         copy.deepcopy(IDENTIFY_SYNC),
-        model="select id, user_id, anon_id, email, plan, country, updated_at from users",
+        # ends like a hand-written file: the model is nested as a subquery all the same
+        model="select id, user_id, anon_id, email, plan, country, updated_at from users;\n"
+        "-- one row per user\n",
         timestamp="updated_at",
     ),
 }

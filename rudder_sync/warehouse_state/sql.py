@@ -27,6 +27,7 @@ import sqlglot
 
 from ..config import SyncConfig
 from ..jsonvalues import quote_ident, quote_literal
+from ..warehouses.sql import statement_body
 
 WINDOW_INFIX = "__w_"
 DIALECTS = ("postgres", "redshift", "snowflake", "bigquery", "databricks")
@@ -78,25 +79,45 @@ def content_hash_sql(sync: SyncConfig, shape: str) -> str:
     return "MD5(" + " || ',' || ".join(parts) + ")"
 
 
-def suspect_sql(sync: SyncConfig) -> str:
+# "Has a visible character", per regex engine: POSIX classes (PostgreSQL, Redshift, Snowflake);
+# Unicode properties where POSIX classes are ASCII-only (RE2: BigQuery) or absent (Java: Databricks).
+_VISIBLE_POSIX = "[[:alnum:][:punct:]]"
+_VISIBLE_UNICODE = r"[\p{L}\p{N}\p{P}\p{S}]"
+
+
+def suspect_sql(sync: SyncConfig, dialect: str = "postgres") -> str:
     """1 for a row that may lack an ID or name (so that only the local diff can tell), else 0.
 
-    A superset of the local rules (`diff._problem_sql`): any ID, name or event column that is
-    NULL, a JSON null, NaN or infinite, or has no letter, digit or punctuation once quotes and
-    backslash escapes are removed (blank, in any script's spaces). Flagging too many rows only
-    makes them leave the warehouse; the local diff decides.
+    A superset of the local rules (`diff._problem_sql`): every ID column (an alias: the user ID),
+    or the call column or an event name column, is NULL, a JSON null, NaN or infinite, or has no
+    letter, digit or punctuation once quotes and backslash escapes are removed (blank, in any
+    script's spaces). Flagging too many rows only makes them leave the warehouse; the local diff
+    decides. Written in PostgreSQL syntax for ``dialect``: only PostgreSQL's REGEXP_REPLACE needs 'g' to replace every match (elsewhere a
+    4th argument is a position), and Snowflake's REGEXP_LIKE matches the whole value, so there
+    "no visible character" is REGEXP_INSTR(...) = 0.
     """
-    columns = dict.fromkeys(
-        c for c in (*sync.id_columns, sync.call_column, *sync.event_columns.values()) if c
-    )
-    tests = [
-        f"m.{quote_ident(c)} IS NULL"
-        f" OR LOWER({_text(c)}) IN ('null', 'nan', 'infinity', '-infinity')"
-        f" OR NOT REGEXP_REPLACE({_text(c)}, '\\\\[a-zA-Z0-9]*|\"', '', 'g')"
-        " ~ '[[:alnum:][:punct:]]'"
-        for c in columns
-    ]
-    return f"CASE WHEN {' OR '.join(tests)} THEN 1 ELSE 0 END" if tests else "0"
+    every = ", 'g'" if dialect == "postgres" else ""
+    visible = _VISIBLE_UNICODE if dialect in ("bigquery", "databricks") else _VISIBLE_POSIX
+
+    def maybe_missing(column: str) -> str:
+        stripped = f"REGEXP_REPLACE({_text(column)}, '\\\\[a-zA-Z0-9]*|\"', ''{every})"
+        invisible = (
+            f"REGEXP_INSTR({stripped}, '{visible}') = 0"
+            if dialect == "snowflake"
+            else f"NOT {stripped} ~ '{visible}'"
+        )
+        return (
+            f"(m.{quote_ident(column)} IS NULL"
+            f" OR LOWER({_text(column)}) IN ('null', 'nan', 'infinity', '-infinity')"
+            f" OR {invisible})"
+        )
+
+    # As locally: a row needs one of its IDs (an alias its user ID), its call column and names.
+    ids = [sync.user_id] if sync.type == "alias" else sync.id_columns
+    tests = [" AND ".join(maybe_missing(c) for c in ids if c)] if any(ids) else []
+    names = (sync.call_column, *sync.event_columns.values())
+    tests += [maybe_missing(c) for c in dict.fromkeys(names) if c]
+    return f"CASE WHEN {' OR '.join(f'({t})' for t in tests)} THEN 1 ELSE 0 END" if tests else "0"
 
 
 def fingerprint_sql(
@@ -108,10 +129,10 @@ def fingerprint_sql(
         CREATE TABLE {target or tables.model} AS
         SELECT m.*, {_text(sync.primary_key)} AS __rs_wpk,
                {content_hash_sql(sync, shape)} AS __rs_whash,
-               {suspect_sql(sync)} AS __rs_suspect
+               {suspect_sql(sync, dialect)} AS __rs_suspect
         FROM {_MODEL_PLACEHOLDER} AS m
     """
-    body = model.strip().rstrip(";")
+    body = statement_body(model)
     return render(template, dialect).replace(_MODEL_PLACEHOLDER, f"(\n{body}\n)")
 
 

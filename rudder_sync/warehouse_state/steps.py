@@ -27,7 +27,7 @@ from ..partitions import WindowSpec
 from ..state import StateError
 from ..steps import DiffResult, Snapshot, run_diff
 from ..warehouses.postgres import PostgresWarehouse
-from ..warehouses.sql import bind
+from ..warehouses.sql import bind, statement_body
 from .sql import (
     WINDOW_INFIX,
     base_rows_sql,
@@ -81,7 +81,7 @@ def _probe(
     sync: SyncConfig, warehouse: PostgresWarehouse, params: Mapping[str, Any] | None
 ) -> pa.Table:
     """The model's columns (no rows), checked against the sync's."""
-    body = sync.model.strip().rstrip(";")
+    body = statement_body(sync.model)
     with warehouse.read_model(f"select * from (\n{body}\n) as __rs_probe limit 0", params) as r:
         empty = r.read_all()
     check_model_columns(sync, empty.schema.names)

@@ -20,7 +20,7 @@ from pydantic import Field
 from ..jsonvalues import quote_ident
 from .arrow import exact_decimal, exact_number_json, opaque_storage
 from .base import StreamGuard, WarehouseError, WarehouseResource, guarded
-from .sql import bind
+from .sql import bind, statement_body
 
 # Types whose Arrow form (after exact_number_json for numeric) DuckDB and the JSON rules take as is.
 _NATIVE = {
@@ -68,7 +68,8 @@ class PostgresWarehouse(WarehouseResource):
         """Run `sql` in a read-only transaction and stream its rows, normalised."""
         import adbc_driver_postgresql.dbapi as adbc
 
-        query, args = bind(sql, params, "numeric")
+        # COPY (...) wraps the query: a trailing `;` or comment would end up inside
+        query, args = bind(statement_body(sql), params, "numeric")
         bound = args or None
         try:
             conn = adbc.connect(self.url)
@@ -155,8 +156,7 @@ def _typed_query(query: str, schema: pa.Schema) -> str:
         columns.append(cast)
     if not changed:
         return query
-    body = query.strip().rstrip(";")
-    return f"select {', '.join(columns)} from (\n{body}\n) as __rs_model"
+    return f"select {', '.join(columns)} from (\n{query}\n) as __rs_model"
 
 
 def _cast(name: str, pg_type: str) -> str:

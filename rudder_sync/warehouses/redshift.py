@@ -22,7 +22,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from .base import BATCH_ROWS, WarehouseError, WarehouseResource, guarded, stream
-from .sql import bind
+from .sql import bind, statement_body
 from .vendor import (
     JSON,
     batches_of,
@@ -101,7 +101,7 @@ class RedshiftWarehouse(WarehouseResource):
         import redshift_connector
 
         query, args = bind(sql, params, "qmark")
-        body = query.strip().rstrip(";")
+        body = statement_body(query)
         kwargs = {
             "host": self.host,
             "port": self.port,

@@ -30,6 +30,21 @@ _SKIP = (
 _TOKENS = re.compile(rf"(?P<skip>{_SKIP})|\$(?P<name>[A-Za-z_][A-Za-z0-9_]*)", re.DOTALL)
 
 
+# A statement's pieces: what to skip over whole, or one other character.
+_PIECES = re.compile(rf"(?P<skip>{_SKIP})|(?P<blank>[\s;])|.", re.DOTALL)
+
+
+def statement_body(sql: str) -> str:
+    """The statement without what may trail it (semicolons, blanks, comments), so that it can be
+    wrapped as a subquery: `select ... ; -- note` must not keep its `;` inside `( ... )`."""
+    end = 0
+    for match in _PIECES.finditer(sql):
+        skipped = match.group("skip")
+        if match.group("blank") is None and not (skipped and skipped.startswith(("--", "/*"))):
+            end = match.end()
+    return sql[:end].strip()
+
+
 def named_parameters(sql: str) -> list[str]:
     """The `$name` parameters a query uses, in order of first use (not those in strings)."""
     seen: dict[str, None] = {}

@@ -20,17 +20,23 @@ SELECT
     )
   ) AS __rs_whash,
   CASE
-    WHEN m.`user_id` IS NULL
-    OR LOWER(CAST(m.`user_id` AS STRING)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_CONTAINS(
-      REGEXP_REPLACE(CAST(m.`user_id` AS STRING), '\\\\[a-zA-Z0-9]*|"', ''),
-      '[[:alnum:][:punct:]]'
-    )
-    OR m.`anon_id` IS NULL
-    OR LOWER(CAST(m.`anon_id` AS STRING)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_CONTAINS(
-      REGEXP_REPLACE(CAST(m.`anon_id` AS STRING), '\\\\[a-zA-Z0-9]*|"', ''),
-      '[[:alnum:][:punct:]]'
+    WHEN (
+      (
+        m.`user_id` IS NULL
+        OR LOWER(CAST(m.`user_id` AS STRING)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_CONTAINS(
+          REGEXP_REPLACE(CAST(m.`user_id` AS STRING), '\\\\[a-zA-Z0-9]*|"', ''),
+          '[\\p{L}\\p{N}\\p{P}\\p{S}]'
+        )
+      )
+      AND (
+        m.`anon_id` IS NULL
+        OR LOWER(CAST(m.`anon_id` AS STRING)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_CONTAINS(
+          REGEXP_REPLACE(CAST(m.`anon_id` AS STRING), '\\\\[a-zA-Z0-9]*|"', ''),
+          '[\\p{L}\\p{N}\\p{P}\\p{S}]'
+        )
+      )
     )
     THEN 1
     ELSE 0

@@ -23,17 +23,23 @@ SELECT
     )
   ) AS __rs_whash,
   CASE
-    WHEN m.`User ID` IS NULL
-    OR LOWER(CAST(m.`User ID` AS STRING)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_CONTAINS(
-      REGEXP_REPLACE(CAST(m.`User ID` AS STRING), '\\\\[a-zA-Z0-9]*|"', ''),
-      '[[:alnum:][:punct:]]'
-    )
-    OR m.`AnonId` IS NULL
-    OR LOWER(CAST(m.`AnonId` AS STRING)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_CONTAINS(
-      REGEXP_REPLACE(CAST(m.`AnonId` AS STRING), '\\\\[a-zA-Z0-9]*|"', ''),
-      '[[:alnum:][:punct:]]'
+    WHEN (
+      (
+        m.`User ID` IS NULL
+        OR LOWER(CAST(m.`User ID` AS STRING)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_CONTAINS(
+          REGEXP_REPLACE(CAST(m.`User ID` AS STRING), '\\\\[a-zA-Z0-9]*|"', ''),
+          '[\\p{L}\\p{N}\\p{P}\\p{S}]'
+        )
+      )
+      AND (
+        m.`AnonId` IS NULL
+        OR LOWER(CAST(m.`AnonId` AS STRING)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_CONTAINS(
+          REGEXP_REPLACE(CAST(m.`AnonId` AS STRING), '\\\\[a-zA-Z0-9]*|"', ''),
+          '[\\p{L}\\p{N}\\p{P}\\p{S}]'
+        )
+      )
     )
     THEN 1
     ELSE 0
@@ -41,5 +47,5 @@ SELECT
 FROM (
 select *
 from crm.people
-where not is_test; -- test accounts stay out
+where not is_test
 ) AS m

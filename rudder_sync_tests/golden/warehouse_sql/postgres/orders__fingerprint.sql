@@ -15,12 +15,18 @@ SELECT
     ) || ',' || COALESCE(CAST(LENGTH(CAST(m."plan" AS TEXT)) AS TEXT) || ':' || CAST(m."plan" AS TEXT), 'N')
   ) AS __rs_whash,
   CASE
-    WHEN m."user_id" IS NULL
-    OR LOWER(CAST(m."user_id" AS TEXT)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_REPLACE(CAST(m."user_id" AS TEXT), '\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
-    OR m."anon_id" IS NULL
-    OR LOWER(CAST(m."anon_id" AS TEXT)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_REPLACE(CAST(m."anon_id" AS TEXT), '\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+    WHEN (
+      (
+        m."user_id" IS NULL
+        OR LOWER(CAST(m."user_id" AS TEXT)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."user_id" AS TEXT), '\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+      )
+      AND (
+        m."anon_id" IS NULL
+        OR LOWER(CAST(m."anon_id" AS TEXT)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."anon_id" AS TEXT), '\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+      )
+    )
     THEN 1
     ELSE 0
   END AS __rs_suspect

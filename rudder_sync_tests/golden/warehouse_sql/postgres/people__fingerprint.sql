@@ -18,17 +18,23 @@ SELECT
     )
   ) AS __rs_whash,
   CASE
-    WHEN m."User ID" IS NULL
-    OR LOWER(CAST(m."User ID" AS TEXT)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_REPLACE(CAST(m."User ID" AS TEXT), '\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
-    OR m."AnonId" IS NULL
-    OR LOWER(CAST(m."AnonId" AS TEXT)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_REPLACE(CAST(m."AnonId" AS TEXT), '\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+    WHEN (
+      (
+        m."User ID" IS NULL
+        OR LOWER(CAST(m."User ID" AS TEXT)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."User ID" AS TEXT), '\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+      )
+      AND (
+        m."AnonId" IS NULL
+        OR LOWER(CAST(m."AnonId" AS TEXT)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."AnonId" AS TEXT), '\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+      )
+    )
     THEN 1
     ELSE 0
   END AS __rs_suspect
 FROM (
 select *
 from crm.people
-where not is_test; -- test accounts stay out
+where not is_test
 ) AS m

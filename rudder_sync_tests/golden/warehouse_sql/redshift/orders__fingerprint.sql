@@ -18,12 +18,18 @@ SELECT
     )
   ) AS __rs_whash,
   CASE
-    WHEN m."user_id" IS NULL
-    OR LOWER(CAST(m."user_id" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_REPLACE(CAST(m."user_id" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
-    OR m."anon_id" IS NULL
-    OR LOWER(CAST(m."anon_id" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_REPLACE(CAST(m."anon_id" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+    WHEN (
+      (
+        m."user_id" IS NULL
+        OR LOWER(CAST(m."user_id" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."user_id" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '') ~ '[[:alnum:][:punct:]]'
+      )
+      AND (
+        m."anon_id" IS NULL
+        OR LOWER(CAST(m."anon_id" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."anon_id" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '') ~ '[[:alnum:][:punct:]]'
+      )
+    )
     THEN 1
     ELSE 0
   END AS __rs_suspect

@@ -21,17 +21,23 @@ SELECT
     )
   ) AS __rs_whash,
   CASE
-    WHEN m."User ID" IS NULL
-    OR LOWER(CAST(m."User ID" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_REPLACE(CAST(m."User ID" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
-    OR m."AnonId" IS NULL
-    OR LOWER(CAST(m."AnonId" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_REPLACE(CAST(m."AnonId" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '', 'g') ~ '[[:alnum:][:punct:]]'
+    WHEN (
+      (
+        m."User ID" IS NULL
+        OR LOWER(CAST(m."User ID" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."User ID" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '') ~ '[[:alnum:][:punct:]]'
+      )
+      AND (
+        m."AnonId" IS NULL
+        OR LOWER(CAST(m."AnonId" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."AnonId" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '') ~ '[[:alnum:][:punct:]]'
+      )
+    )
     THEN 1
     ELSE 0
   END AS __rs_suspect
 FROM (
 select *
 from crm.people
-where not is_test; -- test accounts stay out
+where not is_test
 ) AS m

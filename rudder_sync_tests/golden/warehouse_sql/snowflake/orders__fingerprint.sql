@@ -18,17 +18,23 @@ SELECT
     )
   ) AS __rs_whash,
   CASE
-    WHEN m."user_id" IS NULL
-    OR LOWER(CAST(m."user_id" AS VARCHAR)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_LIKE(
-      REGEXP_REPLACE(CAST(m."user_id" AS VARCHAR), '\\\\[a-zA-Z0-9]*|"', '', 'g'),
-      '[[:alnum:][:punct:]]'
-    )
-    OR m."anon_id" IS NULL
-    OR LOWER(CAST(m."anon_id" AS VARCHAR)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_LIKE(
-      REGEXP_REPLACE(CAST(m."anon_id" AS VARCHAR), '\\\\[a-zA-Z0-9]*|"', '', 'g'),
-      '[[:alnum:][:punct:]]'
+    WHEN (
+      (
+        m."user_id" IS NULL
+        OR LOWER(CAST(m."user_id" AS VARCHAR)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR REGEXP_INSTR(
+          REGEXP_REPLACE(CAST(m."user_id" AS VARCHAR), '\\\\[a-zA-Z0-9]*|"', ''),
+          '[[:alnum:][:punct:]]'
+        ) = 0
+      )
+      AND (
+        m."anon_id" IS NULL
+        OR LOWER(CAST(m."anon_id" AS VARCHAR)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR REGEXP_INSTR(
+          REGEXP_REPLACE(CAST(m."anon_id" AS VARCHAR), '\\\\[a-zA-Z0-9]*|"', ''),
+          '[[:alnum:][:punct:]]'
+        ) = 0
+      )
     )
     THEN 1
     ELSE 0

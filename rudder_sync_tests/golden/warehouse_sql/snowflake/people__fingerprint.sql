@@ -21,17 +21,23 @@ SELECT
     )
   ) AS __rs_whash,
   CASE
-    WHEN m."User ID" IS NULL
-    OR LOWER(CAST(m."User ID" AS VARCHAR)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_LIKE(
-      REGEXP_REPLACE(CAST(m."User ID" AS VARCHAR), '\\\\[a-zA-Z0-9]*|"', '', 'g'),
-      '[[:alnum:][:punct:]]'
-    )
-    OR m."AnonId" IS NULL
-    OR LOWER(CAST(m."AnonId" AS VARCHAR)) IN ('null', 'nan', 'infinity', '-infinity')
-    OR NOT REGEXP_LIKE(
-      REGEXP_REPLACE(CAST(m."AnonId" AS VARCHAR), '\\\\[a-zA-Z0-9]*|"', '', 'g'),
-      '[[:alnum:][:punct:]]'
+    WHEN (
+      (
+        m."User ID" IS NULL
+        OR LOWER(CAST(m."User ID" AS VARCHAR)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR REGEXP_INSTR(
+          REGEXP_REPLACE(CAST(m."User ID" AS VARCHAR), '\\\\[a-zA-Z0-9]*|"', ''),
+          '[[:alnum:][:punct:]]'
+        ) = 0
+      )
+      AND (
+        m."AnonId" IS NULL
+        OR LOWER(CAST(m."AnonId" AS VARCHAR)) IN ('null', 'nan', 'infinity', '-infinity')
+        OR REGEXP_INSTR(
+          REGEXP_REPLACE(CAST(m."AnonId" AS VARCHAR), '\\\\[a-zA-Z0-9]*|"', ''),
+          '[[:alnum:][:punct:]]'
+        ) = 0
+      )
     )
     THEN 1
     ELSE 0
@@ -39,5 +45,5 @@ SELECT
 FROM (
 select *
 from crm.people
-where not is_test; -- test accounts stay out
+where not is_test
 ) AS m
