@@ -80,7 +80,8 @@ def content_hash_sql(sync: SyncConfig, shape: str) -> str:
 
 
 # "Has a visible character", per regex engine: POSIX classes (PostgreSQL, Redshift, Snowflake);
-# Unicode properties where POSIX classes are ASCII-only (RE2: BigQuery) or absent (Java: Databricks).
+# Unicode properties where POSIX classes are ASCII-only (RE2: BigQuery) or absent (Java:
+# Databricks).
 _VISIBLE_POSIX = "[[:alnum:][:punct:]]"
 _VISIBLE_UNICODE = r"[\p{L}\p{N}\p{P}\p{S}]"
 
@@ -92,9 +93,9 @@ def suspect_sql(sync: SyncConfig, dialect: str = "postgres") -> str:
     or the call column or an event name column, is NULL, a JSON null, NaN or infinite, or has no
     letter, digit or punctuation once quotes and backslash escapes are removed (blank, in any
     script's spaces). Flagging too many rows only makes them leave the warehouse; the local diff
-    decides. Written in PostgreSQL syntax for ``dialect``: only PostgreSQL's REGEXP_REPLACE needs 'g' to replace every match (elsewhere a
-    4th argument is a position), and Snowflake's REGEXP_LIKE matches the whole value, so there
-    "no visible character" is REGEXP_INSTR(...) = 0.
+    decides. Written in PostgreSQL syntax for ``dialect``: only PostgreSQL's REGEXP_REPLACE needs
+    'g' to replace every match (elsewhere a 4th argument is a position), and Snowflake's
+    REGEXP_LIKE matches the whole value, so there "no visible character" is REGEXP_INSTR = 0.
     """
     every = ", 'g'" if dialect == "postgres" else ""
     visible = _VISIBLE_UNICODE if dialect in ("bigquery", "databricks") else _VISIBLE_POSIX
