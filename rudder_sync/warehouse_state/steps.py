@@ -104,6 +104,8 @@ def _materialise(
             if warehouse.statement_timeout_seconds:
                 milliseconds = max(1, round(warehouse.statement_timeout_seconds * 1000))
                 store.execute(f"set local statement_timeout = {milliseconds}")
+            # The planner does not weigh the per-row hashing: let it use parallel workers.
+            store.execute("set local parallel_tuple_cost = 0")
             store.execute(f"drop table if exists {target}")
             store.execute(create, list(args) or None)
     except store.error_types as exc:

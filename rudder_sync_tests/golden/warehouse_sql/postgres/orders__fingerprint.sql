@@ -2,7 +2,7 @@ CREATE TABLE "rudder_sync"."orders__model" AS
 SELECT
   m.*,
   CAST(m."id" AS TEXT) AS __rs_wpk,
-  MD5(
+  CAST(HASHTEXTEXTENDED(
     'track|user_id|anon_id|email=email|plan=plan' || ',' || COALESCE(
       CAST(LENGTH(CAST(m."user_id" AS TEXT)) AS TEXT) || ':' || CAST(m."user_id" AS TEXT),
       'N'
@@ -12,8 +12,9 @@ SELECT
     ) || ',' || COALESCE(
       CAST(LENGTH(CAST(m."email" AS TEXT)) AS TEXT) || ':' || CAST(m."email" AS TEXT),
       'N'
-    ) || ',' || COALESCE(CAST(LENGTH(CAST(m."plan" AS TEXT)) AS TEXT) || ':' || CAST(m."plan" AS TEXT), 'N')
-  ) AS __rs_whash,
+    ) || ',' || COALESCE(CAST(LENGTH(CAST(m."plan" AS TEXT)) AS TEXT) || ':' || CAST(m."plan" AS TEXT), 'N'),
+    0
+  ) AS TEXT) AS __rs_whash,
   CASE
     WHEN (
       (

@@ -2,7 +2,7 @@ CREATE TABLE "rudder_sync"."people__model" AS
 SELECT
   m.*,
   CAST(m."Customer Key" AS TEXT) AS __rs_wpk,
-  MD5(
+  CAST(HASHTEXTEXTENDED(
     'identify|User ID|AnonId|email=E-mail|plan=Plan|nickname=Say "Hi"' || ',' || COALESCE(
       CAST(LENGTH(CAST(m."User ID" AS TEXT)) AS TEXT) || ':' || CAST(m."User ID" AS TEXT),
       'N'
@@ -15,8 +15,9 @@ SELECT
     ) || ',' || COALESCE(CAST(LENGTH(CAST(m."Plan" AS TEXT)) AS TEXT) || ':' || CAST(m."Plan" AS TEXT), 'N') || ',' || COALESCE(
       CAST(LENGTH(CAST(m."Say ""Hi""" AS TEXT)) AS TEXT) || ':' || CAST(m."Say ""Hi""" AS TEXT),
       'N'
-    )
-  ) AS __rs_whash,
+    ),
+    0
+  ) AS TEXT) AS __rs_whash,
   CASE
     WHEN (
       (
