@@ -19,6 +19,7 @@ work in-warehouse mode moves there). Target: in-warehouse reads out at most 2 % 
 rows and its run is faster.
 
     .venv/bin/python -m bench.bench_warehouse_diff --rows 10000000
+    .venv/bin/python -m bench.bench_warehouse_diff --rows 10000000 --link 100:10
 
 The server is ``$RUDDER_SYNC_TEST_PG_URL``, or one started with ``.ci/postgres`` and stopped after.
 """
@@ -26,6 +27,7 @@ The server is ``$RUDDER_SYNC_TEST_PG_URL``, or one started with ``.ci/postgres``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -40,7 +42,8 @@ import yaml
 from . import common
 from .bench_warehouse import postgres_server
 from .gateway import RunningGateway
-from .pg import ServerCpu, fresh_database, sql
+from .link import LinkSpec, ThrottledLink
+from .pg import ServerCpu, fresh_database, sql, through
 
 SYNC_NAME = "bench_users"
 SCHEMA = "rudder_sync"
@@ -197,21 +200,23 @@ def execute(
 def run_mode(
     mode: str,
     url: str,
+    run_url: str,
     rows: int,
     gateway: RunningGateway,
     server: ServerCpu,
     args: argparse.Namespace,
 ) -> tuple[Run, Run]:
-    """First run (baseline), the 1 % / 1 % / 1 % change, then the measured run."""
+    """First run (baseline), the 1 % / 1 % / 1 % change, then the measured run. The set-up uses
+    ``url``; the runs ``run_url`` (through the link, if any)."""
     common.log(f"{mode}: {rows:,} rows")
     create_users(url, rows)
     sql(url, f"drop schema if exists {SCHEMA} cascade")
     config = write_project(args.workdir / f"warehouse_diff_{rows}" / mode, mode)
-    first = execute(config, url, gateway, server, "1. first run", args)
+    first = execute(config, run_url, gateway, server, "1. first run", args)
     if first.events:
         sys.exit(f"{mode}: the first run must send nothing, it sent {first.events}")
     mutate_users(url, rows)
-    measured = execute(config, url, gateway, server, "2. 3 % changed", args)
+    measured = execute(config, run_url, gateway, server, "2. 3 % changed", args)
     if measured.events != expected_events(rows):
         sys.exit(f"{mode}: sent {measured.events}, expected {expected_events(rows)}")
     return first, measured
@@ -284,7 +289,12 @@ def rows_out(run: Run) -> int:
     return int(run.result["diff"].get("rows_transferred", run.result["model_rows_out"]))
 
 
-def report(rows: int, results: dict[str, tuple[Run, Run]], server_cpu_known: bool) -> str:
+def report(
+    rows: int,
+    results: dict[str, tuple[Run, Run]],
+    server_cpu_known: bool,
+    link: LinkSpec | None = None,
+) -> str:
     mb = 1e6
     table = []
     for mode, runs in results.items():
@@ -336,7 +346,12 @@ def report(rows: int, results: dict[str, tuple[Run, Run]], server_cpu_known: boo
         f"{common.fmt_rows(rows)} rows `users(id bigint primary key, user_id, email, plan, "
         "country text, score double precision, updated_at timestamptz)`; a track sync "
         "(send_initial_results false) delivering to the local gateway; measured run after 1 % "
-        f"removed, 1 % changed, 1 % added: {sum(local.events.values()):,} events in both modes.",
+        f"removed, 1 % changed, 1 % added: {sum(local.events.values()):,} events in both modes. "
+        + (
+            f"rudder_sync reaches PostgreSQL through a link of {link} (`bench/link.py`)."
+            if link
+            else "PostgreSQL on this machine (loopback)."
+        ),
         "",
         common.markdown_table(headers, table),
         "",
@@ -386,6 +401,12 @@ def main() -> None:
         help="before each run, wait up to this many seconds for other processes to leave the "
         "machine idle (0: do not wait)",
     )
+    parser.add_argument(
+        "--link",
+        type=LinkSpec.parse,
+        help="MBIT:RTT_MS, e.g. 100:10: the runs reach PostgreSQL through a link of that "
+        "bandwidth and round-trip time (bench/link.py); default: the loopback",
+    )
     parser.add_argument("--no-record", action="store_true", help="do not update RESULTS.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -395,17 +416,28 @@ def main() -> None:
     if args.rows < 100:
         parser.error("--rows: at least 100 (1 % of the rows must be at least one row)")
 
-    with postgres_server() as server_url, RunningGateway(WRITE_KEY) as gateway:
+    with contextlib.ExitStack() as stack:
+        server_url = stack.enter_context(postgres_server())
+        gateway = stack.enter_context(RunningGateway(WRITE_KEY))
         url = fresh_database(server_url, DATABASE)
+        run_url = url
+        if args.link:
+            host, port = through(url)
+            link = stack.enter_context(ThrottledLink(host, port, args.link))
+            run_url = through(url, link.port)
+            common.log(f"runs reach PostgreSQL through a link of {args.link}")
         server = ServerCpu(url)
-        results = {mode: run_mode(mode, url, args.rows, gateway, server, args) for mode in MODES}
+        results = {
+            mode: run_mode(mode, url, run_url, args.rows, gateway, server, args) for mode in MODES
+        }
         sql(server_url, f"drop database if exists {DATABASE} with (force)")
-    body = report(args.rows, results, server.postmaster is not None)
+    body = report(args.rows, results, server.postmaster is not None, args.link)
     print(body)
     if not args.no_record:
         common.record_section(
-            "bench_warehouse_diff",
-            "Diff in the warehouse vs local mode",
+            "bench_warehouse_diff" + ("_link" if args.link else ""),
+            "Diff in the warehouse vs local mode"
+            + (", through a slower link" if args.link else ", loopback"),
             body,
             common.invocation(),
         )

@@ -34,6 +34,16 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 
+def through(url: str, port: int | None = None) -> Any:
+    """Without ``port``: the URL's (host, port). With it: the URL sent to 127.0.0.1:port."""
+    parts = urlsplit(url)
+    if port is None:
+        return parts.hostname or "127.0.0.1", parts.port or 5432
+    auth = parts.netloc.rpartition("@")[0]
+    netloc = f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def fresh_database(server: str, name: str) -> str:
     """Drop and create database ``name`` on the server; its URL."""
     sql(server, f"drop database if exists {name} with (force)", f"create database {name}")
