@@ -50,7 +50,7 @@ def settle_local_state(state: WarehouseSyncState, local: Path) -> str | None:
 
     Returns what happened, for the log (None: nothing to do).
     """
-    meta = state.store.get_meta()
+    meta = state.all_meta()
     if not local.exists():
         if MOVED_KEY in meta:
             raise StateError(

@@ -74,6 +74,10 @@ class WarehouseSyncState(SyncState):
             "rejected_rows", f"select {REJECTED_COLUMNS} from {self.tables.rejected_rows}"
         )
 
+    def all_meta(self) -> dict[str, str]:
+        """The meta of the scratch copy (as loaded, plus what this step set)."""
+        return dict(run(self.conn, "select key, value from meta"))
+
     def load_table(self, table: str, warehouse_sql: str) -> int:
         """Replace a scratch table with a warehouse query's rows (hashes stored there as text)."""
         rows = self.store.arrow(warehouse_sql)
@@ -282,8 +286,8 @@ def open_warehouse_state(
         _configure(conn)
         run(conn, f"set temp_directory = '{scratch / 'spill'}'")
         state = WarehouseSyncState(conn, store, primary_key)
-        _ensure_meta(state)
         state.load()
+        _ensure_meta(state)
         if settle and state_dir is not None:
             from .move import settle_local_state
 
@@ -298,13 +302,13 @@ def open_warehouse_state(
 
 def _ensure_meta(state: WarehouseSyncState) -> None:
     """A new state gets its version, hash probe and messageId salt; an old one is checked."""
-    meta = state.store.get_meta()
+    meta = state.all_meta()
     probe = _hash_probe(state.conn)
     if not meta:
-        with state.store.transaction():
-            state.store.set_meta("schema_version", str(SCHEMA_VERSION))
-            state.store.set_meta("hash_probe", probe)
-            state.store.set_meta(SALT_KEY, new_salt())
+        with state.transaction():
+            state.set_meta("schema_version", str(SCHEMA_VERSION))
+            state.set_meta("hash_probe", probe)
+            state.set_meta(SALT_KEY, new_salt())
         return
     if meta.get("schema_version") != str(SCHEMA_VERSION):
         raise StateError(

@@ -66,7 +66,7 @@ def take_snapshot_in_warehouse(
         _drop_windows_except(state, {tables.window_name(key) for key in keys})
     rows, empty = {}, pa.table({})
     for key, (target, params) in targets.items():
-        empty = _probe(sync, warehouse, params)
+        empty = _probe(state, sync, warehouse, params)
         rows[key] = _materialise(state, sync, warehouse, target, params)
     scratch = duckdb.connect()
     try:
@@ -78,11 +78,16 @@ def take_snapshot_in_warehouse(
 
 
 def _probe(
-    sync: SyncConfig, warehouse: PostgresWarehouse, params: Mapping[str, Any] | None
+    state: WarehouseSyncState,
+    sync: SyncConfig,
+    warehouse: PostgresWarehouse,
+    params: Mapping[str, Any] | None,
 ) -> pa.Table:
-    """The model's columns (no rows), checked against the sync's."""
+    """The model's columns (no rows), checked against the sync's (read-only, on the state's
+    connection)."""
     body = statement_body(sync.model)
-    with warehouse.read_model(f"select * from (\n{body}\n) as __rs_probe limit 0", params) as r:
+    probe = f"select * from (\n{body}\n) as __rs_probe limit 0"
+    with warehouse.read_on(state.store.conn, probe, params, read_only=True) as r:
         empty = r.read_all()
     check_model_columns(sync, empty.schema.names)
     return empty
@@ -154,7 +159,7 @@ def run_diff_in_warehouse(
         store.execute(f"drop table if exists {tables.delta}")
         store.execute(delta_sql(tables, DIALECT))
     every_row = mode.resync or not state.initialized
-    with warehouse.read_model(changed_rows_sql(tables, DIALECT, every_row)) as reader:
+    with warehouse.read_on(store.conn, changed_rows_sql(tables, DIALECT, every_row)) as reader:
         rows_transferred = state.replace_model_rows(reader)
     state_rows = _load_base_rows(state, sync)
     result = run_diff(state, sync, [], mode, now, retry_quarantined)
@@ -243,7 +248,8 @@ def _window_table(state: WarehouseSyncState, key: str) -> str:
 def _read_window(
     state: WarehouseSyncState, warehouse: PostgresWarehouse, table: str, into: str, current: bool
 ) -> int:
-    with warehouse.read_model(window_rows_sql(table, state.tables, DIALECT, current)) as reader:
+    rows = window_rows_sql(table, state.tables, DIALECT, current)
+    with warehouse.read_on(state.store.conn, rows) as reader:
         return state.replace_table(into, reader)
 
 

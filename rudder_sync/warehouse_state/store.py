@@ -166,17 +166,28 @@ class WarehouseStore:
     def ensure_tables(self) -> bool:
         """Create the schema (if missing) and the sync's tables; whether they existed before."""
         schema = self.tables.schema
+        names = {role: getattr(self.tables, role) for role in _roles()}
+        index = self.tables.qualified(self.tables.name("snapshot_wpk"))
+        # One round trip when everything exists (every run but the first): a remote warehouse
+        # charges one per statement.
+        probe = ", ".join(
+            f"to_regclass({quote_literal(n)}) is not null" for n in (*names.values(), index)
+        )
         try:
             with self.transaction():
-                found = self.rows("select 1 from pg_namespace where nspname = $1", [schema])
-                if not found:
+                found = self.rows(
+                    f"select exists (select 1 from pg_namespace where nspname = $1), {probe}",
+                    [schema],
+                )[0]
+                if all(found):
+                    return True
+                if not found[0]:
                     self.execute(f"create schema if not exists {quote_ident(schema)}")
-                existed = bool(
-                    self.rows("select to_regclass($1) is not null", [self.tables.meta])[0][0]
+                existed = bool(found[1])
+                ddl = _DDL.format(
+                    snapshot_wpk_index=quote_ident(self.tables.name("snapshot_wpk")), **names
                 )
-                names = {role: getattr(self.tables, role) for role in _roles()}
-                index = quote_ident(self.tables.name("snapshot_wpk"))
-                for statement in _DDL.format(snapshot_wpk_index=index, **names).split(";"):
+                for statement in ddl.split(";"):
                     if statement.strip():
                         self.execute(statement)
         except self.error_types as exc:

@@ -68,17 +68,34 @@ class PostgresWarehouse(WarehouseResource):
         """Run `sql` in a read-only transaction and stream its rows, normalised."""
         import adbc_driver_postgresql.dbapi as adbc
 
-        # COPY (...) wraps the query: a trailing `;` or comment would end up inside
-        query, args = bind(statement_body(sql), params, "numeric")
-        bound = args or None
         try:
             conn = adbc.connect(self.url)
         except adbc.Error as exc:
             raise self._error("cannot connect to", exc) from None
+        try:
+            with self.read_on(conn, sql, params, read_only=True) as reader:
+                yield reader
+        finally:
+            _quietly(conn.rollback, conn.close)
+
+    @contextmanager
+    def read_on(
+        self, conn: Any, sql: str, params: Mapping[str, Any] | None = None, read_only: bool = False
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Stream `sql`'s rows, normalised, on an open ADBC connection, in a transaction that ends
+        with the read (committed; rolled back after an error). In-warehouse state reads its
+        own tables on its connection this way: one connection less per step."""
+        import adbc_driver_postgresql.dbapi as adbc
+
+        # COPY (...) wraps the query: a trailing `;` or comment would end up inside
+        query, args = bind(statement_body(sql), params, "numeric")
+        bound = args or None
         cursor = conn.cursor()
+        finished = False
         try:
             try:
-                cursor.execute("set transaction read only")
+                if read_only:
+                    cursor.execute("set transaction read only")
                 if self.statement_timeout_seconds:
                     milliseconds = max(1, round(self.statement_timeout_seconds * 1000))
                     cursor.execute(f"set local statement_timeout = {milliseconds}")
@@ -91,13 +108,14 @@ class PostgresWarehouse(WarehouseResource):
             guard = StreamGuard()
             try:
                 yield guard.reader(schema, self._batches(reader, schema, adbc.Error))
+                finished = True
             except Exception as exc:
                 guard.reraise(exc)
                 raise
             finally:
                 guard.close()
         finally:
-            _close(cursor, conn)
+            _quietly(cursor.close, conn.commit if finished else conn.rollback)
 
     def _batches(
         self, reader: pa.RecordBatchReader, schema: pa.Schema, errors: type[Exception]
@@ -229,9 +247,10 @@ def _driver_message(exc: Exception) -> str:
     return " ".join(text.split()).rstrip(". ")
 
 
-def _close(cursor: Any, conn: Any) -> None:
-    """Close quietly: after a dropped connection, closing raises too, and the first error counts."""
-    for step in (cursor.close, conn.rollback, conn.close):
+def _quietly(*steps: Any) -> None:
+    """Close, commit or roll back quietly: after a dropped connection these raise too, and the
+    first error counts."""
+    for step in steps:
         try:
             step()
         except Exception:  # noqa: BLE001, S112 - the original error is already on its way
