@@ -193,16 +193,24 @@ def base_rows_sql(tables: Tables, keys: str, dialect: str) -> str:
     """The committed snapshot rows the local diff needs: those of the keys that left (``keys``,
     by their rendered key, without the last values: only a removed row sends them) and those
     removed (live, and absent from the model or of unknown warehouse key)."""
+    columns = """s.__rs_pk, s.__rs_hash, s.__rs_version, s.__rs_deleted,
+               s.__rs_user_id, s.__rs_anonymous_id, {props}, s.__rs_committed_at"""
+    # Three parts, each able to use an index (the snapshot's primary key, its __rs_wpk index),
+    # rather than one OR that scans the whole snapshot.
     template = f"""
-        SELECT s.__rs_pk, s.__rs_hash, s.__rs_version, s.__rs_deleted,
-               s.__rs_user_id, s.__rs_anonymous_id,
-               CASE WHEN k.__rs_pk IS NULL THEN s.__rs_props END AS __rs_props,
-               s.__rs_committed_at
+        SELECT {columns.format(props="CAST(NULL AS TEXT) AS __rs_props")}
+        FROM {tables.snapshot} AS s JOIN {keys} AS k ON k.__rs_pk = s.__rs_pk
+        UNION ALL
+        SELECT {columns.format(props="s.__rs_props")}
         FROM {tables.snapshot} AS s
-        LEFT JOIN {keys} AS k ON k.__rs_pk = s.__rs_pk
-        WHERE k.__rs_pk IS NOT NULL
-           OR (NOT s.__rs_deleted AND (s.__rs_wpk IS NULL
-               OR s.__rs_wpk IN (SELECT __rs_wpk FROM {tables.delta} WHERE __rs_removed)))
+        WHERE NOT s.__rs_deleted
+          AND s.__rs_wpk IN (SELECT __rs_wpk FROM {tables.delta} WHERE __rs_removed)
+          AND s.__rs_pk NOT IN (SELECT __rs_pk FROM {keys})
+        UNION ALL
+        SELECT {columns.format(props="s.__rs_props")}
+        FROM {tables.snapshot} AS s
+        WHERE NOT s.__rs_deleted AND s.__rs_wpk IS NULL
+          AND s.__rs_pk NOT IN (SELECT __rs_pk FROM {keys})
     """
     return render(template, dialect)
 

@@ -186,6 +186,7 @@ def _load_base_rows(state: WarehouseSyncState, sync: SyncConfig) -> int:
         f"select distinct cast({pk} as varchar) as __rs_pk from model_rows where {pk} is not null"
     ).to_arrow_table()
     ingested = state.store.ingest("__rs_keys", keys)
+    state.store.execute(f"analyze {ingested}")  # a temp table has no statistics until then
     return state.load_table("snapshot", base_rows_sql(state.tables, ingested, DIALECT))
 
 
