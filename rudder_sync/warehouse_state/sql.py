@@ -151,13 +151,16 @@ def delta_sql(tables: Tables, dialect: str) -> str:
 
     A key is in it when it is new, its hash differs from the committed one (or none was
     recorded, as after switching from local state), it repeats in the model, it was removed, or
-    a pending change or a rejected row holds it (they are re-examined by every diff).
+    a pending change or a rejected row holds it (they are re-examined by every diff). The model's
+    rows join the snapshot as they are; repeated keys are found apart (`HAVING COUNT(*) > 1`
+    keeps only them): grouping every key first cost more than the join.
     """
     template = f"""
         CREATE TABLE {tables.delta} AS
-        WITH current_keys AS (
-            SELECT __rs_wpk, MIN(__rs_whash) AS __rs_whash, COUNT(*) AS __rs_rows
-            FROM {tables.model} WHERE __rs_wpk IS NOT NULL GROUP BY __rs_wpk
+        WITH current_rows AS (
+            SELECT __rs_wpk, __rs_whash FROM {tables.model} WHERE __rs_wpk IS NOT NULL
+        ), repeated AS (
+            SELECT __rs_wpk FROM current_rows GROUP BY __rs_wpk HAVING COUNT(*) > 1
         ), base AS (
             SELECT __rs_wpk, __rs_whash FROM {tables.snapshot}
             WHERE NOT __rs_deleted AND __rs_wpk IS NOT NULL
@@ -166,13 +169,14 @@ def delta_sql(tables: Tables, dialect: str) -> str:
             UNION
             SELECT __rs_wpk FROM {tables.rejected_rows} WHERE __rs_wpk IS NOT NULL
         )
-        SELECT DISTINCT COALESCE(c.__rs_wpk, b.__rs_wpk) AS __rs_wpk,
-               c.__rs_wpk IS NULL AS __rs_removed
-        FROM current_keys AS c
+        SELECT COALESCE(c.__rs_wpk, b.__rs_wpk) AS __rs_wpk, c.__rs_wpk IS NULL AS __rs_removed
+        FROM current_rows AS c
         FULL OUTER JOIN base AS b ON b.__rs_wpk = c.__rs_wpk
         WHERE c.__rs_wpk IS NULL OR b.__rs_wpk IS NULL OR b.__rs_whash IS NULL
-           OR c.__rs_rows > 1 OR c.__rs_whash <> b.__rs_whash
+           OR c.__rs_whash <> b.__rs_whash
            OR COALESCE(c.__rs_wpk, b.__rs_wpk) IN (SELECT __rs_wpk FROM held)
+        UNION
+        SELECT __rs_wpk, FALSE AS __rs_removed FROM repeated
     """
     return render(template, dialect)
 

@@ -158,6 +158,7 @@ def run_diff_in_warehouse(
     with store.transaction():
         store.execute(f"drop table if exists {tables.delta}")
         store.execute(delta_sql(tables, DIALECT))
+        store.execute(f"analyze {tables.delta}")  # the plans that read it need its size
     every_row = mode.resync or not state.initialized
     with warehouse.read_on(store.conn, changed_rows_sql(tables, DIALECT, every_row)) as reader:
         rows_transferred = state.replace_model_rows(reader)
@@ -209,6 +210,7 @@ def _diff_windows(
         with state.store.transaction():
             state.store.execute(f"drop table if exists {state.tables.delta}")
             state.store.execute(window_delta_sql(state.tables, current, previous, DIALECT))
+            state.store.execute(f"analyze {state.tables.delta}")
         transferred += _read_window(state, warehouse, current, "__rs_current_window", True)
         if previous is not None:
             transferred += _read_window(state, warehouse, previous, "__rs_previous_window", False)

@@ -1,14 +1,19 @@
 CREATE TABLE "rudder_sync"."people__delta" AS
-WITH current_keys AS (
+WITH current_rows AS (
   SELECT
     __rs_wpk,
-    MIN(__rs_whash) AS __rs_whash,
-    COUNT(*) AS __rs_rows
+    __rs_whash
   FROM "rudder_sync"."people__model"
   WHERE
     __rs_wpk IS NOT NULL
+), repeated AS (
+  SELECT
+    __rs_wpk
+  FROM current_rows
   GROUP BY
     __rs_wpk
+  HAVING
+    COUNT(*) > 1
 ), base AS (
   SELECT
     __rs_wpk,
@@ -29,20 +34,24 @@ WITH current_keys AS (
   WHERE
     __rs_wpk IS NOT NULL
 )
-SELECT DISTINCT
+SELECT
   COALESCE(c.__rs_wpk, b.__rs_wpk) AS __rs_wpk,
   c.__rs_wpk IS NULL AS __rs_removed
-FROM current_keys AS c
+FROM current_rows AS c
 FULL OUTER JOIN base AS b
   ON b.__rs_wpk = c.__rs_wpk
 WHERE
   c.__rs_wpk IS NULL
   OR b.__rs_wpk IS NULL
   OR b.__rs_whash IS NULL
-  OR c.__rs_rows > 1
   OR c.__rs_whash <> b.__rs_whash
   OR COALESCE(c.__rs_wpk, b.__rs_wpk) IN (
     SELECT
       __rs_wpk
     FROM held
   )
+UNION
+SELECT
+  __rs_wpk,
+  FALSE AS __rs_removed
+FROM repeated
