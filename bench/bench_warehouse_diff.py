@@ -435,9 +435,10 @@ def main() -> None:
     print(body)
     if not args.no_record:
         common.record_section(
-            "bench_warehouse_diff" + ("_link" if args.link else ""),
-            "Diff in the warehouse vs local mode"
-            + (", through a slower link" if args.link else ", loopback"),
+            "bench_warehouse_diff"
+            + (f"_link_{args.link.mbit:g}_{args.link.rtt_ms:g}" if args.link else ""),
+            "Diff in the warehouse vs local mode, "
+            + (f"through a link of {args.link}" if args.link else "loopback"),
             body,
             common.invocation(),
         )
