@@ -181,9 +181,10 @@ class WarehouseStore:
                 )[0]
                 if all(found):
                     return True
-                if not found[0]:
+                schema_found, meta_found = found[0], found[1]  # meta: the first role
+                if not schema_found:
                     self.execute(f"create schema if not exists {quote_ident(schema)}")
-                existed = bool(found[1])
+                existed = bool(meta_found)
                 ddl = _DDL.format(
                     snapshot_wpk_index=quote_ident(self.tables.name("snapshot_wpk")), **names
                 )
