@@ -146,7 +146,8 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
         key=asset_key(sync, "snapshot"),
         deps=upstream,
         kinds={"duckdb"},
-        description=f"Result of the model of sync '{sync.name}', stored in its state.",
+        description=f"Result of the model of sync '{sync.name}', stored in its state (a DuckDB "
+        "warehouse's unpartitioned model: checked and counted, then read in place by the diff).",
         automation_condition=automation,
         required_resource_keys={sync.warehouse_key, sync.rudderstack_key},
         **common,
@@ -168,7 +169,11 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
             context.log.info(f"sync '{sync.name}'{in_window(key)}: model returned {rows} rows")
         return MaterializeResult(
             metadata=snapshot_metadata(
-                taken.rows_by_window, taken.types, str(state_dir), partitions is not None
+                taken.rows_by_window,
+                taken.types,
+                str(state_dir),
+                partitions is not None,
+                taken.read_in_place,
             )
         )
 
@@ -214,7 +219,13 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                 )
             else:
                 result = run_diff(
-                    state, sync, windows(context), mode, datetime.now(UTC), config.retry_quarantined
+                    state,
+                    sync,
+                    warehouse,
+                    windows(context),
+                    mode,
+                    datetime.now(UTC),
+                    config.retry_quarantined,
                 )
         if config.retry_quarantined:
             context.log.info(

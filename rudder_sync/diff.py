@@ -8,6 +8,7 @@ re-send is the same event.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,6 +28,7 @@ from .jsonvalues import (
 )
 from .jsonvalues import timestamp_sql as render_timestamp_sql
 from .state import SALT_KEY, SyncState, run
+from .warehouses.duckdb import AttachedModel
 
 REJECTED_SAMPLE = 20
 SEP = "chr(31)"
@@ -100,11 +102,13 @@ def compute_diff(
     now: datetime,
     window: Window | None = None,
     mode: DiffMode | None = None,
+    model: AttachedModel | None = None,
 ) -> DiffSummary:
     """Rebuild the pending changes (of one window, for partitioned syncs).
 
-    Unpartitioned: `model_rows` against the committed snapshot. Partitioned: the window's rows
-    against the previous window's, so a window's events depend only on the model.
+    Unpartitioned: `model_rows` (or ``model``, read in place) against the committed snapshot.
+    Partitioned: the window's rows against the previous window's, so a window's events depend
+    only on the model.
 
     Two passes keep the cost near a bare join: every row gets a cheap fingerprint (key, content
     hash, ID present); only the rows that changed are then rendered to JSON.
@@ -115,15 +119,18 @@ def compute_diff(
     mode = mode or DiffMode()
     if window is not None and (mode.resync or mode.reset_baseline):
         raise ValueError("resync and reset_baseline apply to unpartitioned syncs only")
-    current = window.rows if window else "model_rows"
-    types = _fingerprint_current(state, sync, current)
+    current = model.relation if model else window.rows if window else "model_rows"
+    reading = model.reading if model else nullcontext
+    with reading():
+        types = _fingerprint_current(state, sync, current)
     first_run, base = _choose_base(state, sync, window)
     window_key = window.key if window else None
     carry_resync = window is None and not (mode.resync or mode.reset_baseline)
     with state.transaction():
         state.replace_rejected_rows(window_key, _REJECTED_SQL, now)
         _find_changes(state, sync, first_run, base, mode)
-        _render_changed_rows(state, sync, types, current, window)
+        with reading():
+            _render_changed_rows(state, sync, types, current, window)
         state.replace_pending(
             window_key,
             _new_changes_sql(

@@ -40,10 +40,16 @@ def in_window(window: str | None) -> str:
 
 
 def snapshot_metadata(
-    rows_by_window: dict[str, int], types: Mapping[str, str], state_dir: str, partitioned: bool
+    rows_by_window: dict[str, int],
+    types: Mapping[str, str],
+    state_dir: str,
+    partitioned: bool,
+    read_in_place: bool = False,
 ) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "dagster/row_count": sum(rows_by_window.values()),
+        # True: the rows stayed in the DuckDB warehouse; the diff step reads them there.
+        "read_in_place": read_in_place,
         "dagster/column_schema": TableSchema(
             columns=[TableColumn(name, str(kind)) for name, kind in types.items()]
         ),

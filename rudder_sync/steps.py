@@ -32,14 +32,19 @@ from .jsonvalues import column_types
 from .partitions import WindowSpec, diff_window, store_window_rows, window_table
 from .reporting import log_window_done
 from .rudderstack import RudderstackError, RudderstackResource
-from .state import StateError, SyncState
-from .warehouses import WarehouseResource
+from .state import StateError, SyncState, run
+from .warehouses import DuckDBWarehouse, WarehouseResource
+from .warehouses.duckdb import InPlaceUnsupported
+
+# Set by a snapshot that left the model's rows in the (DuckDB) warehouse for the diff to read.
+READ_IN_PLACE_KEY = "model_read_in_place"
 
 
 @dataclass
 class Snapshot:
     rows_by_window: dict[str, int]  # "" for an unpartitioned sync
     types: dict[str, str]  # the model's columns and their DuckDB types
+    read_in_place: bool = False  # rows left in the warehouse (see `take_snapshot`)
 
 
 def take_snapshot(
@@ -49,7 +54,23 @@ def take_snapshot(
     partitions: TimeWindowPartitionsDefinition | None,
     windows: list[WindowSpec],
 ) -> Snapshot:
-    """Run the model (once per window) and store its rows in the state."""
+    """Run the model (once per window) and store its rows in the state.
+
+    A DuckDB model that the diff can read in place is only checked and counted here: its rows
+    stay in the warehouse (`model_rows` is dropped, and the meta says so to the diff step).
+    """
+    if partitions is None and _reads_in_place(warehouse):
+        try:
+            with warehouse.attach(state.conn, sync.model) as model, model.reading():
+                types = column_types(state.conn, model.relation)
+                check_model_columns(sync, list(types))
+                rows = run(state.conn, f"select count(*) from {model.relation}")[0][0]
+        except InPlaceUnsupported:
+            pass  # copied below, as from any warehouse
+        else:
+            run(state.conn, "drop table if exists model_rows")
+            state.set_meta(READ_IN_PLACE_KEY, "true")
+            return Snapshot({"": rows}, types, read_in_place=True)
     if partitions is None:
         with warehouse.read_model(sync.model) as reader:
             check_model_columns(sync, reader.schema.names)
@@ -59,6 +80,10 @@ def take_snapshot(
         rows_by_window = store_window_rows(state, sync, warehouse, partitions, windows)
         table = window_table(windows[-1].key)
     return Snapshot(rows_by_window, column_types(state.conn, table))
+
+
+def _reads_in_place(warehouse: WarehouseResource) -> bool:
+    return isinstance(warehouse, DuckDBWarehouse) and warehouse.reads_in_place()
 
 
 @dataclass
@@ -73,20 +98,28 @@ class DiffResult:
 def run_diff(
     state: SyncState,
     sync: SyncConfig,
+    warehouse: WarehouseResource,
     windows: list[WindowSpec],
     mode: DiffMode,
     now: datetime,
     retry_quarantined: bool = False,
 ) -> DiffResult:
-    """Diff the stored model against what was delivered (or each window against the one before)."""
+    """Diff the model against what was delivered (or each window against the one before).
+
+    The model's rows are those the snapshot step stored, or, when it stored none, the DuckDB
+    warehouse's, read in place.
+    """
     # Before the diff, so that its counts and the guard include the re-admitted changes.
     readmitted = state.readmit_quarantined(sync.max_attempts) if retry_quarantined else 0
-    if not windows:
-        if not state.has_table("model_rows"):
+    if not windows and not state.has_table("model_rows"):
+        if not (_reads_in_place(warehouse) and state.get_meta(READ_IN_PLACE_KEY)):
             raise StateError(
                 f"sync '{sync.name}': no model snapshot yet; materialize {sync.name}/snapshot "
                 "first."
             )
+        with warehouse.attach(state.conn, sync.model) as model:  # type: ignore[attr-defined]
+            summaries = {"": compute_diff(state, sync, now, mode=mode, model=model)}
+    elif not windows:
         summaries = {"": compute_diff(state, sync, now, mode=mode)}
     else:
         summaries = {

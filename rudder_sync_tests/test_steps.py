@@ -34,7 +34,7 @@ def test_snapshot_diff_deliver_as_plain_functions(tmp_path: Path, gateway: TestG
     def run() -> tuple[dict[str, int], int]:
         with open_state(config.state, sync.name, dry_run=False) as state:
             taken = take_snapshot(state, sync, warehouse, None, [])
-            diff = run_diff(state, sync, [], _mode(), datetime.now(UTC))
+            diff = run_diff(state, sync, warehouse, [], _mode(), datetime.now(UTC))
             done = deliver_windows(
                 state, sync, sender, uuid.uuid4().hex, LOG, [], True, gateway.url
             )
@@ -63,4 +63,11 @@ def test_a_diff_before_any_snapshot_says_what_to_materialize(tmp_path: Path) -> 
         open_state(config.state, "users", dry_run=False) as state,
         pytest.raises(StateError, match="no model snapshot yet; materialize users/snapshot first"),
     ):
-        run_diff(state, config.syncs["users"], [], _mode(), datetime.now(UTC))
+        run_diff(
+            state,
+            config.syncs["users"],
+            build_warehouse(config.warehouse),
+            [],
+            _mode(),
+            datetime.now(UTC),
+        )

@@ -163,7 +163,7 @@ def run_diff_in_warehouse(
     with warehouse.read_on(store.conn, changed_rows_sql(tables, DIALECT, every_row)) as reader:
         rows_transferred = state.replace_model_rows(reader)
     state_rows = _load_base_rows(state, sync)
-    result = run_diff(state, sync, [], mode, now, retry_quarantined)
+    result = run_diff(state, sync, warehouse, [], mode, now, retry_quarantined)
     state.push_diff()
     model_rows, base_rows = store.rows(
         f"select (select count(*) from {tables.model}), "

@@ -78,6 +78,8 @@ _RESOURCE_NAMES = {"path": "database", "schema": "schema_name"}
 class DuckDBSettings(WarehouseSettings):
     type: Literal["duckdb"] = "duckdb"
     path: Path
+    # Unpartitioned syncs: the diff reads the model where it is (`DuckDBWarehouse.attach`).
+    read_in_place: bool = True
     example: ClassVar[str] = "warehouse: {type: duckdb, path: warehouse.duckdb}"
 
     def resource_kwargs(self) -> dict[str, Any]:
