@@ -1,8 +1,9 @@
 """Send a sync's pending events and move the snapshot forward only for what RudderStack accepted.
 
 Accepted changes are committed in groups (every COMMIT_EVERY_EVENTS events or COMMIT_EVERY_SECONDS)
-rather than per request, to keep the state writes batched; a crash between delivery and commit only
-re-sends those events, with the same messageIds, at the next run.
+rather than per request, to keep the state writes batched, on a thread beside the sending; a crash
+between delivery and commit only re-sends those events (at most RESEND_BOUND_EVENTS), with the same
+messageIds, at the next run.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -21,6 +24,8 @@ from .state import SyncState
 
 COMMIT_EVERY_EVENTS = 20_000
 COMMIT_EVERY_SECONDS = 5.0
+# Accepted but not yet committed, at most: the group being gathered and the one being committed.
+RESEND_BOUND_EVENTS = 2 * COMMIT_EVERY_EVENTS
 
 
 @dataclass
@@ -40,26 +45,56 @@ class DeliveryReport:
         self.rejected.extend(other.rejected)
 
 
-class _CommitBuffer:
-    """Accepted change IDs waiting to be committed in one transaction."""
+class _Committer:
+    """Commits accepted changes, and records rejected ones, in the order they came back.
+
+    On a thread of its own: building and sending the next events does not wait for the state's
+    disk (DuckDB releases the GIL while it writes). At most one commit runs while the next group
+    gathers, so a crash re-sends at most RESEND_BOUND_EVENTS events (or what 5 s accepted).
+    Only this thread uses the state's connection until `close()`; the events are read on a
+    cursor of their own.
+    """
 
     def __init__(self, state: SyncState, run_id: str, status: str, destination: str | None) -> None:
         self.state, self.run_id, self.status = state, run_id, status
         self.destination = destination
         self.ids: list[ChangeId] = []
         self.last_flush = time.monotonic()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rudder_sync_commit")
+        self._running: Future[object] | None = None
 
-    def add(self, change_ids: list[ChangeId]) -> None:
+    def accepted(self, change_ids: list[ChangeId]) -> None:
         self.ids.extend(change_ids)
         due = time.monotonic() - self.last_flush >= COMMIT_EVERY_SECONDS
         if len(self.ids) >= COMMIT_EVERY_EVENTS or due:
             self.flush()
 
+    def rejected(self, failures: list[tuple[ChangeId, str]]) -> None:
+        self.flush()
+        self._submit(self.state.record_failures, failures, self.run_id)
+
     def flush(self) -> None:
         if self.ids:
-            self.state.commit_changes(self.ids, self.run_id, self.status, self.destination)
-            self.ids = []
+            ids, self.ids = self.ids, []
+            self._submit(self.state.commit_changes, ids, self.run_id, self.status, self.destination)
         self.last_flush = time.monotonic()
+
+    def close(self) -> None:
+        """Commit what is left and wait for it; raises the first commit's error, if any."""
+        try:
+            self.flush()
+            self._wait()
+        finally:
+            self._worker.shutdown(wait=True)
+
+    def _submit(self, work: Callable[..., object], *args: object) -> None:
+        self._wait()  # one at a time: the bound on re-sends, and the order of the state's writes
+        self._running = self._worker.submit(work, *args)
+
+    def _wait(self) -> None:
+        running, self._running = self._running, None
+        if running is not None:
+            running.result()
 
 
 def deliver_pending(
@@ -94,7 +129,7 @@ def deliver_pending(
     state.start_resync(window)
     report.committed_without_event = state.commit_silent_changes(window)
 
-    buffer = _CommitBuffer(state, run_id, status, destination)
+    committer = _Committer(state, run_id, status, destination)
     # The events and outcomes are acyclic: keep the collector from walking Dagster's whole heap
     # over and over while millions of them come and go (a third of the delivery's time).
     gc.freeze()
@@ -103,17 +138,16 @@ def deliver_pending(
             if outcome.accepted:
                 ids = [event.ref for event in outcome.accepted]
                 report.accepted += len(ids)
-                buffer.add(ids)
+                committer.accepted(ids)
             if outcome.rejected:
                 failures = [(e.ref, reason) for e, reason in outcome.rejected]
                 report.rejected.extend(failures)
-                buffer.flush()
-                state.record_failures(failures, run_id)
+                committer.rejected(failures)
     finally:
         gc.unfreeze()
         events.close()
         # Whatever happens (a 401, retries exhausted, a crash of our own), keep what was accepted.
-        buffer.flush()
+        committer.close()
     return report
 
 

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from rudder_sync import state as state_module
+from rudder_sync.delivery import COMMIT_EVERY_EVENTS, RESEND_BOUND_EVENTS
 
 from .gateway import TestGateway
 from .helpers import (
@@ -190,6 +191,70 @@ def test_sigkill_mid_delivery_then_rerun_delivers_everything(
         rerun_keys = [change_key(event) for event in gateway.events[stored_before_rerun:]]
         assert len(rerun_keys) == len(set(rerun_keys))
         assert set(rerun_keys) == model.expected - committed_by_killed
+        assert_state_settled(model)
+
+
+# -- a crash while commits run beside the sending: what is re-sent stays bounded ----------------
+
+CRASH_AFTER_ACCEPTED = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+
+    from rudder_sync import delivery
+    from rudder_sync_tests.helpers import Project, rudderstack_for, run_sync
+
+    root, url, sync, crash_after = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+    _accepted = delivery._Committer.accepted
+    seen = 0
+
+    def accepted(self, change_ids):
+        # The process dies once this many events were accepted: a commit may be running, the
+        # next group gathering.
+        global seen
+        _accepted(self, change_ids)
+        seen += len(change_ids)
+        if seen >= crash_after:
+            os._exit(137)
+
+    delivery._Committer.accepted = accepted
+    project = Project(root, root / "rudder_sync.yaml")
+    run_sync(project, sync, rudderstack_for(url, max_request_kb=16))
+    sys.exit("the crash point was never reached")
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_crash_re_sends_at_most_the_documented_bound(tmp_path: Path) -> None:
+    crash_after = 3 * COMMIT_EVERY_EVENTS  # past the bound: commits must have run on the way
+    with TestGateway(validate_schema=False, keep_bodies=False) as gateway:
+        model = seed_model(tmp_path, gateway.url, rows=100, added=crash_after + 10_000)
+        script = tmp_path / "crash_after_accepted.py"
+        script.write_text(CRASH_AFTER_ACCEPTED)
+        crashed = subprocess.run(
+            [sys.executable, str(script), str(tmp_path), gateway.url, SYNC_NAME, str(crash_after)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert crashed.returncode == 137, crashed.stderr[-3000:]
+        wait_until_idle(gateway)
+        stored = {change_key(event) for event in gateway.events}
+        committed = set().union(*delivered_by_run(model).values())
+        assert len(stored) >= crash_after
+        # Accepted but not committed: the group gathering and the one committing, plus what the
+        # resource's requests in flight (4 of ~49 events) still put on the wire.
+        uncommitted = stored - committed
+        assert 0 < len(uncommitted) <= RESEND_BOUND_EVENTS + 4 * 100, len(uncommitted)
+
+        before_rerun = len(gateway.events)
+        run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url))
+        assert_delivered_exactly(gateway.events, model.expected)
+        rerun_keys = [change_key(event) for event in gateway.events[before_rerun:]]
+        assert sorted(rerun_keys) == sorted(model.expected - committed)
         assert_state_settled(model)
 
 
