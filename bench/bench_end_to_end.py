@@ -31,6 +31,7 @@ import duckdb
 from .common import (
     DEFAULT_WORKDIR,
     ChildRun,
+    child_env,
     fmt_mb,
     fmt_rows,
     invocation,
@@ -53,7 +54,7 @@ RUN_RE = re.compile(r"RUN_SUCCESS")
 
 
 def _env(config: Path, url: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
+    env = child_env()
     env["RUDDER_SYNC_CONFIG"] = str(config)
     if url:
         env["RUDDERSTACK_DATA_PLANE_URL"] = url

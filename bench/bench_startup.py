@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -58,7 +57,7 @@ print(json.dumps({"import dagster": t1 - t0, "import rudder_sync": t2 - t1,
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
+    return common.child_env()
 
 
 def _cli(args: list[str], cwd: Path) -> tuple[float, float]:

@@ -30,6 +30,17 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a `dagster` child: no sync settings of the caller's, and this checkout's
+    code first on the path, so a benchmark run from a clone measures the clone, not whatever
+    checkout the virtualenv's editable install points at."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUDDER", "DAGSTER_HOME"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
 BENCH_DIR = REPO / "bench"
 RESULTS = BENCH_DIR / "RESULTS.md"
 PROFILES = BENCH_DIR / "profiles"
