@@ -132,6 +132,22 @@ def delivered_by_run(model: SeededModel) -> dict[str, set[tuple[int, str]]]:
     return runs
 
 
+def crash_in_script(root: Path, script: str, url: str, *args: str) -> None:
+    """Run a sync in a Python process that `script` makes die (exit 137) at a chosen point;
+    its arguments: the project root, the gateway URL, the sync's name, then ``args``."""
+    path = root / "crash.py"
+    path.write_text(script)
+    crashed = subprocess.run(
+        [sys.executable, str(path), str(root), url, SYNC_NAME, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert crashed.returncode == 137, crashed.stderr[-3000:]
+
+
 # -- SIGKILL in the middle of a delivery of many batches -----------------------------------------
 
 REQUEST_KB = 16  # ~49 events per request, ~545 requests in all
@@ -230,17 +246,7 @@ def test_a_crash_re_sends_at_most_the_documented_bound(tmp_path: Path) -> None:
     crash_after = 3 * COMMIT_EVERY_EVENTS  # past the bound: commits must have run on the way
     with TestGateway(validate_schema=False, keep_bodies=False) as gateway:
         model = seed_model(tmp_path, gateway.url, rows=100, added=crash_after + 10_000)
-        script = tmp_path / "crash_after_accepted.py"
-        script.write_text(CRASH_AFTER_ACCEPTED)
-        crashed = subprocess.run(
-            [sys.executable, str(script), str(tmp_path), gateway.url, SYNC_NAME, str(crash_after)],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert crashed.returncode == 137, crashed.stderr[-3000:]
+        crash_in_script(tmp_path, CRASH_AFTER_ACCEPTED, gateway.url, str(crash_after))
         wait_until_idle(gateway)
         stored = {change_key(event) for event in gateway.events}
         committed = set().union(*delivered_by_run(model).values())
@@ -304,17 +310,7 @@ def test_crash_inside_the_commit_only_causes_same_message_id_repeats(
 ) -> None:
     model = seed_model(tmp_path, gateway.url, rows=300, added=60)
     before = state_digest(model)
-    script = tmp_path / "crash_inside_commit.py"
-    script.write_text(CRASH_INSIDE_COMMIT)
-    crashed = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), gateway.url, SYNC_NAME],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert crashed.returncode == 137, crashed.stderr[-3000:]
+    crash_in_script(tmp_path, CRASH_INSIDE_COMMIT, gateway.url)
     delivered_then_crashed = len(gateway.events)
     assert delivered_then_crashed == len(model.expected)  # all delivered, then the crash
 
