@@ -535,8 +535,9 @@ def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.
     """
     fields = _frame_fields(sync)
     columns = [f"__rs_f{i}" for i in range(len(fields))]
-    table = state.pending_rows(windows, list(zip(columns, (sql for _, sql in fields), strict=True)))
-    state.conn.register("__rs_frame", table)
+    state.store_pending_rows(
+        "__rs_frame", windows, list(zip(columns, (sql for _, sql in fields), strict=True))
+    )
     try:
         kinds = _json_types(state, columns)
         typed = [_typed_sql(column, kinds[column]) for column in columns]
@@ -545,13 +546,13 @@ def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.
                 "select __rs_window, __rs_pk, __rs_change, __rs_send, __rs_message_id, "
                 "__rs_timestamp, __rs_user_id, __rs_anonymous_id"
                 + "".join(f", {sql}" for sql, _ in typed)
-                + " from __rs_frame"
+                + " from __rs_frame order by __rs_window, __rs_change_id"
             )
             .to_arrow_table()
             .to_pandas()  # Arrow-backed strings: no Python object per value
         )
     finally:
-        state.conn.unregister("__rs_frame")
+        run(state.conn, "drop table if exists __rs_frame")
     system = ["partition", sync.primary_key, *SYSTEM_COLUMNS]
     field_columns = _field_names([name for name, _ in fields], system)
     frame.columns = [*system, *field_columns]

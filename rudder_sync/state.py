@@ -609,23 +609,28 @@ class SyncState:
             """,
         )
 
-    def pending_rows(
-        self, windows: Sequence[str], fields: Sequence[tuple[str, str]] = ()
-    ) -> pa.Table:
-        """The pending changes of these windows (none: of an unpartitioned sync), in order, with
-        ``fields``: (name, SQL expression over pending's columns) computed by DuckDB."""
+    def store_pending_rows(
+        self, table: str, windows: Sequence[str], fields: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """The pending changes of these windows (none: of an unpartitioned sync), with ``fields``
+        ((name, SQL expression over pending's columns)) computed by DuckDB, as temp table
+        ``table``; its `__rs_window`, `__rs_change_id` give their order.
+
+        A DuckDB table, not an Arrow one: it stays within DuckDB's memory limit (and spills), so
+        a first run of millions of rows holds only the frame built from it in memory."""
         extra = "".join(f", {sql} as {quote_ident(name)}" for name, sql in fields)
-        return self.conn.sql(
+        run(
+            self.conn,
             f"""
-            select __rs_window, __rs_pk, __rs_change, __rs_send, __rs_message_id, __rs_timestamp,
-                   __rs_user_id, __rs_anonymous_id{extra}
+            create or replace temp table {table} as
+            select __rs_window, __rs_change_id, __rs_pk, __rs_change, __rs_send, __rs_message_id,
+                   __rs_timestamp, __rs_user_id, __rs_anonymous_id{extra}
             from pending
-            where (__rs_window is null and len($windows::varchar[]) = 0)
-               or list_contains($windows, __rs_window)
-            order by __rs_window, __rs_change_id
+            where (__rs_window is null and len(?::varchar[]) = 0)
+               or list_contains(?::varchar[], __rs_window)
             """,
-            params={"windows": list(windows)},
-        ).to_arrow_table()
+            [list(windows), list(windows)],
+        )
 
     def drop_tables_except(self, prefix: str, keep: set[str]) -> None:
         """Drop the tables whose name starts with ``prefix``, except those in ``keep``."""
