@@ -119,8 +119,10 @@ def compute_diff(
     mode = mode or DiffMode()
     if window is not None and (mode.resync or mode.reset_baseline):
         raise ValueError("resync and reset_baseline apply to unpartitioned syncs only")
-    current = model.relation if model else window.rows if window else "model_rows"
-    reading = model.reading if model else nullcontext
+    if model is not None:
+        current, reading = model.relation, model.reading
+    else:
+        current, reading = (window.rows if window else "model_rows"), nullcontext
     with reading():
         types = _fingerprint_current(state, sync, current)
     first_run, base = _choose_base(state, sync, window)

@@ -59,9 +59,10 @@ def take_snapshot(
     A DuckDB model that the diff can read in place is only checked and counted here: its rows
     stay in the warehouse (`model_rows` is dropped, and the meta says so to the diff step).
     """
-    if partitions is None and _reads_in_place(warehouse):
+    in_place = _in_place(warehouse)
+    if partitions is None and in_place is not None:
         try:
-            with warehouse.attach(state.conn, sync.model) as model, model.reading():
+            with in_place.attach(state.conn, sync.model) as model, model.reading():
                 types = column_types(state.conn, model.relation)
                 check_model_columns(sync, list(types))
                 rows = run(state.conn, f"select count(*) from {model.relation}")[0][0]
@@ -82,8 +83,11 @@ def take_snapshot(
     return Snapshot(rows_by_window, column_types(state.conn, table))
 
 
-def _reads_in_place(warehouse: WarehouseResource) -> bool:
-    return isinstance(warehouse, DuckDBWarehouse) and warehouse.reads_in_place()
+def _in_place(warehouse: WarehouseResource) -> DuckDBWarehouse | None:
+    """The warehouse, when it is a DuckDB file whose models can be read in place."""
+    if isinstance(warehouse, DuckDBWarehouse) and warehouse.reads_in_place():
+        return warehouse
+    return None
 
 
 @dataclass
@@ -112,12 +116,13 @@ def run_diff(
     # Before the diff, so that its counts and the guard include the re-admitted changes.
     readmitted = state.readmit_quarantined(sync.max_attempts) if retry_quarantined else 0
     if not windows and not state.has_table("model_rows"):
-        if not (_reads_in_place(warehouse) and state.get_meta(READ_IN_PLACE_KEY)):
+        in_place = _in_place(warehouse)
+        if in_place is None or not state.get_meta(READ_IN_PLACE_KEY):
             raise StateError(
                 f"sync '{sync.name}': no model snapshot yet; materialize {sync.name}/snapshot "
                 "first."
             )
-        with warehouse.attach(state.conn, sync.model) as model:  # type: ignore[attr-defined]
+        with in_place.attach(state.conn, sync.model) as model:
             summaries = {"": compute_diff(state, sync, now, mode=mode, model=model)}
     elif not windows:
         summaries = {"": compute_diff(state, sync, now, mode=mode)}

@@ -97,7 +97,7 @@ class DuckDBWarehouse(WarehouseResource):
                 relation = conn.sql(sql, params=bound) if bound else conn.sql(sql)
                 reader = relation.to_arrow_reader(BATCH_ROWS)
             except duckdb.Error as exc:
-                raise WarehouseError(self._message(exc)) from exc
+                raise WarehouseError(self.error_message(exc)) from exc
             yield reader
         finally:
             if timer is not None:
@@ -115,7 +115,7 @@ class DuckDBWarehouse(WarehouseResource):
                 "config to an existing DuckDB file."
             )
 
-    def _message(self, exc: duckdb.Error) -> str:
+    def error_message(self, exc: duckdb.Error) -> str:
         text = str(exc).strip()
         if isinstance(exc, duckdb.InterruptException) and self.statement_timeout_seconds:
             return (
@@ -174,7 +174,7 @@ class AttachedModel:
         try:
             yield
         except duckdb.Error as exc:  # the model's own error, as `read_model` reports it
-            raise WarehouseError(self.warehouse._message(exc)) from None
+            raise WarehouseError(self.warehouse.error_message(exc)) from None
         finally:
             if timer is not None:
                 timer.cancel()
