@@ -10,9 +10,10 @@ Variants (each in its own process; the gateway runs in another one and counts wh
   one request at a time (the "~35k/s" reference of the issue).
 - ``ours``: the events step's own path without its state commits: the events are stored first
   (untimed) as pending changes in a sync state, as the diff leaves them (properties already
-  rendered JSON); the clock covers ``rudder_sync.events.iter_outgoing_events`` (Arrow batches ->
-  ``build_event`` + ``orjson``) feeding ``RudderstackResource(data_plane_url=...,
-  write_key=...).deliver(...)`` with its default settings.
+  rendered JSON); the clock covers ``rudder_sync.events.iter_event_columns`` (DuckDB renders
+  each event; Arrow batches of them, no Python object per event) feeding
+  ``RudderstackResource(data_plane_url=..., write_key=...).deliver(...)`` with its default
+  settings.
 - ``ours_prebuilt``: ``deliver`` of events serialized before the clock starts (transport only).
 - ``ours_flat``: ``ours`` on --flat-events events (1M), with RSS sampled during the delivery, to
   show that memory stays flat.
@@ -143,7 +144,7 @@ def child_plain(url: str, count: int, batch_events: int = 8_000) -> dict[str, An
 
 
 def _outgoing(sync: Any, rows: Any) -> Any:
-    """What rudder_sync.events._events_from_batches does per pending row (for ours_prebuilt)."""
+    """Each pending row as a single event, serialized by `build_event` (for ours_prebuilt)."""
     import orjson
 
     from rudder_sync.events import build_event
@@ -206,10 +207,10 @@ def _pending_state(count: int, chunk: int = 50_000) -> Iterator[Any]:
 
 
 def child_ours(url: str, count: int, prebuilt: bool, profile: bool) -> dict[str, Any]:
-    """ours: the events step's path without its commits: `iter_outgoing_events` over a state
+    """ours: the events step's path without its commits: `iter_event_columns` over a state
     holding the events as pending changes -> `RudderstackResource.deliver`.
     ours_prebuilt: `deliver` of OutgoingEvents serialized before the clock starts."""
-    from rudder_sync.events import iter_outgoing_events
+    from rudder_sync.events import iter_event_columns
     from rudder_sync.rudderstack import DeliveryStats, RudderstackResource
 
     from .common import RssSampler
@@ -224,7 +225,7 @@ def child_ours(url: str, count: int, prebuilt: bool, profile: bool) -> dict[str,
             events: Any = list(_outgoing(sync, event_rows(count)))
         else:
             state = stack.enter_context(_pending_state(count))
-            events = iter_outgoing_events(state, sync)
+            events = iter_event_columns(state, sync)
         start_rss = rss_mb()
         sampler = RssSampler(0.05)
         if profile:
@@ -431,7 +432,7 @@ def report(rows: dict[str, dict], flat: dict | None, events: int) -> str:
     labels = {
         "sdk": "rudder-sdk-python, defaults",
         "plain": "plain httpx+orjson, 8k events/request, sequential",
-        "ours": "ours: iter_outgoing_events -> RudderstackResource.deliver",
+        "ours": "ours: iter_event_columns -> RudderstackResource.deliver",
         "ours_prebuilt": "ours, transport only (pre-serialized events)",
     }
     table = []

@@ -8,7 +8,7 @@ A temp project (YAML + warehouse of N rows, a track sync without send_initial_re
 3. every row changes a carried column; the measured run sends N `changed` events: wall time,
    events per second, peak RSS of the process tree, step durations from Dagster's log;
 4. baseline (b): the events step's read + build + send path without its commits and without
-   Dagster: N pending events read from a sync state by `iter_outgoing_events` and sent by the
+   Dagster: N pending events read from a sync state by `iter_event_columns` and sent by the
    resource to the same gateway (`bench.bench_delivery --child ours_flat`).
 
 The gateway counts the events (all N must arrive, with N distinct messageIds).

@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import orjson
+import pyarrow as pa
 
 from . import __version__
 from .config import CHANGE_TYPES, SyncConfig
 from .jsonvalues import quote_literal
-from .rudderstack import OutgoingEvent
+from .rudderstack import EventColumns
 from .state import EVENT_FALLBACK_COLUMNS, SyncState
 
 READ_BATCH_ROWS = 20_000
@@ -126,10 +127,11 @@ def _context(sync: SyncConfig, fields: str, props_text: str) -> Any:
     return orjson.Fragment(f"{_LIBRARY_MEMBER},{members}{traits}}}")
 
 
-def iter_outgoing_events(
+def iter_event_columns(
     state: SyncState, sync: SyncConfig, window: str | None = None
-) -> Iterator[OutgoingEvent]:
-    """Every pending change (of one window) that sends an event, serialized, in change order.
+) -> Iterator[EventColumns]:
+    """Every pending change (of one window) that sends an event, serialized, in change order,
+    as runs of Arrow columns: no Python object per event.
 
     Quarantined changes (failed `max_attempts` times) are left out. DuckDB renders the bodies
     (`body_sql`); the rare row it leaves to Python (a per-row name that is neither text, an
@@ -143,25 +145,25 @@ def iter_outgoing_events(
         window, sync.max_attempts, READ_BATCH_ROWS, body, fallback
     ) as reader:
         for batch in reader:
-            columns = batch.to_pydict()
-            refs, message_ids = columns["__rs_change_id"], columns["__rs_message_id"]
-            if not fallback:
-                for ref, message_id, payload in zip(
-                    refs, message_ids, columns["__rs_body"], strict=True
-                ):
-                    yield OutgoingEvent(ref=ref, message_id=message_id, body=payload)
-                continue
-            rows = zip(
-                refs,
-                message_ids,
-                columns["__rs_body"],
-                *(columns[name] for name in EVENT_FALLBACK_COLUMNS),
-                strict=True,
+            bodies = batch.column("__rs_body")
+            if bodies.null_count:
+                bodies = _with_python_bodies(sync, batch)
+            yield EventColumns(
+                batch.column("__rs_change_id"), batch.column("__rs_message_id"), bodies
             )
-            for ref, message_id, payload, change, *rest in rows:
-                if payload is None:
-                    payload = orjson.dumps(build_event(sync, change, message_id, *rest))
-                yield OutgoingEvent(ref=ref, message_id=message_id, body=payload)
+
+
+def _with_python_bodies(sync: SyncConfig, batch: pa.RecordBatch) -> pa.Array:
+    """A batch's bodies, those DuckDB left NULL built by `build_event`."""
+    columns = batch.select(["__rs_message_id", "__rs_body", *EVENT_FALLBACK_COLUMNS]).to_pydict()
+    rows = zip(*columns.values(), strict=True)
+    bodies = [
+        payload
+        if payload is not None
+        else orjson.dumps(build_event(sync, change, message_id, *rest))
+        for message_id, payload, change, *rest in rows
+    ]
+    return pa.array(bodies, pa.binary())
 
 
 def body_sql(sync: SyncConfig) -> str:

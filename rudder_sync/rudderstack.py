@@ -10,7 +10,9 @@ that cannot be opened is taken for a wrong URL and fails fast.
 
 Bodies are built by byte concatenation of the caller's event JSON: nothing is re-serialized
 and no ``sentAt`` is added, so a re-sent event is byte-identical to the first attempt (what
-RudderStack's messageId de-duplication relies on).
+RudderStack's messageId de-duplication relies on). Events travel as Arrow columns
+(:class:`EventColumns`), packed and joined into bodies by Arrow, so a million events cost no
+million Python objects; single :class:`OutgoingEvent` objects are accepted too.
 """
 
 import base64
@@ -27,11 +29,14 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, overload
 
 import dagster as dg
 import httpx
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from . import __version__
@@ -75,6 +80,122 @@ class OutgoingEvent:
     body: bytes
 
 
+class EventColumns(Sequence[OutgoingEvent]):
+    """A run of events as three Arrow arrays of one length: refs (int64), messageIds (string)
+    and bodies (binary, each an event's JSON object, sent byte-for-byte).
+
+    What the events step reads from the state, and what outcomes hand back: packing, joining
+    bodies and committing work on the arrays. As a sequence it yields `OutgoingEvent`s, for
+    the rare event looked at one by one (a rejection, a dry run, a test).
+    """
+
+    __slots__ = ("refs", "message_ids", "bodies")
+
+    def __init__(self, refs: pa.Array, message_ids: pa.Array, bodies: pa.Array) -> None:
+        if not len(refs) == len(message_ids) == len(bodies):
+            raise ValueError("refs, message_ids and bodies must have one length")
+        if bodies.null_count:
+            raise ValueError("every event needs a body")
+        self.refs = _typed(refs, pa.int64())
+        self.message_ids = _typed(message_ids, pa.string())
+        self.bodies = _typed(bodies, pa.binary())
+
+    @classmethod
+    def of(cls, events: Sequence[OutgoingEvent]) -> "EventColumns":
+        """Columns of single events."""
+        return cls(
+            pa.array([e.ref for e in events], pa.int64()),
+            pa.array([e.message_id for e in events], pa.string()),
+            pa.array([e.body for e in events], pa.binary()),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence["EventColumns"]) -> "EventColumns":
+        """One run of several, in order (one part: itself, no copy)."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return _NO_EVENTS
+        return cls(
+            pa.concat_arrays([p.refs for p in parts]),
+            pa.concat_arrays([p.message_ids for p in parts]),
+            pa.concat_arrays([p.bodies for p in parts]),
+        )
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    @overload
+    def __getitem__(self, index: int) -> OutgoingEvent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> "EventColumns": ...
+
+    def __getitem__(self, index: int | slice) -> "OutgoingEvent | EventColumns":
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("EventColumns slices take no step")
+            n = max(0, stop - start)
+            return EventColumns(
+                self.refs.slice(start, n),
+                self.message_ids.slice(start, n),
+                self.bodies.slice(start, n),
+            )
+        return OutgoingEvent(
+            ref=self.refs[index].as_py(),
+            message_id=self.message_ids[index].as_py(),
+            body=self.bodies[index].as_py(),
+        )
+
+    def __iter__(self) -> Iterator[OutgoingEvent]:
+        rows = zip(
+            self.refs.to_pylist(),
+            self.message_ids.to_pylist(),
+            self.bodies.to_pylist(),
+            strict=True,
+        )
+        for ref, message_id, body in rows:
+            yield OutgoingEvent(ref=ref, message_id=message_id, body=body)
+
+    def __repr__(self) -> str:
+        return f"<EventColumns of {len(self):,} events>"
+
+    def ref_array(self) -> np.ndarray:
+        """The refs as a NumPy int64 array (no copy)."""
+        return self.refs.to_numpy(zero_copy_only=False)
+
+    def sizes(self) -> np.ndarray:
+        """Each body's length in bytes."""
+        return pc.binary_length(self.bodies).to_numpy(zero_copy_only=False)
+
+    def filter(self, keep: Sequence[bool]) -> "EventColumns":
+        """The events where ``keep`` is true, in order."""
+        mask = pa.array(keep, pa.bool_())
+        return EventColumns(
+            self.refs.filter(mask), self.message_ids.filter(mask), self.bodies.filter(mask)
+        )
+
+    def request_body(self) -> bytes:
+        """``{"batch":[...]}`` around the bodies joined by commas: each event's bytes as given."""
+        joined = pc.binary_join(
+            pa.ListArray.from_arrays(pa.array([0, len(self)], pa.int32()), self.bodies), b","
+        )[0]
+        return b"".join((_PREFIX, memoryview(joined.as_buffer()), _SUFFIX))
+
+
+def _typed(array: pa.Array, type_: pa.DataType) -> pa.Array:
+    return array if array.type == type_ else array.cast(type_)
+
+
+_NO_EVENTS = EventColumns(
+    pa.array([], pa.int64()), pa.array([], pa.string()), pa.array([], pa.binary())
+)
+
+# What deliver() takes: single events, or runs of them as columns (the events step's way).
+Events: TypeAlias = Iterable[OutgoingEvent] | Iterable[EventColumns]
+
+
 @dataclass(slots=True)
 class BatchOutcome:
     """What became of a group of events: each is either accepted or rejected with a reason.
@@ -83,7 +204,7 @@ class BatchOutcome:
     process.
     """
 
-    accepted: list[OutgoingEvent]
+    accepted: EventColumns
     rejected: list[tuple[OutgoingEvent, str]]
     sent: bool
 
@@ -127,11 +248,17 @@ class _Stopped(Exception):
 
 @dataclass(slots=True)
 class _Batch:
-    """Events packed for one request, plus events rejected locally while packing them."""
+    """Events packed for one request (runs of the input's columns), plus events rejected
+    locally while packing them."""
 
-    events: list[OutgoingEvent] = field(default_factory=list)
+    parts: list[EventColumns] = field(default_factory=list)
+    count: int = 0
     rejected: list[tuple[OutgoingEvent, str]] = field(default_factory=list)
     size: int = _OVERHEAD
+
+    @property
+    def events(self) -> EventColumns:
+        return EventColumns.concat(self.parts)
 
 
 _BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum"}  # pydantic -> JSON schema
@@ -220,11 +347,12 @@ class RudderstackResource(dg.ConfigurableResource):
 
     def deliver(
         self,
-        events: Iterable[OutgoingEvent],
+        events: Events,
         stats: DeliveryStats | None = None,
         log: logging.Logger | None = None,
     ) -> Iterator[BatchOutcome]:
-        """Deliver ``events`` lazily, yielding one outcome per request body, in input order.
+        """Deliver ``events`` (single events or runs of columns) lazily, yielding one outcome per
+        request body, in input order.
 
         Raises RudderstackAuthError at once on 401/404, RudderstackUnavailableError when a
         request could not get through within retry_max_seconds, RudderstackConfigError for a
@@ -302,29 +430,78 @@ class _Limit:
     events: int | None = None
 
 
-def _pack(events: Iterable[OutgoingEvent], limit: _Limit) -> Iterator[_Batch]:
-    """Group events into bodies of at most ``limit.current`` bytes, reading them lazily.
+def _pack(events: Events, limit: _Limit) -> Iterator[_Batch]:
+    """Group events into bodies of at most ``limit.current`` bytes (and ``limit.events``
+    events), reading them lazily, a run of columns at a time; Arrow cuts the runs, NumPy
+    finds where.
 
     An event too big for any request is rejected and closes its batch, so that at most one
     such (large) event is held per batch.
     """
     batch = _Batch()
-    for event in events:
-        size = len(event.body)
-        if size + _OVERHEAD > limit.configured:
-            batch.rejected.append((event, _too_big_reason(size, limit.configured)))
-            yield batch
-            batch = _Batch()
-            continue
-        extra = size + 1 if batch.events else size
-        full = limit.events is not None and len(batch.events) >= limit.events
-        if batch.events and (full or batch.size + extra > limit.current):
-            yield batch
-            batch, extra = _Batch(), size
-        batch.events.append(event)
-        batch.size += extra
-    if batch.events or batch.rejected:
+    for run in _runs(events, limit):
+        sizes = run.sizes()
+        # ends[i]: the bytes of the run's first i events, a comma after each.
+        ends = np.concatenate(([0], np.cumsum(sizes + 1)))
+        too_big = np.flatnonzero(sizes + _OVERHEAD > limit.configured).tolist()
+        start = 0
+        for stop in [*too_big, len(run)]:
+            while start < stop:
+                taken = _fit(batch, ends, start, stop, limit)
+                if taken == start:  # the next event does not fit: this batch is full
+                    yield batch
+                    batch = _Batch()
+                    continue
+                batch.parts.append(run[start:taken])
+                batch.size += int(ends[taken] - ends[start]) - (0 if batch.count else 1)
+                batch.count += taken - start
+                start = taken
+            if stop < len(run):
+                reason = _too_big_reason(int(sizes[stop]), limit.configured)
+                batch.rejected.append((run[stop], reason))
+                yield batch
+                batch = _Batch()
+                start = stop + 1
+    if batch.count or batch.rejected:
         yield batch
+
+
+def _fit(batch: _Batch, ends: np.ndarray, start: int, stop: int, limit: _Limit) -> int:
+    """How far the batch can take the run's events from ``start`` (at most to ``stop``).
+
+    An empty batch takes one event whatever its size: one that fits no lowered limit (after a
+    413) is still sent alone, and the gateway has the last word.
+    """
+    room = limit.current - batch.size + (0 if batch.count else 1)  # a first event has no comma
+    taken = int(np.searchsorted(ends, ends[start] + room, side="right")) - 1
+    taken = max(start, min(taken, stop))
+    if limit.events is not None:
+        taken = min(taken, start + max(0, limit.events - batch.count))
+    if taken == start and not batch.count:
+        taken = start + 1
+    return taken
+
+
+def _runs(events: Events, limit: _Limit) -> Iterator[EventColumns]:
+    """The input as runs of columns: EventColumns as they come, single events gathered into
+    runs of at most half a request body (or a request's events), so that reading them stays
+    lazy."""
+    run: list[OutgoingEvent] = []
+    size = 0
+    for item in events:
+        if isinstance(item, EventColumns):
+            if run:
+                yield EventColumns.of(run)
+                run, size = [], 0
+            yield item
+            continue
+        run.append(item)
+        size += len(item.body) + 1
+        if size >= limit.current // 2 or (limit.events is not None and len(run) >= limit.events):
+            yield EventColumns.of(run)
+            run, size = [], 0
+    if run:
+        yield EventColumns.of(run)
 
 
 def _too_big_reason(size: int, limit: int) -> str:
@@ -334,11 +511,6 @@ def _too_big_reason(size: int, limit: int) -> str:
     )
 
 
-def _body(events: Sequence[OutgoingEvent]) -> bytes:
-    """The request body, by concatenation: each event's bytes are sent exactly as given."""
-    return _PREFIX + b",".join(event.body for event in events) + _SUFFIX
-
-
 def _gzip(data: bytes) -> bytes:
     """gzip with a zero mtime, so equal bodies compress to equal bytes."""
     compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
@@ -346,7 +518,7 @@ def _gzip(data: bytes) -> bytes:
 
 
 def _dry_run(
-    events: Iterable[OutgoingEvent],
+    events: Events,
     max_request_kb: int,
     stats: DeliveryStats,
     log: logging.Logger | None,
@@ -355,15 +527,18 @@ def _dry_run(
     limit = max_request_kb * 1024
     started, base_seconds, before = time.monotonic(), stats.seconds, replace(stats)
     for batch in _pack(events, _Limit(limit, limit)):
-        outcome = BatchOutcome(accepted=[], rejected=list(batch.rejected), sent=False)
-        for event in batch.events:
-            problem = _gateway_objection(event.body)
-            if problem is None:
-                outcome.accepted.append(event)
-            else:
+        packed = batch.events
+        objections = [_gateway_objection(body) for body in packed.bodies.to_pylist()]
+        outcome = BatchOutcome(
+            accepted=packed.filter([problem is None for problem in objections]),
+            rejected=list(batch.rejected),
+            sent=False,
+        )
+        for index, problem in enumerate(objections):
+            if problem is not None:
                 reason = f"dry run, the gateway would answer 400: {problem}"
-                outcome.rejected.append((event, reason))
-        if batch.events:
+                outcome.rejected.append((packed[index], reason))
+        if batch.count:
             stats.bytes_uncompressed += batch.size
         stats.events_accepted += len(outcome.accepted)
         stats.events_rejected += len(outcome.rejected)
@@ -540,7 +715,7 @@ class _Delivery:
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.client.close()
 
-    def run(self, events: Iterable[OutgoingEvent]) -> Iterator[BatchOutcome]:
+    def run(self, events: Events) -> Iterator[BatchOutcome]:
         """Keep up to max_in_flight batches in the workers; yield outcomes in input order."""
         batches = _pack(events, self.limit)
         pending = self.pending
@@ -576,21 +751,27 @@ class _Delivery:
 
     def _settle(self, batch: _Batch) -> BatchOutcome:
         """Worker: deliver one packed batch, splitting it on 413 and bisecting it on 400."""
-        outcome = BatchOutcome(accepted=[], rejected=list(batch.rejected), sent=True)
-        if batch.events:
-            self._settle_events(batch.events, outcome)
-        return outcome
+        accepted: list[EventColumns] = []
+        rejected = list(batch.rejected)
+        if batch.count:
+            self._settle_events(batch.events, accepted, rejected)
+        return BatchOutcome(accepted=EventColumns.concat(accepted), rejected=rejected, sent=True)
 
-    def _settle_events(self, events: list[OutgoingEvent], outcome: BatchOutcome) -> None:
+    def _settle_events(
+        self,
+        events: EventColumns,
+        accepted: list[EventColumns],
+        rejected: list[tuple[OutgoingEvent, str]],
+    ) -> None:
         cap = self.limit.events
         if cap is not None and len(events) > cap:  # packed before a 429 lowered the cap
             status, generation = 429, -1
         else:
-            body = _body(events)
+            body = events.request_body()
             status, text, generation = self._post(body, len(events))
         if 200 <= status < 300:
             self._advanced(accepted=True, generation=generation)
-            outcome.accepted.extend(events)
+            accepted.append(events)
             return
         if status not in (400, 413, 429):
             raise RudderstackError(
@@ -598,13 +779,13 @@ class _Delivery:
             )
         if len(events) == 1:
             self._advanced(accepted=False, generation=generation)
-            outcome.rejected.append((events[0], self._redact(f"gateway {status}: {_short(text)}")))
+            rejected.append((events[0], self._redact(f"gateway {status}: {_short(text)}")))
             return
         if status == 413:
             self._lower_limit(len(body))
         middle = len(events) // 2
-        self._settle_events(events[:middle], outcome)
-        self._settle_events(events[middle:], outcome)
+        self._settle_events(events[:middle], accepted, rejected)
+        self._settle_events(events[middle:], accepted, rejected)
 
     def _post(self, body: bytes, n_events: int) -> tuple[int, str, int]:
         """POST one body, retrying 429/5xx/network errors with the same bytes until the deadline.

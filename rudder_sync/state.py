@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from .errors import StateError
@@ -260,14 +261,18 @@ class SyncState:
         """The transaction ends: commit (or roll back) what was mirrored."""
 
     def commit_changes(
-        self, change_ids: Sequence[int], run_id: str, status: str, destination: str | None = None
+        self,
+        change_ids: Sequence[int] | np.ndarray,
+        run_id: str,
+        status: str,
+        destination: str | None = None,
     ) -> int:
         """Move accepted changes from `pending` into `snapshot`, logging them as `status`.
 
         ``destination``, where they were accepted, becomes the state's destination in the same
         transaction.
         """
-        if not change_ids:
+        if not len(change_ids):
             return 0
         where, params = _change_ids_filter(change_ids)
         return self._commit(where, params, run_id, status, destination=destination)
@@ -651,7 +656,7 @@ class SyncState:
 MAX_COMMIT_RANGES = 32
 
 
-def _change_ids_filter(change_ids: Sequence[int]) -> tuple[str, list[object]]:
+def _change_ids_filter(change_ids: Sequence[int] | np.ndarray) -> tuple[str, list[object]]:
     """SQL choosing these changes of `pending`: ranges of consecutive IDs where they are few.
 
     Accepted changes come back in change ID order, so a commit is usually one or a few runs of
@@ -659,16 +664,14 @@ def _change_ids_filter(change_ids: Sequence[int]) -> tuple[str, list[object]]:
     through `in (unnest(...))` on a 1M-row pending table). Scattered IDs (many rejections in
     between) keep the list.
     """
-    ranges: list[list[int]] = []
-    for change_id in sorted(change_ids):
-        if ranges and change_id <= ranges[-1][1] + 1:
-            ranges[-1][1] = max(ranges[-1][1], change_id)
-        else:
-            ranges.append([change_id, change_id])
-    if len(ranges) > MAX_COMMIT_RANGES:
-        return "__rs_change_id in (select unnest(?::bigint[]))", [list(change_ids)]
-    where = " or ".join("__rs_change_id between ? and ?" for _ in ranges)
-    return f"({where})", [bound for pair in ranges for bound in pair]
+    ids = np.unique(np.asarray(change_ids, dtype=np.int64))  # sorted
+    breaks = np.flatnonzero(np.diff(ids) > 1)
+    if len(breaks) >= MAX_COMMIT_RANGES:
+        return "__rs_change_id in (select unnest(?::bigint[]))", [ids.tolist()]
+    firsts = [ids[0], *ids[breaks + 1]]
+    lasts = [*ids[breaks], ids[-1]]
+    where = " or ".join("__rs_change_id between ? and ?" for _ in firsts)
+    return f"({where})", [int(bound) for pair in zip(firsts, lasts, strict=True) for bound in pair]
 
 
 def in_window(window: str | None) -> str:

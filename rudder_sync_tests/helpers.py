@@ -24,10 +24,11 @@ import yaml
 from dagster import DagsterInstance, ExecuteInProcessResult, TableMetadataValue, materialize
 
 from rudder_sync.assets import IO_MANAGER_KEY, build_sync_assets
-from rudder_sync.config import ProjectConfig, load_config
+from rudder_sync.config import ProjectConfig, SyncConfig, load_config
+from rudder_sync.events import iter_event_columns
 from rudder_sync.io_manager import SyncOutputIOManager
-from rudder_sync.rudderstack import RudderstackResource
-from rudder_sync.state import state_path
+from rudder_sync.rudderstack import OutgoingEvent, RudderstackResource
+from rudder_sync.state import SyncState, state_path
 from rudder_sync.warehouses import build_warehouse
 
 from .gateway import TestGateway
@@ -443,3 +444,10 @@ def events_by_window(events: list[dict[str, Any]]) -> dict[str, list[tuple[str, 
         day = ends[event["timestamp"]]
         grouped[day].append((event["userId"], event["event"], event["properties"]["plan"]))
     return {day: sorted(rows) for day, rows in grouped.items()}
+
+
+def outgoing_events(
+    state: SyncState, sync: SyncConfig, window: str | None = None
+) -> list[OutgoingEvent]:
+    """The events the events step would send, one by one."""
+    return [event for run in iter_event_columns(state, sync, window) for event in run]

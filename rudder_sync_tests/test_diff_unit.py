@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -15,11 +16,10 @@ import pytest
 
 from rudder_sync.config import SyncConfig, parse_sync
 from rudder_sync.diff import DiffMode, ModelColumnsError, Window, compute_diff, pending_frame
-from rudder_sync.events import iter_outgoing_events
 from rudder_sync.partitions import window_table
 from rudder_sync.state import SyncState, open_state
 
-from .helpers import TRACK_SYNC
+from .helpers import TRACK_SYNC, outgoing_events
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 SYNC = parse_sync("users", dict(TRACK_SYNC, max_attempts=2))
@@ -74,7 +74,7 @@ def pending(state: SyncState, sync: SyncConfig = SYNC, windows: list[str] | None
 def deliver_everything(state: SyncState) -> None:
     """What delivery does when the gateway takes every event: commit them all."""
     state.commit_silent_changes()
-    state.commit_changes([e.ref for e in iter_outgoing_events(state, SYNC)], "run", "delivered")
+    state.commit_changes([e.ref for e in outgoing_events(state, SYNC)], "run", "delivered")
 
 
 def test_a_first_run_is_a_baseline_then_changes_are_found_by_key(state: SyncState) -> None:
@@ -217,16 +217,22 @@ def test_windows_diff_against_the_previous_window_and_keep_their_own_pending(
     [
         [1, 2, 3, 4],  # one run of consecutive IDs
         [4, 1, 2, 7],  # a few ranges, out of order
+        list(range(1, 64, 2)),  # exactly MAX_COMMIT_RANGES ranges
         list(range(1, 81, 2)),  # scattered: more ranges than MAX_COMMIT_RANGES, the ID list
     ],
-    ids=["one range", "few ranges", "scattered"],
+    ids=["one range", "few ranges", "most ranges", "scattered"],
 )
-def test_a_commit_takes_exactly_the_accepted_changes(state: SyncState, accepted: list[int]) -> None:
+@pytest.mark.parametrize("as_array", [False, True], ids=["list", "numpy"])
+def test_a_commit_takes_exactly_the_accepted_changes(
+    state: SyncState, accepted: list[int], as_array: bool
+) -> None:
+    """As a list, or as the NumPy array of refs the events step commits."""
     diff(state, [user(i) for i in range(1, 81)], SENDING)
-    ids = sorted(e.ref for e in iter_outgoing_events(state, SENDING))
+    ids = sorted(e.ref for e in outgoing_events(state, SENDING))
     assert ids == list(range(1, 81))
-    assert state.commit_changes(accepted, "run", "delivered") == len(accepted)
-    left = sorted(e.ref for e in iter_outgoing_events(state, SENDING))
+    given = np.array(accepted, dtype=np.int64) if as_array else accepted
+    assert state.commit_changes(given, "run", "delivered") == len(accepted)
+    left = sorted(e.ref for e in outgoing_events(state, SENDING))
     assert left == sorted(set(ids) - set(accepted))
 
 
@@ -280,7 +286,7 @@ def test_the_frame_shows_each_field_as_the_event_carries_it(state: SyncState) ->
             value = value.get(part) if isinstance(value, dict) else None
         return value
 
-    for event in iter_outgoing_events(state, sync):
+    for event in outgoing_events(state, sync):
         body = orjson.loads(event.body)
         row = frame.loc[body["userId"][1:]]  # user u<id>
         expected = {

@@ -15,8 +15,10 @@ import pytest
 
 from rudder_sync.config import SyncConfig, parse_sync
 from rudder_sync.diff import compute_diff
-from rudder_sync.events import body_sql, build_event, iter_outgoing_events
+from rudder_sync.events import body_sql, build_event
 from rudder_sync.state import SyncState, open_state
+
+from .helpers import outgoing_events
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 # Every control character, JSON's own specials, and UTF-8 that must stay as it is.
@@ -137,7 +139,7 @@ def test_sql_bodies_are_the_reference_bytes(state: SyncState, sync: SyncConfig) 
         state.replace_model_rows(_users(round_))
         compute_diff(state, sync, NOW)
         expected = _reference(state, sync)
-        sent = {event.ref: event.body for event in iter_outgoing_events(state, sync)}
+        sent = {event.ref: event.body for event in outgoing_events(state, sync)}
         assert sent == expected
         assert all(orjson.loads(body)["type"] == sync.type for body in sent.values())
         seen.append(len(sent))
@@ -160,6 +162,6 @@ def test_a_name_only_orjson_can_write_is_left_to_the_builder(state: SyncState) -
         f"select __rs_pk, {body_sql(sync)} is null from pending where __rs_send order by 1"
     ).fetchall()
     assert [left for _, left in rows] == [True] + [False] * (len(rows) - 1)
-    sent = {event.ref: event.body for event in iter_outgoing_events(state, sync)}
+    sent = {event.ref: event.body for event in outgoing_events(state, sync)}
     assert sent == _reference(state, sync)
     assert b'"groupId":1.5,' in sent[min(sent)]

@@ -16,12 +16,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from rudder_sync import rudderstack
 from rudder_sync.rudderstack import (
     BatchOutcome,
     DeliveryStats,
+    EventColumns,
     OutgoingEvent,
     RudderstackAuthError,
     RudderstackConfigError,
@@ -218,6 +220,113 @@ def test_400_bisects_to_exactly_the_bad_events(gateway: TestGateway) -> None:
     assert accepted_refs(outcomes) == [e.ref for e in events if e.ref not in (7, 42, 150, 299)]
     assert stats.requests < 4 * 2 * 9  # about 2 requests per level per bad event
     assert (stats.events_accepted, stats.events_rejected) == (296, 4)
+
+
+# -- events as Arrow columns (the events step's way) ----------------------------------------
+
+
+def in_runs(events: list[OutgoingEvent], seed: int, longest: int) -> list[EventColumns]:
+    """The events as EventColumns runs of random lengths, cut wherever the dice say."""
+    rng, runs, start = random.Random(seed), [], 0
+    while start < len(events):
+        stop = min(len(events), start + rng.randint(1, longest))
+        runs.append(EventColumns.of(events[start:stop]))
+        start = stop
+    return runs
+
+
+def test_columns_make_the_same_requests_as_single_events(gateway: TestGateway) -> None:
+    """Runs of columns (cut anywhere against the requests) are packed greedily, to the byte
+    as single events are: each request but the last is full, the next event would not fit."""
+    limit = 16 * 1024
+    rng = random.Random(11)
+    events = [outgoing(i, pad=rng.randint(0, 300)) for i in range(1500)]
+    single = deliver_all(resource_for(gateway, max_request_kb=16, max_in_flight=4), events)
+    single_bodies = [r.body for r in gateway.requests]
+
+    runs = in_runs(events, seed=3, longest=400)
+    assert len(runs) > 5
+    columns = deliver_all(resource_for(gateway, max_request_kb=16, max_in_flight=4), runs)
+
+    assert accepted_refs(columns) == accepted_refs(single) == list(range(1500))
+    bodies = bodies_in_order(r.body for r in gateway.requests[len(single_bodies) :])
+    assert bodies == bodies_in_order(single_bodies)
+    inner = b"".join(body[len(b'{"batch":[') : -len(b"]}")] + b"," for body in bodies)
+    assert inner == b"".join(e.body + b"," for e in events)
+    for body, next_body in itertools.pairwise(bodies):
+        next_event = len(orjson.dumps(orjson.loads(next_body)["batch"][0]))
+        assert len(body) <= limit < len(body) + 1 + next_event
+
+
+def bodies_in_order(bodies: Iterable[bytes | None]) -> list[bytes]:
+    """Request bodies in the order of their first events (workers answer in any order)."""
+    return sorted(
+        (body or b"" for body in bodies),
+        key=lambda body: orjson.loads(body)["batch"][0]["properties"]["i"],
+    )
+
+
+def sized(i: int, size: int) -> OutgoingEvent:
+    """Event i, padded to exactly ``size`` bytes."""
+    event = outgoing(i, pad=size - len(outgoing(i).body))
+    assert len(event.body) == size
+    return event
+
+
+@pytest.mark.parametrize("as_columns", [False, True], ids=["events", "columns"])
+@pytest.mark.parametrize("spare", [0, 1], ids=["exactly full", "one byte over"])
+def test_a_request_is_filled_to_the_byte(
+    gateway: TestGateway, as_columns: bool, spare: int
+) -> None:
+    """Three events that fill 1,024 bytes with the envelope and commas go in one request; one
+    byte more and the third waits for the next."""
+    third = 1024 - len(b'{"batch":[]}') - 2 - 2 * 300 + spare
+    events = [sized(0, 300), sized(1, 300), sized(2, third), sized(3, 200)]
+    given: Any = (
+        [EventColumns.of(events[:1]), EventColumns.of(events[1:])] if as_columns else events
+    )
+
+    deliver_all(resource_for(gateway, max_request_kb=1, max_in_flight=1), given)
+
+    sizes = [r.body_size for r in gateway.requests]
+    assert sizes == ([1024, 212] if spare == 0 else [613, third + 200 + 13])
+
+
+def test_columns_bisect_400s_and_reject_too_big_events_inside_a_run(gateway: TestGateway) -> None:
+    events = [outgoing(i) for i in range(200)]
+    events[5] = outgoing(5, userId=None)
+    events[120] = outgoing(120, pad=2000)  # bigger than a 1 KiB request
+    events[121] = outgoing(121, userId="")
+
+    outcomes = deliver_all(
+        resource_for(gateway, max_request_kb=1, max_in_flight=2), in_runs(events, 5, longest=60)
+    )
+
+    assert rejected(outcomes)[5] == rejected(outcomes)[121] == NO_IDS
+    assert "bytes; a request body may be at most 1,024 bytes" in rejected(outcomes)[120]
+    assert accepted_refs(outcomes) == [i for i in range(200) if i not in (5, 120, 121)]
+    assert sorted(received_ids(gateway)) == sorted(
+        e.message_id for e in events if e.ref not in (5, 120, 121)
+    )
+
+
+def test_event_columns_as_a_sequence() -> None:
+    bodies = [b'{"a":","}', '{"é":"中文 𝄞"}'.encode(), b"{}"]
+    events = [OutgoingEvent(ref=10 + i, message_id=f"m{i}", body=b) for i, b in enumerate(bodies)]
+    columns = EventColumns.of(events)
+
+    assert list(columns) == events and len(columns) == 3
+    assert columns[1] == events[1] and columns[-1] == events[2]
+    assert list(columns[1:]) == events[1:] and list(columns[3:]) == []
+    assert list(EventColumns.concat([columns[:1], columns[2:]])) == [events[0], events[2]]
+    assert list(columns.filter([True, False, True])) == [events[0], events[2]]
+    assert columns.ref_array().tolist() == [10, 11, 12]
+    assert columns.sizes().tolist() == [len(b) for b in bodies]
+    assert columns[1:].request_body() == b'{"batch":[' + b",".join(bodies[1:]) + b"]}"
+    with pytest.raises(ValueError, match="one length"):
+        EventColumns(columns.refs, columns.message_ids, columns.bodies[:2])
+    with pytest.raises(ValueError, match="needs a body"):
+        EventColumns(columns.refs, columns.message_ids, pa.array([b"{}", None, b"{}"]))
 
 
 # -- retries -------------------------------------------------------------------------------
