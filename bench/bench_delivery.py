@@ -14,7 +14,8 @@ Variants (each in its own process; the gateway runs in another one and counts wh
   each event; Arrow batches of them, no Python object per event) feeding
   ``RudderstackResource(data_plane_url=..., write_key=...).deliver(...)`` with its default
   settings.
-- ``ours_prebuilt``: ``deliver`` of events serialized before the clock starts (transport only).
+- ``ours_prebuilt``: ``deliver`` of events serialized (as Arrow columns) before the clock starts
+  (transport only).
 - ``ours_flat``: ``ours`` on --flat-events events (1M), with RSS sampled during the delivery, to
   show that memory stays flat.
 
@@ -144,15 +145,22 @@ def child_plain(url: str, count: int, batch_events: int = 8_000) -> dict[str, An
 
 
 def _outgoing(sync: Any, rows: Any) -> Any:
-    """Each pending row as a single event, serialized by `build_event` (for ours_prebuilt)."""
+    """Each pending row serialized by `build_event`, in runs of Arrow columns as the events step
+    reads them (for ours_prebuilt)."""
     import orjson
 
-    from rudder_sync.events import build_event
-    from rudder_sync.rudderstack import OutgoingEvent
+    from rudder_sync.events import READ_BATCH_ROWS, build_event
+    from rudder_sync.rudderstack import EventColumns, OutgoingEvent
 
+    run = []
     for i, (mid, ts, uid, aid, change, _props, props_json) in enumerate(rows):
         event = build_event(sync, change, mid, ts, uid, aid, props_json)
-        yield OutgoingEvent(ref=i, message_id=mid, body=orjson.dumps(event))
+        run.append(OutgoingEvent(ref=i, message_id=mid, body=orjson.dumps(event)))
+        if len(run) == READ_BATCH_ROWS:
+            yield EventColumns.of(run)
+            run = []
+    if run:
+        yield EventColumns.of(run)
 
 
 @contextmanager
@@ -209,7 +217,7 @@ def _pending_state(count: int, chunk: int = 50_000) -> Iterator[Any]:
 def child_ours(url: str, count: int, prebuilt: bool, profile: bool) -> dict[str, Any]:
     """ours: the events step's path without its commits: `iter_event_columns` over a state
     holding the events as pending changes -> `RudderstackResource.deliver`.
-    ours_prebuilt: `deliver` of OutgoingEvents serialized before the clock starts."""
+    ours_prebuilt: `deliver` of EventColumns serialized before the clock starts."""
     from rudder_sync.events import iter_event_columns
     from rudder_sync.rudderstack import DeliveryStats, RudderstackResource
 
