@@ -305,9 +305,11 @@ class SyncState:
         Changes of a time window never touch the snapshot: windows diff against each other.
         """
         with self.transaction():
+            # Only the IDs and keys are copied: the rows themselves are read where they are.
             run(
                 self.conn,
-                f"create or replace temp table __rs_commit as select * from pending where {where}",
+                "create or replace temp table __rs_commit as "
+                f"select __rs_change_id, __rs_pk, __rs_window from pending where {where}",
                 params,
             )
             run(
@@ -317,30 +319,27 @@ class SyncState:
             )
             run(
                 self.conn,
-                """
+                f"""
                 insert into snapshot
                 select __rs_pk, __rs_hash, __rs_version, __rs_change = 'removed',
                        __rs_user_id, __rs_anonymous_id, __rs_props, now()
-                from __rs_commit where __rs_window is null
+                from pending where ({where}) and __rs_window is null
                 """,
+                params,
             )
             if status != "committed":
                 run(
                     self.conn,
-                    """
+                    f"""
                     insert into delivery_log
                     select ?, __rs_window, __rs_change_id, __rs_pk, __rs_change,
                            __rs_message_id, ?, null,
                            __rs_attempts + 1, now()
-                    from __rs_commit
+                    from pending where {where}
                     """,
-                    [run_id, status],
+                    [run_id, status, *params],
                 )
-            run(
-                self.conn,
-                "delete from pending where __rs_change_id in "
-                "(select __rs_change_id from __rs_commit)",
-            )
+            run(self.conn, f"delete from pending where {where}", params)
             self._mirror_commit(run_id, status)
             count = self.count("__rs_commit")
             run(self.conn, "drop table __rs_commit")
