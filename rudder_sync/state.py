@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -574,31 +574,39 @@ class SyncState:
         window: str | None,
         max_attempts: int | None,
         batch_rows: int,
-        body_sql: str = "",
+        body_sql: str,
         fallback: bool = False,
-    ) -> Iterator[pa.RecordBatchReader]:
+    ) -> Iterator[Iterator[pa.RecordBatch]]:
         """The changes of one window that send an event, in change order, in Arrow batches of
-        `_EVENT_COLUMNS`; with ``body_sql``, of ID, messageId, that expression as `__rs_body`
-        and (``fallback``) `EVENT_FALLBACK_COLUMNS` where it is NULL. Quarantined ones are left
-        out.
+        ID, messageId, ``body_sql`` as `__rs_body` and (``fallback``) `EVENT_FALLBACK_COLUMNS`
+        where it is NULL. Quarantined ones are left out.
 
-        On a cursor of its own, so the caller can commit on the state's connection while it reads.
+        Read in chunks of SENDABLE_CHUNK_ROWS consecutive changes, each sorted on its own, so
+        DuckDB sorts one chunk of rendered events at a time and the first events leave before the
+        last are rendered: one ORDER BY over 10M events took 14 s before its first batch and
+        twice the CPU (1M: 0.76 s against 0.27 s, the same CPU). On a cursor of its own, so the
+        caller can commit on the state's connection while it reads.
         """
-        rows = f"select * from pending where {_sendable_sql(window, max_attempts)}"
-        if body_sql:
-            columns = "".join(
-                f", case when __rs_body is null then {c} end as {c}"
-                for c in (EVENT_FALLBACK_COLUMNS if fallback else ())
-            )
-            rows = (
+        sendable = _sendable_sql(window, max_attempts)
+        columns = "".join(
+            f", case when __rs_body is null then {c} end as {c}"
+            for c in (EVENT_FALLBACK_COLUMNS if fallback else ())
+        )
+
+        def chunk_sql(first: int, last: int) -> str:
+            chunk = f"__rs_change_id between {first} and {last}"
+            rows = f"select * from pending where {sendable} and {chunk}"
+            return (
                 f"select __rs_change_id, __rs_message_id, __rs_body{columns} "
-                f"from (select *, {body_sql} as __rs_body from ({rows}))"
+                f"from (select *, {body_sql} as __rs_body from ({rows})) order by __rs_change_id"
             )
-        else:
-            rows = f"select {_EVENT_COLUMNS} from ({rows})"
+
         cursor = self.conn.cursor()
         try:
-            yield cursor.sql(f"{rows} order by __rs_change_id").to_arrow_reader(batch_rows)
+            ids = cursor.sql(
+                f"select __rs_change_id from pending where {sendable} order by 1"
+            ).fetchnumpy()["__rs_change_id"]
+            yield _in_chunks(cursor, chunk_sql, ids, batch_rows)
         finally:
             cursor.close()
 
@@ -653,6 +661,20 @@ class SyncState:
 
 
 MAX_COMMIT_RANGES = 32
+# Each chunk's query costs ~17 ms to plan (the event's SQL); 100,000 cost 10 % more CPU at 1M.
+SENDABLE_CHUNK_ROWS = 250_000
+
+
+def _in_chunks(
+    cursor: duckdb.DuckDBPyConnection,
+    chunk_sql: Callable[[int, int], str],
+    ids: np.ndarray,
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``chunk_sql`` for runs of SENDABLE_CHUNK_ROWS of the sorted ``ids``."""
+    for start in range(0, len(ids), SENDABLE_CHUNK_ROWS):
+        first, last = int(ids[start]), int(ids[min(start + SENDABLE_CHUNK_ROWS, len(ids)) - 1])
+        yield from cursor.sql(chunk_sql(first, last)).to_arrow_reader(batch_rows)
 
 
 def _change_ids_filter(change_ids: Sequence[int] | np.ndarray) -> tuple[str, list[object]]:
