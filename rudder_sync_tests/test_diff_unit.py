@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from rudder_sync import state as state_module
 from rudder_sync.config import SyncConfig, parse_sync
 from rudder_sync.diff import DiffMode, ModelColumnsError, Window, compute_diff, pending_frame
 from rudder_sync.partitions import window_table
@@ -234,6 +235,20 @@ def test_a_commit_takes_exactly_the_accepted_changes(
     assert state.commit_changes(given, "run", "delivered") == len(accepted)
     left = sorted(e.ref for e in outgoing_events(state, SENDING))
     assert left == sorted(set(ids) - set(accepted))
+
+
+def test_events_are_read_in_chunks_in_change_order(
+    state: SyncState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of change IDs (here 7, with gaps left by a scattered commit) give the same events,
+    in the same order, as one read."""
+    diff(state, [user(i) for i in range(1, 81)], SENDING)
+    state.commit_changes(list(range(1, 81, 3)), "run", "delivered")
+    whole = outgoing_events(state, SENDING)
+    monkeypatch.setattr(state_module, "SENDABLE_CHUNK_ROWS", 7)
+    chunked = outgoing_events(state, SENDING)
+    assert chunked == whole
+    assert [e.ref for e in chunked] == [i for i in range(1, 81) if (i - 1) % 3]
 
 
 def test_the_frame_shows_each_field_as_the_event_carries_it(state: SyncState) -> None:
