@@ -312,6 +312,8 @@ class SyncState:
                 f"select __rs_change_id, __rs_pk, __rs_window from pending where {where}",
                 params,
             )
+            if where == _ID_LIST_FILTER:  # matched once: the list is not unnested again
+                where, params = "__rs_change_id in (select __rs_change_id from __rs_commit)", []
             run(
                 self.conn,
                 "delete from snapshot where __rs_pk in "
@@ -661,6 +663,7 @@ class SyncState:
 
 
 MAX_COMMIT_RANGES = 32
+_ID_LIST_FILTER = "__rs_change_id in (select unnest(?::bigint[]))"
 # Each chunk's query costs ~17 ms to plan (the event's SQL); 100,000 cost 10 % more CPU at 1M.
 SENDABLE_CHUNK_ROWS = 250_000
 
@@ -688,7 +691,7 @@ def _change_ids_filter(change_ids: Sequence[int] | np.ndarray) -> tuple[str, lis
     ids = np.unique(np.asarray(change_ids, dtype=np.int64))  # sorted
     breaks = np.flatnonzero(np.diff(ids) > 1)
     if len(breaks) >= MAX_COMMIT_RANGES:
-        return "__rs_change_id in (select unnest(?::bigint[]))", [ids.tolist()]
+        return _ID_LIST_FILTER, [ids.tolist()]
     firsts = [ids[0], *ids[breaks + 1]]
     lasts = [*ids[breaks], ids[-1]]
     where = " or ".join("__rs_change_id between ? and ?" for _ in firsts)
