@@ -108,7 +108,8 @@ class GuardConfig(BaseModel):
     max_removed_fraction: float | None = Field(default=0.2, ge=0, le=1)
     max_changed_fraction: float | None = Field(default=0.5, ge=0, le=1)
     max_events: int | None = Field(default=100_000, ge=0)
-    min_rows: int = Field(default=100, ge=0)  # fractions apply from this many compared rows
+    min_rows: int = Field(default=100, ge=0)  # fractions apply as set from this many rows
+    allow_empty_model: bool = False  # true: a model may return no rows without tripping
 
 
 class SyncConfig(BaseModel):
