@@ -371,20 +371,29 @@ def config_path_from_env() -> Path:
 def load_config(path: str | os.PathLike[str] | None = None) -> ProjectConfig:
     """Read and validate a sync YAML; relative paths resolve against the YAML file's folder."""
     config_path = Path(path) if path is not None else config_path_from_env()
+    raw = read_config(config_path)
+    return parse_config(raw, base_dir=config_path.parent.resolve(), source=config_path)
+
+
+def read_config(config_path: Path) -> Any:
+    """The YAML document of a sync config, not yet validated; errors in one line, unchained."""
     try:
         text = config_path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             f"{config_path}: cannot read the sync config ({exc.strerror or exc}). "
             f"Fix: point {CONFIG_ENV_VAR} at an existing YAML file."
-        ) from exc
+        ) from None
     try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except ConfigError as exc:
         raise ConfigError(f"{config_path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from exc
-    return parse_config(raw, base_dir=config_path.parent.resolve(), source=config_path)
+        detail = " ".join(str(exc).split())
+        raise ConfigError(
+            f"{config_path}: not valid YAML: {detail}. Fix: correct the YAML at that line "
+            "(indentation, a missing ':', an unclosed quote or bracket)."
+        ) from None
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

@@ -8,7 +8,14 @@ from __future__ import annotations
 import importlib
 
 # command -> (module under rudder_sync.cli, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": (
+        "check",
+        "check a project's config (and with --connect its warehouse and data "
+        "planes): every problem, one line each with its fix",
+    ),
+    "run": ("run", "run syncs now, in this process, as `dagster job execute` does (fast)"),
+}
 
 
 def usage() -> str:

@@ -1,0 +1,353 @@
+"""`python -m rudder_sync check [CONFIG] [--connect]`: every problem of a project, one line each.
+
+Loading the definitions stops at the first error. This command checks each top-level section of
+the YAML on its own and each sync on its own (through the same `parse_config` the definitions use),
+so one mistake does not hide the next; then the destinations' environment variables and the whole
+definitions, as `dagster dev` would load them. `--connect` also opens the warehouse and reads each
+model's columns (a LIMIT 0 query: no rows), and asks each destination's data plane whether it
+accepts the write key with an empty batch, which the gateway refuses after checking the key: no
+event is sent, nothing runs.
+
+Exit status: 0 when nothing is wrong, 1 when a problem was found, 2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..config import (
+    CONFIG_ENV_VAR,
+    DEFAULT_DESTINATION,
+    DeliveryConfig,
+    DestinationConfig,
+    ProjectConfig,
+    SyncConfig,
+    config_path_from_env,
+    default_config_path,
+    parse_config,
+    parse_sync,
+    read_config,
+)
+from ..errors import RudderSyncError
+
+# A sync that passes every check, put in place of the user's syncs while a section is checked.
+_PLACEHOLDER = {
+    "rudder_sync_check": {
+        "model": "select 1 as id, 'u' as user_id",
+        "primary_key": "id",
+        "type": "identify",
+        "user_id": "user_id",
+    }
+}
+_EMPTY_BATCH = b'{"batch":[]}'
+_PROBE_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass
+class Report:
+    """What a check found: problems (one line each, with the fix) and what was found fine."""
+
+    config: Path
+    problems: list[str] = field(default_factory=list)
+    passed: list[str] = field(default_factory=list)
+
+    def problem(self, error: BaseException | str) -> None:
+        line = " ".join(str(error).split())
+        if line not in self.problems:
+            self.problems.append(line)
+
+    def ok(self, line: str) -> None:
+        self.passed.append(line)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rudder_sync check",
+        description="Check a rudder_sync project and print every problem, one line each with its "
+        "fix. Exit status 1 when there is one.",
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        help=f"the sync YAML (default: ${CONFIG_ENV_VAR}, else the packaged demo)",
+    )
+    parser.add_argument(
+        "--connect",
+        action="store_true",
+        help="also open the warehouse (each model's columns, no rows read) and each destination "
+        "(the write key, with an empty batch: no event sent)",
+    )
+    args = parser.parse_args(argv)
+    report = check(args.config or config_path_from_env(), connect=args.connect)
+    for line in report.passed:
+        print(f"ok: {line}")
+    for line in report.problems:
+        print(f"problem: {line}")
+    if report.problems:
+        count = len(report.problems)
+        print(f"{count} problem{'s' if count > 1 else ''} in {report.config}.")
+        return 1
+    if not args.connect:
+        print(
+            f"{report.config}: no problems. --connect also reaches the warehouse and destinations."
+        )
+    else:
+        print(f"{report.config}: no problems.")
+    return 0
+
+
+def check(path: Path, connect: bool = False) -> Report:
+    """Every problem of the project in `path`; with `connect`, of its warehouse and data planes."""
+    report = Report(config=path)
+    project = load_checked(path, report)
+    if project is None:
+        return report
+    check_definitions(project, report)
+    if connect and not report.problems:
+        check_warehouse(project, report)
+        used = {sync.destination for sync in project.syncs.values()}
+        for destination in destinations_of(project):
+            if destination.name in used:
+                probe_destination(destination, project.delivery, report)
+    return report
+
+
+# -- the YAML ------------------------------------------------------------------------------------
+
+
+def load_checked(path: Path, report: Report) -> ProjectConfig | None:
+    """The project, or None after recording every problem found in its YAML."""
+    try:
+        raw = read_config(path)
+    except RudderSyncError as exc:
+        report.problem(exc)
+        return None
+    base = path.parent.resolve()
+
+    def parse(document: Any) -> ProjectConfig | None:
+        try:
+            return parse_config(document, base_dir=base, source=path)
+        except RudderSyncError as exc:
+            report.problem(exc)
+            return None
+
+    if not isinstance(raw, Mapping):
+        return parse(raw)
+    # Each top-level section with a sync that passes: its own errors only.
+    sound = {key: value for key, value in raw.items() if key == "syncs"}
+    for key, value in raw.items():
+        if key != "syncs" and parse({key: value, "syncs": _PLACEHOLDER}) is not None:
+            sound[key] = value
+    syncs = raw.get("syncs")
+    if not isinstance(syncs, Mapping) or not syncs:
+        parse({**sound, "syncs": syncs})
+    elif len(sound) == len(raw):
+        for name, body in syncs.items():  # each sync within the (sound) project
+            parse({**raw, "syncs": {name: body}})
+    else:
+        # A broken section (warehouse, destinations...) would fail every sync: check the syncs'
+        # own keys only, in the warehouse's dialect when it is known.
+        dialect = _dialect(raw.get("warehouse"))
+        for name, body in syncs.items():
+            try:
+                parse_sync(str(name), body, dialect=dialect)
+            except RudderSyncError as exc:
+                report.problem(exc)
+    before = len(report.problems)
+    project = parse(raw)  # what the definitions load: anything the parts did not show
+    if project is None or before:
+        return None
+    if path == default_config_path():
+        from ..definitions import load_project  # the demo's paths, in the demo folder
+
+        project = load_project()
+    count, names = len(project.syncs), ", ".join(project.syncs)
+    syncs = f"{count} sync{'s' if count > 1 else ''} ({names})"
+    report.ok(f"{path}: {syncs}, warehouse {_warehouse(project)}")
+    return project
+
+
+def _dialect(warehouse: Any) -> str:
+    """The SQL dialect of a `warehouse:` section that did not pass (DuckDB when unknown)."""
+    from ..warehouses import SETTINGS
+
+    kind = warehouse.get("type") if isinstance(warehouse, Mapping) else "duckdb"
+    return kind if kind in SETTINGS else "duckdb"
+
+
+def _warehouse(project: ProjectConfig) -> str:
+    from ..warehouses import build_warehouse
+
+    return build_warehouse(project.warehouse).describe()
+
+
+# -- what the definitions check when they load ---------------------------------------------------
+
+
+def destinations_of(project: ProjectConfig) -> list[DestinationConfig]:
+    """The default destination and every named one (the definitions check them all)."""
+    return [DEFAULT_DESTINATION, *project.destinations.values()]
+
+
+def check_definitions(project: ProjectConfig, report: Report) -> None:
+    """Each destination's variables, then the whole definitions, as `dagster dev` loads them."""
+    from ..definitions import build_definitions, destination_resource
+
+    for destination in destinations_of(project):
+        try:
+            resource = destination_resource(destination, project.delivery)
+        except RudderSyncError as exc:
+            report.problem(exc)
+            continue
+        where = _label(destination)
+        report.ok(
+            f"{where}: {'dry run' if resource.dry_run else 'delivers'} ({_url_of(destination)})"
+        )
+    if report.problems:
+        return
+    try:
+        build_definitions(project).get_repository_def()
+    except RudderSyncError as exc:
+        report.problem(exc)
+
+
+def _label(destination: DestinationConfig) -> str:
+    return (
+        "default destination" if destination.name is None else f"destination '{destination.name}'"
+    )
+
+
+def _url_of(destination: DestinationConfig) -> str:
+    """Where the URL comes from, and whether it is set: never a secret."""
+    if destination.url_env is None:
+        return f"data_plane_url {destination.data_plane_url}"
+    value = os.environ.get(destination.url_env, "").strip()
+    return f"{destination.url_env}={value}" if value else f"{destination.url_env} is not set"
+
+
+# -- --connect -----------------------------------------------------------------------------------
+
+
+def check_warehouse(project: ProjectConfig, report: Report) -> None:
+    """Connect once, then read each model's columns with LIMIT 0 (no rows, nothing written)."""
+    from ..diff import check_model_columns
+    from ..warehouses import build_warehouse
+
+    warehouse = build_warehouse(project.warehouse).process_config_and_initialize()
+    try:
+        with warehouse.read_model("select 1 as connected") as reader:
+            reader.read_all()
+    except RudderSyncError as exc:
+        report.problem(exc)
+        return
+    report.ok(f"warehouse {warehouse.describe()}: connected")
+    for sync in project.syncs.values():
+        try:
+            columns = model_columns(warehouse, sync)
+            check_model_columns(sync, columns)
+        except RudderSyncError as exc:
+            report.problem(_model_problem(sync, exc))
+            continue
+        count = len(sync.required_columns)
+        report.ok(f"sync '{sync.name}': the model returns the {count} columns the sync names")
+
+
+def _model_problem(sync: SyncConfig, exc: RudderSyncError) -> str:
+    """The sync's name first, and a fix where the driver's words have none (DuckDB's)."""
+    text = str(exc).rstrip()
+    if not text.startswith(f"sync '{sync.name}'"):
+        text = f"sync '{sync.name}': the model failed: {text}"
+    if "Fix:" not in text:
+        text += " Fix: correct the model (a SELECT the warehouse runs, read-only)."
+    return text
+
+
+def model_columns(warehouse: Any, sync: SyncConfig) -> list[str]:
+    """The model's column names from a LIMIT 0 query (a partitioned one over its first window)."""
+    from ..warehouses.sql import statement_body
+
+    params = None
+    if sync.partitions is not None:
+        from ..partitions import partitions_definition
+
+        partitions = partitions_definition(sync.partitions)
+        first = partitions.time_window_for_partition_key(partitions.get_first_partition_key())
+        params = {"partition_start": first.start, "partition_end": first.end}
+    sql = f"select * from ({statement_body(sync.model)}) as __rs_check limit 0"
+    with warehouse.read_model(sql, params) as reader:
+        return list(reader.schema.names)
+
+
+def probe_destination(
+    destination: DestinationConfig, delivery: DeliveryConfig, report: Report
+) -> None:
+    """POST an empty batch: the gateway checks the write key first (401 / 404 disabled), then
+    refuses the empty batch with 400. No event is sent."""
+    from ..rudderstack import batch_url
+
+    where = _label(destination)
+    url_env, key_env = destination.url_env, destination.write_key.env
+    url = os.environ.get(url_env, "") if url_env else str(destination.data_plane_url)
+    if not url.strip():
+        return  # a dry run: nothing to reach
+    endpoint = batch_url(url, delivery.allow_insecure_http)
+    url_name = url_env or "its data_plane_url"
+    key = os.environ.get(key_env, "")
+    token = base64.b64encode(f"{key}:".encode()).decode("ascii")
+    try:
+        response = httpx.post(
+            endpoint,
+            content=_EMPTY_BATCH,
+            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+            timeout=min(delivery.request_timeout_seconds, _PROBE_TIMEOUT_SECONDS),
+            follow_redirects=False,
+        )
+    except httpx.HTTPError as exc:
+        report.problem(
+            _redact(
+                f"{where}: cannot reach the data plane at {endpoint}: {type(exc).__name__}: {exc}."
+                f" Fix: check {url_name} (scheme, host and port) and that this machine may reach "
+                "it; unset it for a dry run.",
+                key,
+                token,
+            )
+        )
+        return
+    status, body = response.status_code, " ".join(response.text.split())[:200]
+    if status == 400 or status == 200:  # past the key check: "empty batch payload"
+        report.ok(f"{where}: {endpoint} accepts the write key in {key_env} (no event sent)")
+    elif status == 401:
+        report.problem(
+            f"{where}: the data plane at {endpoint} rejected the write key in {key_env} (401 "
+            f"{body}). Fix: set {key_env} to the write key of the RudderStack source this data "
+            "plane serves."
+        )
+    elif status == 404 and "disabled" in body:
+        report.problem(
+            f"{where}: the RudderStack source of the write key in {key_env} is disabled (404 "
+            f"{body}). Fix: enable the source in RudderStack, or use another source's key."
+        )
+    else:
+        report.problem(
+            _redact(
+                f"{where}: {endpoint} answered {status} {body}, not like a RudderStack data "
+                f"plane. Fix: check {url_name}: the data plane's base URL, without a path.",
+                key,
+                token,
+            )
+        )
+
+
+def _redact(text: str, *secrets: str) -> str:
+    from ..warehouses.base import redact
+
+    return redact(text, secrets)
