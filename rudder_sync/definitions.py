@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import BetaWarning, Definitions, EnvVar, definitions, in_process_executor
 from pydantic import BaseModel
 
+from .alerts.freshness import freshness_sensor
 from .assets import build_sync_assets, build_sync_job
 from .automation import build_failure_sensor, build_schedule, build_trigger_sensor
 from .config import (
@@ -297,5 +299,17 @@ def build_definitions(
 
 @definitions
 def defs() -> Definitions:
-    """Built when Dagster loads this module (dagster dev, dagster job execute -m), not on import."""
-    return build_definitions(load_project())
+    """Built when Dagster loads this module (dagster dev, dagster job execute -m), not on import.
+
+    A config error leads with our sentence: it is the first line on stderr, ahead of the
+    loader's traceback, and the error is raised again from here without its chain or the
+    config parser's frames, so the traceback ends with the same sentence.
+    """
+    try:
+        return build_definitions(load_project())
+    except ConfigError as exc:
+        print(f"rudder_sync: {exc} {CHECK_HINT}", file=sys.stderr, flush=True)
+        raise ConfigError(str(exc)) from None
+
+
+CHECK_HINT = "Run `python -m rudder_sync check` to list every problem."
