@@ -18,12 +18,11 @@ import sys
 import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dagster import BetaWarning, Definitions, EnvVar, definitions, in_process_executor
 from pydantic import BaseModel
 
-from .alerts.freshness import freshness_sensor
 from .assets import build_sync_assets, build_sync_job
 from .automation import build_failure_sensor, build_schedule, build_trigger_sensor
 from .config import (
