@@ -73,7 +73,8 @@ def log_diff(log: Any, sync: SyncConfig, summary: DiffSummary, window: str) -> N
             f"{name}: the initial result set is recorded without sending "
             "(send_initial_results is false)."
         )
-    for pk, reason in summary.rejected_sample:
+    # A duplicated key is one rejected row per copy, with one reason: said once.
+    for pk, reason in dict.fromkeys(summary.rejected_sample):
         log.warning(f"{name}: row {sync.primary_key}={pk} not sent: {reason}")
     if summary.rejected_count > len(summary.rejected_sample):
         more = summary.rejected_count - len(summary.rejected_sample)
@@ -116,7 +117,7 @@ def _rejected_rows_sample(summaries: dict[str, DiffSummary]) -> list[dict[str, A
     return [
         {"key": pk, "reason": reason, **({"window": key} if key else {})}
         for key, summary in summaries.items()
-        for pk, reason in summary.rejected_sample
+        for pk, reason in dict.fromkeys(summary.rejected_sample)
     ][:REJECTED_SAMPLE]
 
 
