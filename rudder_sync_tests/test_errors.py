@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +22,8 @@ from rudder_sync.steps import WindowFailedError
 from rudder_sync.warehouses import WarehouseError
 from rudder_sync.warehouses.settings import WarehouseSettingsError
 from rudder_sync.warehouses.sql import ModelSqlError
+
+from .gateway import TestGateway
 
 TREE = [
     (ConfigError, ValueError),
@@ -79,3 +82,20 @@ def test_a_step_turns_our_errors_into_a_failure_that_names_the_sync() -> None:
     )
     with pytest.raises(KeyError), failures_named(sync):  # a bug keeps its traceback
         raise KeyError("x")
+
+
+def test_a_401_names_the_write_key_variable_as_an_unreachable_url_names_its_own(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    from .helpers import IDENTIFY_SYNC, rudderstack_for, run_sync, write_project
+
+    project = write_project(tmp_path, {"users": IDENTIFY_SYNC}, users=2)
+    result = run_sync(
+        project, "users", rudderstack_for(gateway.url, key="not-the-key"), raise_on_error=False
+    )
+    assert not result.success
+    logs = "\n".join(result.run_logs)
+    assert (
+        "the write key was rejected (401 invalid write key). Fix: set RUDDERSTACK_WRITE_KEY" in logs
+    )
+    assert "not-the-key" not in logs
