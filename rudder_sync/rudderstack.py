@@ -58,20 +58,10 @@ _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _GZIP_LEVEL = 1
 _PROGRESS_INTERVAL_SECONDS = 5.0
 _MAX_BODY_IN_MESSAGE = 200
-# Rate limits (429 without Retry-After), AIMD on the rate (see _Throttle). A 429 cuts the pace
-# to this share of the events accepted over the last _THROTTLE_MEASURE_SECONDS...
-_THROTTLE_CUT = 0.9
-_THROTTLE_MEASURE_SECONDS = 2.0
-# ...acceptances grow it by this share of the cut rate per second...
-_THROTTLE_GROWTH = 0.1
-# ...and a request carries at most this many seconds' worth of it, so that a limit counted in
-# windows is filled to within a small request.
-_THROTTLE_REQUEST_SECONDS = 0.125
-# Longest wait between 429s in a row while nothing gets through (a used-up window is waited out
-# at this pace, so that little of the next one is lost).
-_THROTTLE_BACKOFF_MAX = 4.0
-# A request refused this many times in a row while nothing gets through is split: it may be
-# larger than what the limit lets through in any window.
+# 429s without Retry-After in a row (with no request accepted in between) before the events per
+# request and the requests in flight are halved, and before a refused request is split: it may
+# be larger than what the rate limit lets through in any window. One 429 only backs off.
+_CUT_AFTER_429S = 2
 _SPLIT_AFTER_429S = 3
 
 # The caller's ID of the change an event carries (rudder_sync's pending change ID).
@@ -235,7 +225,6 @@ class DeliveryStats:
     paced_seconds: float = 0.0  # wall time in which max_events_per_second held requests back
     # Shared by the deliveries of one run (its windows), so pacing spans window boundaries.
     _pacer: "_Pacer | None" = field(default=None, repr=False, compare=False)
-    _throttle: "_Throttle | None" = field(default=None, repr=False, compare=False)
 
     @property
     def events_per_second(self) -> float:
