@@ -152,6 +152,8 @@ class SyncConfig(BaseModel):
     # keys that differ from the plain ones when several projects share a code location).
     _destination_config: DestinationConfig | None = PrivateAttr(default=None)
     _resource_keys: dict[str, str] = PrivateAttr(default_factory=dict)
+    # Not a YAML key: rows the data rejects on purpose (the demo's row without IDs), key -> why.
+    _on_purpose: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("schedule")
     @classmethod
@@ -228,6 +230,17 @@ class SyncConfig(BaseModel):
         copy = self.model_copy()
         copy._destination_config = destination or self._destination_config
         copy._resource_keys = {**self._resource_keys, **(resource_keys or {})}
+        return copy
+
+    @property
+    def rejected_on_purpose(self) -> Mapping[str, str]:
+        """Rows rejected on purpose, by primary key: why, said beside their warning."""
+        return self._on_purpose
+
+    def with_rejected_on_purpose(self, notes: Mapping[str, str]) -> SyncConfig:
+        """A copy that says why these rows (by primary key) are rejected on purpose."""
+        copy = self.model_copy()
+        copy._on_purpose = dict(notes)
         return copy
 
     @property

@@ -41,7 +41,7 @@ from .config import (
     default_config_path,
     load_config,
 )
-from .demo import demo_dir, ensure_demo_warehouse
+from .demo import REJECTED_ON_PURPOSE, demo_dir, ensure_demo_warehouse
 from .io_manager import SyncOutputIOManager
 from .rudderstack import RudderstackConfigError, RudderstackResource, batch_url
 from .warehouses import DuckDBSettings, WarehouseResource, build_warehouse
@@ -67,8 +67,16 @@ def load_project() -> ProjectConfig:
     base = demo_dir()
     assert isinstance(project.warehouse, DuckDBSettings)
     warehouse = base / project.warehouse.path.name
+    syncs = {
+        name: sync.with_rejected_on_purpose(REJECTED_ON_PURPOSE)
+        for name, sync in project.syncs.items()
+    }
     project = project.model_copy(
-        update={"warehouse": DuckDBSettings(path=warehouse), "state": base / project.state.name}
+        update={
+            "warehouse": DuckDBSettings(path=warehouse),
+            "state": base / project.state.name,
+            "syncs": syncs,
+        }
     )
     ensure_demo_warehouse(warehouse)
     return project

@@ -75,7 +75,9 @@ def log_diff(log: Any, sync: SyncConfig, summary: DiffSummary, window: str) -> N
         )
     # A duplicated key is one rejected row per copy, with one reason: said once.
     for pk, reason in dict.fromkeys(summary.rejected_sample):
-        log.warning(f"{name}: row {sync.primary_key}={pk} not sent: {reason}")
+        why = sync.rejected_on_purpose.get(pk)
+        note = f"; {why}" if why else ""
+        log.warning(f"{name}: row {sync.primary_key}={pk} not sent: {reason}{note}")
     if summary.rejected_count > len(summary.rejected_sample):
         more = summary.rejected_count - len(summary.rejected_sample)
         log.warning(f"{name}: ... and {more} more rejected rows")

@@ -150,3 +150,26 @@ def test_the_demo_definitions_raise_no_beta_or_preview_warning(
         if w.category.__name__ in ("BetaWarning", "PreviewWarning")
     ]
     assert unstable == []
+
+
+def test_the_demo_says_its_row_without_ids_is_rejected_on_purpose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quick start's one warning about a row says that the row is there on purpose."""
+    for name in list(os.environ):
+        if name.startswith(("RUDDER", "DAGSTER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("RUDDER_SYNC_DEMO_DIR", str(tmp_path / "demo"))
+    project = load_project()
+    defs = build_definitions(project, rudderstack_from_env(project.delivery))
+    with DagsterInstance.ephemeral() as instance:
+        result = defs.resolve_job_def("user_traits").execute_in_process(instance=instance)
+        logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert result.success
+    warned = [message for message in logs if "not sent" in message]
+    assert len(warned) == 1
+    assert warned[0].startswith("sync 'user_traits': row id=200 not sent: neither user ID nor")
+    assert warned[0].endswith(
+        "; on purpose: the demo's users row 200 has no ID, to show how a row that cannot be sent "
+        "is reported (the diff's rejected_rows check)"
+    )

@@ -9,6 +9,11 @@ import duckdb
 
 DEMO_DIR_ENV_VAR = "RUDDER_SYNC_DEMO_DIR"
 DEMO_USERS = 200
+# The demo's last user has neither ID on purpose: its warning says so (primary key -> why).
+REJECTED_ON_PURPOSE = {
+    str(DEMO_USERS): f"on purpose: the demo's users row {DEMO_USERS} has no ID, to show how a row "
+    "that cannot be sent is reported (the diff's rejected_rows check)"
+}
 
 
 def demo_dir() -> Path:
