@@ -116,8 +116,16 @@ class SyncRunConfig(Config):
     )
 
 
-def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinition]:
-    """The three assets of one sync, in the sync's own group (partitioned if the sync is)."""
+def build_sync_assets(
+    sync: SyncConfig, state_dir: Path, warehouse: WarehouseResource | None = None
+) -> list[AssetsDefinition]:
+    """The three assets of one sync, in the sync's own group (partitioned if the sync is).
+
+    `warehouse` (the one the definitions give the sync; DuckDB when not given) names the engine
+    in the assets' kinds: the model runs there, and the diff too when the state lives there.
+    """
+    engine = warehouse.kind if warehouse is not None else "duckdb"
+    diff_engine = engine if warehouse is not None and state_in_warehouse(warehouse) else "duckdb"
     partitions = partitions_definition(sync.partitions) if sync.partitions else None
     common: dict[str, Any] = {
         "group_name": sync.name,
@@ -145,7 +153,7 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
     @asset(
         key=asset_key(sync, "snapshot"),
         deps=upstream,
-        kinds={"duckdb"},
+        kinds={engine},
         description=f"Result of the model of sync '{sync.name}', stored in its state (a DuckDB "
         "warehouse's unpartitioned model: checked and counted, then read in place by the diff).",
         automation_condition=automation,
@@ -167,20 +175,27 @@ def build_sync_assets(sync: SyncConfig, state_dir: Path) -> list[AssetsDefinitio
                 taken = take_snapshot(state, sync, warehouse, partitions, windows(context))
         for key, rows in taken.rows_by_window.items():
             context.log.info(f"sync '{sync.name}'{in_window(key)}: model returned {rows} rows")
+        where: Path | str = state_dir
+        moved = None
+        if isinstance(state, WarehouseSyncState):  # `state_schema`: where, and a move just made
+            where, moved = state.path, state.notice
+        if moved:
+            context.log.info(f"sync '{sync.name}': {moved} (the warehouse sets 'state_schema')")
         return MaterializeResult(
             metadata=snapshot_metadata(
                 taken.rows_by_window,
                 taken.types,
-                str(state_dir),
+                where,
                 partitions is not None,
                 taken.read_in_place,
+                moved=moved,
             )
         )
 
     @asset(
         key=diff_key,
         deps=[snapshot],
-        kinds={"duckdb", "pandas"},
+        kinds={diff_engine, "pandas"},
         io_manager_key=sync.io_manager_key,
         description=f"Rows added, changed or removed since the last delivery of '{sync.name}'.",
         automation_condition=automation,

@@ -139,7 +139,9 @@ def destination_resource(
     )
 
 
-def sync_definitions(sync: SyncConfig, state_dir: Path) -> Definitions:
+def sync_definitions(
+    sync: SyncConfig, state_dir: Path, warehouse: WarehouseResource | None = None
+) -> Definitions:
     """Everything one sync contributes: its assets and checks, job, schedule and trigger sensor."""
     job = build_sync_job(sync)
     schedule = build_schedule(sync, job)
@@ -152,7 +154,7 @@ def sync_definitions(sync: SyncConfig, state_dir: Path) -> Definitions:
             message=r"Parameter `backfill_policy` of function `asset`",
             category=BetaWarning,
         )
-        assets = build_sync_assets(sync, state_dir)
+        assets = build_sync_assets(sync, state_dir, warehouse)
     return Definitions(
         assets=assets,
         jobs=[job],
@@ -295,7 +297,7 @@ def build_definitions(
         for sync in project.syncs.values()
     ]
     return Definitions.merge(
-        *(sync_definitions(sync, project.state) for sync in syncs),
+        *(sync_definitions(sync, project.state, resources[warehouse_key]) for sync in syncs),
         Definitions(
             sensors=[build_failure_sensor()] if shared.owns_failure_sensor(where) else [],
             resources=resources,

@@ -6,6 +6,7 @@ in the Dagster UI change independently. Nothing here reads the state or talks to
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -42,10 +43,13 @@ def in_window(window: str | None) -> str:
 def snapshot_metadata(
     rows_by_window: dict[str, int],
     types: Mapping[str, str],
-    state_dir: str,
+    state: Path | str,
     partitioned: bool,
     read_in_place: bool = False,
+    moved: str | None = None,
 ) -> dict[str, Any]:
+    """`state`: the sync's state folder, or (with `state_schema`) where in the warehouse it is;
+    `moved`: what this run did when it found a local state to move into the warehouse."""
     metadata: dict[str, Any] = {
         "dagster/row_count": sum(rows_by_window.values()),
         # True: the rows stayed in the DuckDB warehouse; the diff step reads them there.
@@ -53,8 +57,10 @@ def snapshot_metadata(
         "dagster/column_schema": TableSchema(
             columns=[TableColumn(name, str(kind)) for name, kind in types.items()]
         ),
-        "state": MetadataValue.path(state_dir),
+        "state": MetadataValue.path(state) if isinstance(state, Path) else state,
     }
+    if moved:
+        metadata["state_moved"] = moved
     if partitioned:
         metadata["rows_per_window"] = MetadataValue.json(rows_by_window)
     return metadata
