@@ -31,6 +31,8 @@ from dagster import (
 )
 from pydantic import Field
 
+from .alerts.freshness import freshness_policy
+from .alerts.hooks import alert_hooks
 from .config import IO_MANAGER_KEY as IO_MANAGER_KEY  # the default key, re-exported
 from .config import SyncConfig
 from .diff import DiffMode
@@ -131,6 +133,7 @@ def build_sync_assets(
         "group_name": sync.name,
         "partitions_def": partitions,
         "backfill_policy": BackfillPolicy.single_run() if partitions else None,
+        "hooks": alert_hooks(sync, state_dir),  # alerts on failures and checks (alerts/hooks.py)
     }
     upstream = [AssetKey.from_user_string(key) for key in sync.upstream]
     # With upstream assets, each step runs when what it depends on was updated (and is not
@@ -272,6 +275,7 @@ def build_sync_assets(
         io_manager_key=sync.io_manager_key,
         description=f"Events of '{sync.name}' delivered to RudderStack (one row per event).",
         automation_condition=automation,
+        freshness_policy=freshness_policy(sync),  # the sync's `freshness: {max_lag}`
         check_specs=[
             AssetCheckSpec(
                 GATEWAY_REJECTIONS,

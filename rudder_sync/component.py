@@ -28,6 +28,7 @@ from dagster import (
 )
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, create_model
 
+from .alerts.settings import CHANNEL_TYPES, Condition
 from .config import (
     SYNC_NAME_PATTERN,
     ConfigError,
@@ -103,6 +104,41 @@ DestinationsAttribute = Annotated[
 ]
 
 
+def _channel_schema(kind: str) -> tuple[Any, Any]:
+    """A channel type's keys (its settings model minus the internal `kind`), optional."""
+    model = CHANNEL_TYPES[kind]
+    fields = {n: (i.annotation, i) for n, i in model.model_fields.items() if n != "kind"}
+    schema = create_model(
+        f"Rudderstack{kind.title()}Channel",
+        __config__=ConfigDict(extra="forbid", title=f"Rudderstack{kind.title()}Channel"),
+        __doc__=model.__doc__,
+        **fields,
+    )
+    return (schema | None, None)
+
+
+# The `alerts:` section as written in YAML: channel name -> {slack|webhook|email: {...}}.
+AlertChannelSchema = create_model(
+    "RudderstackAlertChannel",
+    __config__=ConfigDict(extra="forbid", title="RudderstackAlertChannel"),
+    __doc__="One alert channel: exactly one of slack, webhook or email; secrets {env: NAME}.",
+    **{kind: _channel_schema(kind) for kind in CHANNEL_TYPES},
+)
+AlertsSchema = create_model(
+    "RudderstackAlerts",
+    __config__=ConfigDict(extra="forbid", title="RudderstackAlerts"),
+    __doc__="Alerts when a sync breaks and when it recovers (docs/alerts.md).",
+    ui_url=(str, "http://localhost:3000"),
+    channels=(dict[str, AlertChannelSchema], ...),  # type: ignore[valid-type]
+    on=(list[Condition] | None, None),
+    rejected_share=(float, 0.0),
+)
+# Taken verbatim, so that `parse_config` names the channel and the key of a mistake.
+AlertsAttribute = Annotated[
+    Any, PlainValidator(lambda value: value, json_schema_input_type=AlertsSchema)
+]
+
+
 class RudderstackSyncAttributes(Model):
     """The attributes of `RudderstackSyncComponent` in `defs.yaml`: the sync YAML's top level."""
 
@@ -130,6 +166,12 @@ class RudderstackSyncAttributes(Model):
         "{data_plane_url, write_key}, each {env: NAME}. A sync picks one with 'destination'; "
         "without it, it sends to RUDDERSTACK_DATA_PLANE_URL.",
         json_schema_extra={"propertyNames": {"pattern": SYNC_NAME_PATTERN.pattern}},
+    )
+    alerts: AlertsAttribute = Field(
+        default=None,
+        description="Alerts, as the sync YAML's 'alerts': ui_url, channels (name -> {slack|"
+        "webhook|email: {...}}, secrets as {env: NAME}), on (conditions), rejected_share. A "
+        "sync's 'alerts' key narrows its channels. See docs/alerts.md.",
     )
     syncs: SyncsAttribute = Field(
         description="Sync name (snake_case; also the job name, asset key prefix and group) -> "
@@ -160,6 +202,9 @@ class RudderstackSyncComponent(Component, Resolvable):
     destinations: Annotated[
         Mapping[str, Any] | None, Resolver(_verbatim, inject_before_resolve=False)
     ] = None
+    alerts: Annotated[
+        Mapping[str, Any] | None, Resolver(_verbatim, inject_before_resolve=False)
+    ] = None
 
     @classmethod
     def model(cls) -> type[BaseModel]:
@@ -185,6 +230,8 @@ class RudderstackSyncComponent(Component, Resolvable):
             raw["delivery"] = dict(self.delivery)
         if self.destinations is not None:
             raw["destinations"] = dict(self.destinations)
+        if self.alerts is not None:
+            raw["alerts"] = dict(self.alerts)
         return parse_config(raw, base_dir=base_dir.resolve(), source=source)
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:

@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ._compat import is_valid_cron_string
+from .alerts.settings import AlertsConfig, parse_alerts
 from .errors import ConfigError
 from .rudderstack import setting_field
 from .warehouses.settings import (
@@ -112,6 +113,29 @@ class GuardConfig(BaseModel):
     allow_empty_model: bool = False  # true: a model may return no rows without tripping
 
 
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class FreshnessConfig(BaseModel):
+    """How stale the sync's events may get: Dagster's freshness policy on `<sync>/events`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_lag: timedelta
+
+    @field_validator("max_lag", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        match = DURATION.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError("must be a duration such as 90s, 30m, 2h or 1d")
+        seconds = float(match[1]) * DURATION_UNITS[match[2]]
+        if seconds < 60:
+            raise ValueError("must be at least 1m (Dagster's freshness policies are)")
+        return timedelta(seconds=seconds)
+
+
 class SyncConfig(BaseModel):
     """One sync: a model, its key, and how its rows become RudderStack events."""
 
@@ -147,11 +171,27 @@ class SyncConfig(BaseModel):
     message_id_salt: str | None = None
     # A name under the project's `destinations`; None: the default (RUDDERSTACK_* env vars).
     destination: str | None = None
+    # Names of channels under the project's `alerts.channels`; None: all of them.
+    alerts: list[str] | None = None
+    freshness: FreshnessConfig | None = None
 
     # Not YAML keys: bound by `parse_config` (the destination) and by the definitions (resource
     # keys that differ from the plain ones when several projects share a code location).
     _destination_config: DestinationConfig | None = PrivateAttr(default=None)
     _resource_keys: dict[str, str] = PrivateAttr(default_factory=dict)
+    # The project's `alerts` section (bound by `parse_config`); None: no alerts.
+    _alerts_config: AlertsConfig | None = PrivateAttr(default=None)
+
+    @property
+    def alerts_config(self) -> AlertsConfig | None:
+        """The project's alerts, when the sync has any channel to send to."""
+        return self._alerts_config
+
+    def with_alerts(self, alerts: AlertsConfig | None) -> SyncConfig:
+        """A copy bound to the project's `alerts` section."""
+        copy = self.model_copy()
+        copy._alerts_config = alerts
+        return copy
     # Not a YAML key: rows the data rejects on purpose (the demo's row without IDs), key -> why.
     _on_purpose: dict[str, str] = PrivateAttr(default_factory=dict)
 
@@ -368,6 +408,7 @@ class ProjectConfig(BaseModel):
     syncs: dict[str, SyncConfig]
     delivery: DeliveryConfig = DeliveryConfig()
     destinations: dict[str, DestinationConfig] = {}
+    alerts: AlertsConfig | None = None
     source: Path | None = None
 
 
@@ -437,7 +478,7 @@ def parse_config(
         )
     _check_keys(
         raw,
-        {"warehouse", "state", "syncs", "delivery", "destinations"},
+        {"warehouse", "state", "syncs", "delivery", "destinations", "alerts"},
         f"{where}: top level",
         required=("syncs",),
     )
@@ -449,6 +490,7 @@ def parse_config(
     state = _path_value(raw.get("state", ".rudder_sync"), "state", where, base)
 
     destinations = parse_destinations(raw.get("destinations"), where)
+    alerts = parse_alerts(raw.get("alerts"), where)
     syncs_raw = raw["syncs"]
     if not isinstance(syncs_raw, Mapping) or not syncs_raw:
         raise ConfigError(
@@ -466,7 +508,7 @@ def parse_config(
                 "Fix: give every sync a unique name."
             )
         seen_lower[key] = sync.name
-        syncs[sync.name] = _bind_destination(sync, destinations)
+        syncs[sync.name] = _bind_alerts(_bind_destination(sync, destinations), alerts)
     _check_state_schema_names(warehouse, syncs)
     delivery_raw = raw.get("delivery") or {}
     if not isinstance(delivery_raw, Mapping):
@@ -487,6 +529,7 @@ def parse_config(
         syncs=syncs,
         delivery=delivery,
         destinations=destinations,
+        alerts=alerts,
         source=source,
     )
 
@@ -580,6 +623,28 @@ def _bind_destination(
         f"'destinations'{hint}. Fix: use one of {', '.join(sorted(destinations))}, or "
         f"{default}."
     )
+
+
+def _bind_alerts(sync: SyncConfig, alerts: AlertsConfig | None) -> SyncConfig:
+    """The sync bound to the project's alerts; its `alerts:` must name declared channels."""
+    prefix = f"sync '{sync.name}'"
+    if sync.alerts is None:
+        return sync.with_alerts(alerts)
+    if alerts is None:
+        raise ConfigError(
+            f"{prefix}: key 'alerts' names channels, but the config has no 'alerts' section. "
+            "Fix: declare the channels under a top-level 'alerts: {channels: ...}', or remove "
+            "the key."
+        )
+    for name in sync.alerts:
+        if name not in alerts.channels:
+            close = difflib.get_close_matches(str(name), sorted(alerts.channels), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"{prefix}: key 'alerts' names channel '{name}', which is not under "
+                f"'alerts.channels'{hint}. Fix: use one of {', '.join(sorted(alerts.channels))}."
+            )
+    return sync.with_alerts(alerts if sync.alerts else None)
 
 
 def parse_sync(name: str, body: Any, dialect: str = "duckdb") -> SyncConfig:
@@ -863,6 +928,8 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "or null to retry forever",
         "message_id_salt": "a text, e.g. 'resend-2024-06' (quote numbers)",
         "destination": "name a destination under 'destinations' (or remove it for the default)",
+        "alerts": "list channel names under 'alerts.channels', e.g. [pager]; [] sends none",
+        "freshness": "e.g. 'freshness: {max_lag: 2h}' (a duration: 90s, 30m, 2h or 1d)",
     }
     fix = fixes.get(key.split(".")[0], "see the YAML reference in the README")
     if error["type"] == "literal_error" and key.startswith("events."):

@@ -23,6 +23,7 @@ from typing import Any
 from dagster import BetaWarning, Definitions, EnvVar, definitions, in_process_executor
 from pydantic import BaseModel
 
+from .alerts.freshness import freshness_sensor
 from .assets import build_sync_assets, build_sync_job
 from .automation import build_failure_sensor, build_schedule, build_trigger_sensor
 from .config import (
@@ -142,10 +143,11 @@ def destination_resource(
 def sync_definitions(
     sync: SyncConfig, state_dir: Path, warehouse: WarehouseResource | None = None
 ) -> Definitions:
-    """Everything one sync contributes: its assets and checks, job, schedule and trigger sensor."""
+    """Everything one sync contributes: its assets and checks, job, schedule, trigger sensor and
+    freshness alert sensor."""
     job = build_sync_job(sync)
     schedule = build_schedule(sync, job)
-    trigger = build_trigger_sensor(sync, job)
+    sensors = [build_trigger_sensor(sync, job), freshness_sensor(sync, state_dir)]
     with warnings.catch_warnings():
         # Every asset passes backfill_policy (single-run backfills for partitioned syncs), a
         # parameter Dagster marks as beta: without this, each CLI call prints two lines per asset.
@@ -159,7 +161,7 @@ def sync_definitions(
         assets=assets,
         jobs=[job],
         schedules=[schedule] if schedule else [],
-        sensors=[trigger] if trigger else [],
+        sensors=[sensor for sensor in sensors if sensor is not None],
     )
 
 
