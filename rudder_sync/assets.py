@@ -35,6 +35,7 @@ from .alerts.freshness import freshness_policy
 from .alerts.hooks import alert_hooks
 from .config import IO_MANAGER_KEY as IO_MANAGER_KEY  # the default key, re-exported
 from .config import SyncConfig
+from .dbt import bind_dbt, check_dbt_upstream
 from .diff import DiffMode
 from .errors import RudderSyncError
 from .events import sample_payloads
@@ -136,9 +137,20 @@ def build_sync_assets(
         "hooks": alert_hooks(sync, state_dir),  # alerts on failures and checks (alerts/hooks.py)
     }
     upstream = [AssetKey.from_user_string(key) for key in sync.upstream]
+    # The dbt models the model reads, named as dagster-dbt names them (bound by the definitions
+    # with the user's translator; else the default one).
+    dbt_upstream = bind_dbt(sync.dbt_models) if sync.dbt_upstream is None else sync.dbt_upstream
+    upstream += [d.asset_key for d in dbt_upstream if d.asset_key not in upstream]
     # With upstream assets, each step runs when what it depends on was updated (and is not
     # already running), so the sync follows the user's own pipeline, e.g. dbt models.
     automation = AutomationCondition.eager() if upstream else None
+    # require_checks: automation waits for the dbt models' blocking tests to pass too (the
+    # snapshot step checks them again, for runs launched by hand or by a schedule).
+    snapshot_automation = (
+        automation & AutomationCondition.all_deps_blocking_checks_passed()
+        if automation is not None and sync.require_checks
+        else automation
+    )
     diff_key = asset_key(sync, "diff")
     events_key = asset_key(sync, "events")
 
@@ -159,12 +171,21 @@ def build_sync_assets(
         kinds={engine},
         description=f"Result of the model of sync '{sync.name}', stored in its state (a DuckDB "
         "warehouse's unpartitioned model: checked and counted, then read in place by the diff).",
-        automation_condition=automation,
+        automation_condition=snapshot_automation,
         required_resource_keys={sync.warehouse_key, sync.rudderstack_key},
         **common,
     )
     def snapshot(context: AssetExecutionContext) -> MaterializeResult:
         warehouse = warehouse_of(context)
+        if sync.dbt_models:
+            check_dbt_upstream(
+                sync.name,
+                sync.dbt_models,
+                dbt_upstream,
+                sync.require_checks,
+                context.instance,
+                warehouse,
+            )
         with _open_state(sync, state_dir, rudderstack_of(context), warehouse) as state:
             if isinstance(state, WarehouseSyncState):
                 taken = take_snapshot_in_warehouse(

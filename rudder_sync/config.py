@@ -21,6 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ._compat import is_valid_cron_string
 from .alerts.settings import AlertsConfig, parse_alerts
+from .dbt import (
+    DbtConfig,
+    DbtModel,
+    DbtUpstream,
+    parse_dbt,
+    require_dagster_dbt,
+    resolve_model,
+    uses_dbt,
+)
 from .errors import ConfigError
 from .rudderstack import setting_field
 from .warehouses.settings import (
@@ -164,6 +173,8 @@ class SyncConfig(BaseModel):
     schedule: str | None = None
     trigger: TriggerConfig | None = None
     upstream: list[str] = []
+    # dbt models the model reads: wait for their blocking dbt tests to pass (asset checks).
+    require_checks: bool = False
     guard: GuardConfig = GuardConfig()
     # A change that failed this many times (gateway rejections) is quarantined; None: never.
     max_attempts: int | None = Field(default=5, ge=1)
@@ -179,6 +190,12 @@ class SyncConfig(BaseModel):
     # keys that differ from the plain ones when several projects share a code location).
     _destination_config: DestinationConfig | None = PrivateAttr(default=None)
     _resource_keys: dict[str, str] = PrivateAttr(default_factory=dict)
+    # Not a YAML key: rows the data rejects on purpose (the demo's row without IDs), key -> why.
+    _on_purpose: dict[str, str] = PrivateAttr(default_factory=dict)
+    # dbt: the models the SQL reads (`parse_sync`, from the manifest), then their asset keys
+    # and blocking checks (the definitions, with dagster-dbt's translator).
+    _dbt_models: tuple[DbtModel, ...] = PrivateAttr(default=())
+    _dbt_upstream: tuple[DbtUpstream, ...] | None = PrivateAttr(default=None)
     # The project's `alerts` section (bound by `parse_config`); None: no alerts.
     _alerts_config: AlertsConfig | None = PrivateAttr(default=None)
 
@@ -192,8 +209,6 @@ class SyncConfig(BaseModel):
         copy = self.model_copy()
         copy._alerts_config = alerts
         return copy
-    # Not a YAML key: rows the data rejects on purpose (the demo's row without IDs), key -> why.
-    _on_purpose: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("schedule")
     @classmethod
@@ -254,6 +269,27 @@ class SyncConfig(BaseModel):
     def io_manager_key(self) -> str:
         """The IO manager key of the sync's diff and events outputs."""
         return self._resource_keys.get(IO_MANAGER_KEY, IO_MANAGER_KEY)
+
+    @property
+    def dbt_models(self) -> tuple[DbtModel, ...]:
+        """The dbt models (seeds, snapshots) the model reads, from the manifest."""
+        return self._dbt_models
+
+    @property
+    def dbt_upstream(self) -> tuple[DbtUpstream, ...] | None:
+        """Their asset keys and blocking checks; None until the definitions bind them."""
+        return self._dbt_upstream
+
+    def with_dbt(
+        self,
+        models: tuple[DbtModel, ...] | None = None,
+        upstream: tuple[DbtUpstream, ...] | None = None,
+    ) -> SyncConfig:
+        """A copy with its dbt models and/or their asset keys and checks."""
+        copy = self.model_copy()
+        copy._dbt_models = self._dbt_models if models is None else models
+        copy._dbt_upstream = self._dbt_upstream if upstream is None else upstream
+        return copy
 
     @property
     def destination_config(self) -> DestinationConfig:
@@ -409,6 +445,7 @@ class ProjectConfig(BaseModel):
     delivery: DeliveryConfig = DeliveryConfig()
     destinations: dict[str, DestinationConfig] = {}
     alerts: AlertsConfig | None = None
+    dbt: DbtConfig | None = None
     source: Path | None = None
 
 
@@ -478,7 +515,7 @@ def parse_config(
         )
     _check_keys(
         raw,
-        {"warehouse", "state", "syncs", "delivery", "destinations", "alerts"},
+        {"warehouse", "state", "syncs", "delivery", "destinations", "dbt", "alerts"},
         f"{where}: top level",
         required=("syncs",),
     )
@@ -491,6 +528,7 @@ def parse_config(
 
     destinations = parse_destinations(raw.get("destinations"), where)
     alerts = parse_alerts(raw.get("alerts"), where)
+    dbt = parse_dbt(raw.get("dbt"), where, base)
     syncs_raw = raw["syncs"]
     if not isinstance(syncs_raw, Mapping) or not syncs_raw:
         raise ConfigError(
@@ -500,7 +538,7 @@ def parse_config(
     syncs: dict[str, SyncConfig] = {}
     seen_lower: dict[str, str] = {}
     for name, body in syncs_raw.items():
-        sync = parse_sync(str(name), body, dialect=warehouse.type)
+        sync = parse_sync(str(name), body, dialect=warehouse.type, dbt=dbt, warehouse=warehouse)
         key = sync.name.lower()
         if key in seen_lower:
             raise ConfigError(
@@ -530,6 +568,7 @@ def parse_config(
         delivery=delivery,
         destinations=destinations,
         alerts=alerts,
+        dbt=dbt,
         source=source,
     )
 
@@ -647,8 +686,17 @@ def _bind_alerts(sync: SyncConfig, alerts: AlertsConfig | None) -> SyncConfig:
     return sync.with_alerts(alerts if sync.alerts else None)
 
 
-def parse_sync(name: str, body: Any, dialect: str = "duckdb") -> SyncConfig:
-    """Validate one sync definition; every error names the sync, the key and the fix."""
+def parse_sync(
+    name: str,
+    body: Any,
+    dialect: str = "duckdb",
+    dbt: DbtConfig | None = None,
+    warehouse: WarehouseSettings | None = None,
+) -> SyncConfig:
+    """Validate one sync definition; every error names the sync, the key and the fix.
+
+    A model on dbt models (`{dbt: name}`, `{{ ref('name') }}`) is resolved from `dbt`'s
+    manifest to relations of `warehouse`."""
     prefix = f"sync '{name}'"
     if not SYNC_NAME_PATTERN.match(name):
         raise ConfigError(
@@ -660,10 +708,24 @@ def parse_sync(name: str, body: Any, dialect: str = "duckdb") -> SyncConfig:
         raise ConfigError(f"{prefix}: expected a mapping of keys. Fix: see the YAML reference.")
     allowed = set(SyncConfig.model_fields) - {"name"}
     _check_keys(body, allowed, prefix, required=("model", "primary_key", "type"))
+    models: tuple[DbtModel, ...] = ()
+    if uses_dbt(body.get("model")):
+        require_dagster_dbt(prefix)
+        sql, models = resolve_model(
+            prefix, body["model"], dbt, warehouse or WarehouseSettings(type=dialect)
+        )
+        body = {**body, "model": sql}
     try:
         sync = SyncConfig(name=name, **body)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(prefix, exc)) from None
+    if sync.require_checks and not models:
+        raise ConfigError(
+            f"{prefix}: key 'require_checks' waits for the dbt tests of the model's dbt "
+            "models, but the model names none. Fix: use 'model: {dbt: <model>}' or "
+            "{{ ref('<model>') }} in the SQL, or remove 'require_checks'."
+        )
+    sync = sync.with_dbt(models=models) if models else sync
     _check_semantics(prefix, sync, body)
     check_model_sql(prefix, sync.model, partitioned=sync.partitions is not None, dialect=dialect)
     if sync.trigger is not None:
@@ -907,6 +969,8 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "schedule": "use a cron expression such as '*/15 * * * *'",
         "trigger": "e.g. 'trigger: {sql: select max(updated_at) from users, every_seconds: 60}'",
         "upstream": "list asset keys, e.g. [analytics/users]",
+        "require_checks": "use true or false",
+        "model": "write the SELECT query, or {dbt: <model name>}",
         "max_in_flight": "a number of concurrent requests from 1 to 64",
         "max_request_kb": "at most 4000 (the gateway's limit)",
         "request_timeout_seconds": "a number of seconds",

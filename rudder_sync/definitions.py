@@ -18,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import BetaWarning, Definitions, EnvVar, definitions, in_process_executor
 from pydantic import BaseModel
@@ -42,10 +42,14 @@ from .config import (
     default_config_path,
     load_config,
 )
+from .dbt import bind_dbt
 from .demo import REJECTED_ON_PURPOSE, demo_dir, ensure_demo_warehouse
 from .io_manager import SyncOutputIOManager
 from .rudderstack import RudderstackConfigError, RudderstackResource, batch_url
 from .warehouses import DuckDBSettings, WarehouseResource, build_warehouse
+
+if TYPE_CHECKING:
+    from dagster_dbt import DagsterDbtTranslator
 
 __all__ = [
     "DATA_PLANE_URL_ENV_VAR",
@@ -248,12 +252,15 @@ def build_definitions(
     destinations: Mapping[str, RudderstackResource] | None = None,
     code_location: CodeLocationResources | None = None,
     namespace: str | None = None,
+    dbt_translator: DagsterDbtTranslator | None = None,
 ) -> Definitions:
     """All syncs of a project, with their resources, the executor and the failure sensor.
 
     `rudderstack` replaces the default destination (RUDDERSTACK_* env vars), `destinations`
     named ones, and `warehouse` the one the config describes (Python API). Pass one
     `code_location` to the projects of one code location, so that they share resources and keys.
+    `dbt_translator` names the dbt assets that syncs on dbt models depend on, as your
+    `@dbt_assets` do (default: dagster-dbt's `DagsterDbtTranslator()`).
     """
     shared = code_location if code_location is not None else CodeLocationResources()
     where = str(project.source or project.state)
@@ -295,7 +302,7 @@ def build_definitions(
                 IO_MANAGER_KEY: io_key,
                 RUDDERSTACK_KEY: sender_keys[sync.destination],
             }
-        )
+        ).with_dbt(upstream=bind_dbt(sync.dbt_models, dbt_translator))
         for sync in project.syncs.values()
     ]
     return Definitions.merge(

@@ -1,0 +1,3 @@
+{{ config(enabled=false) }}
+-- Disabled: not built (a sync on it fails at load time).
+select * from {{ ref('customers') }}
