@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-# Dagster's own cron validation (the one its schedules apply), so a bad `schedule:` fails at load.
-from dagster._utils.schedules import is_valid_cron_string
+# The job pointer that `dagster job execute -m MODULE` builds; `python -m rudder_sync run` builds
+# the same one, so its runs record the CLI's code origin.
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+# Dagster's own cron validation (the one its schedules apply), so a bad `schedule:` fails at load;
+# and its latest tick of a cron string, for `python -m rudder_sync run --due`.
+from dagster._utils.schedules import get_latest_completed_cron_tick, is_valid_cron_string
 
 if TYPE_CHECKING:
     # What `define_asset_job` returns; used only in annotations.
@@ -17,4 +22,9 @@ if TYPE_CHECKING:
         UnresolvedAssetJobDefinition,
     )
 
-__all__ = ["UnresolvedAssetJobDefinition", "is_valid_cron_string"]
+__all__ = [
+    "ReconstructableRepository",
+    "UnresolvedAssetJobDefinition",
+    "get_latest_completed_cron_tick",
+    "is_valid_cron_string",
+]

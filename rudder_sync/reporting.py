@@ -20,12 +20,17 @@ from dagster import (
     TableSchema,
 )
 
-from .config import CHANGE_TYPES, SyncConfig
+from .config import CALL_COLUMN_KEYS, CHANGE_TYPES, SyncConfig
 from .delivery import DeliveryReport
 from .diff import REJECTED_SAMPLE, DiffSummary
 from .guard import GuardVerdict
 
 PREVIEW_ROWS = 10
+# The diff's preview fits the Dagster UI at 1400 px: a few fields, and no cell longer than this
+# (a longer value is cut, "…" at its end); a messageId shows its first characters only.
+PREVIEW_FIELDS = 2
+PREVIEW_CHARS = 12
+PREVIEW_MESSAGE_ID_CHARS = 8
 CHANGE_GUARD = "change_guard"
 REJECTED_ROWS = "rejected_rows"
 GATEWAY_REJECTIONS = "gateway_rejections"
@@ -93,16 +98,18 @@ def diff_metadata(
     sync: SyncConfig, summaries: dict[str, DiffSummary], frame: pd.DataFrame
 ) -> dict[str, Any]:
     values = list(summaries.values())
-    metadata: dict[str, Any] = {
-        "dagster/row_count": len(frame),
-        "model_rows": sum(s.model_rows for s in values),
-        "first_run": any(s.first_run for s in values),
-        "rejected_rows": sum(s.rejected_count for s in values),
-        "preview": table_metadata(frame.head(PREVIEW_ROWS)),
-    }
+    # The UI lists metadata in this order: the counts first, the preview after them.
+    metadata: dict[str, Any] = {"dagster/row_count": len(frame)}
     for change in CHANGE_TYPES:
         metadata[change] = sum(s.counts[change] for s in values)
+    for change in CHANGE_TYPES:
         metadata[f"{change}_to_send"] = sum(s.to_send[change] for s in values)
+    metadata.update(
+        model_rows=sum(s.model_rows for s in values),
+        first_run=any(s.first_run for s in values),
+        rejected_rows=sum(s.rejected_count for s in values),
+        preview=table_metadata(preview_frame(sync, frame)),
+    )
     sample = _rejected_rows_sample(summaries)
     if sample:
         metadata["rejected_sample"] = MetadataValue.json(sample)
@@ -114,6 +121,65 @@ def diff_metadata(
             }
         )
     return metadata
+
+
+def preview_frame(sync: SyncConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """The diff's first rows as the UI shows them inline, narrow enough for a 1400 px window:
+    (window,) key, change (marked when it sends nothing), the event or name, the IDs, the first
+    PREVIEW_FIELDS fields and the messageId's start. The whole diff is the asset's output."""
+    head = frame.head(PREVIEW_ROWS)
+    fields = [str(c) for c in head.columns[head.columns.get_loc("anonymous_id") + 1 :]]
+    named, call = _event_or_name(sync, head, fields)
+    shown: dict[str, Any] = {}
+    if "partition" in head.columns:
+        shown["window"] = head["partition"]
+    shown[sync.primary_key] = head[sync.primary_key]
+    shown["change"] = [
+        change if send else f"{change} (not sent)"
+        for change, send in zip(head["change_type"], head["will_send"], strict=True)
+    ]
+    if named is not None:
+        shown[call] = named
+    shown["userId"] = head["user_id"]
+    shown["anonymousId"] = head["anonymous_id"]
+    for field in fields[: len(sync.mapping)][:PREVIEW_FIELDS]:
+        shown[field if field not in shown else f"{field} (field)"] = head[field]
+    shown["messageId"] = [
+        _cut(message_id, PREVIEW_MESSAGE_ID_CHARS + 1) for message_id in head["message_id"]
+    ]
+    preview = pd.DataFrame(shown, index=head.index)
+    for column in preview.columns:
+        # The change is short; an event or page name wraps at its spaces (it is cut later);
+        # numbers and booleans are short.
+        chars = 2 * PREVIEW_CHARS if column == call else PREVIEW_CHARS
+        if column != "change" and not pd.api.types.is_numeric_dtype(preview[column]):
+            preview[column] = [_cut(value, chars) for value in preview[column]]
+    return preview
+
+
+def _event_or_name(
+    sync: SyncConfig, head: pd.DataFrame, fields: list[str]
+) -> tuple[list[Any] | None, str]:
+    """The track event's name (fixed, or from its column), or the page/screen name, groupId or
+    previousId, with its column's title; (None, '') for identify. `fields`: the frame's field
+    columns, mapped fields first, then the event's, then the call's (`diff.pending_frame`)."""
+    extras = fields[len(sync.mapping) :]
+    if sync.type == "track":
+        if sync.event_columns:
+            return list(head[extras[0]]), "event"
+        return [sync.event_name(change) for change in head["change_type"]], "event"
+    if sync.call_column:
+        return list(head[extras[0]]), CALL_COLUMN_KEYS[sync.type][1]
+    return None, ""
+
+
+def _cut(value: Any, chars: int) -> Any:
+    """A cell's text at most `chars` long, "…" ending a cut one; None stays None."""
+    cell = _cell(value)
+    if cell is None:
+        return None
+    text = str(cell) if not isinstance(cell, str) else cell
+    return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
 def rejected_rows_check(summaries: dict[str, DiffSummary]) -> AssetCheckResult:
