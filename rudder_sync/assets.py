@@ -36,7 +36,7 @@ from .alerts.hooks import alert_hooks
 from .config import IO_MANAGER_KEY as IO_MANAGER_KEY  # the default key, re-exported
 from .config import SyncConfig
 from .dbt import bind_dbt, check_dbt_upstream
-from .diff import DiffMode
+from .diff import DiffMode, sync_shape
 from .errors import RudderSyncError
 from .events import sample_payloads
 from .guard import evaluate_guard
@@ -63,7 +63,7 @@ from .reporting import (
 )
 from .rudderstack import RudderstackError, RudderstackResource
 from .state import SyncState, open_state
-from .steps import deliver_windows, run_diff, take_snapshot
+from .steps import deliver_windows, run_diff, settle_diff, take_snapshot
 from .warehouse_state import state_in_warehouse
 from .warehouse_state.state import WarehouseSyncState, open_warehouse_state
 from .warehouse_state.steps import run_diff_in_warehouse, take_snapshot_in_warehouse
@@ -100,6 +100,12 @@ class DiffRunConfig(Config):
         default=False,
         description="Re-admit the quarantined changes (those that failed max_attempts times): "
         "they are sent again, with max_attempts new attempts.",
+    )
+    adopt_state_of: str | None = Field(
+        default=None,
+        description="The sync's name before a rename: the state found at this sync's place "
+        "(its file moved there, or its tables renamed) belongs to that sync, and this sync "
+        "takes it over instead of refusing it.",
     )
 
 
@@ -245,7 +251,16 @@ def build_sync_assets(
     ) -> Iterator[Output[pd.DataFrame] | AssetCheckResult]:
         mode = _diff_mode(sync, config)
         warehouse = warehouse_of(context)
-        with _open_state(sync, state_dir, rudderstack_of(context), warehouse) as state:
+        rudderstack = rudderstack_of(context)
+        with _open_state(sync, state_dir, rudderstack, warehouse) as state:
+            mode = settle_diff(
+                state,
+                sync,
+                mode,
+                lambda: None if rudderstack.dry_run else _delivered_before(context, events_key),
+                config.adopt_state_of,
+                context.log,
+            )
             if isinstance(state, WarehouseSyncState):
                 result = run_diff_in_warehouse(
                     state,
@@ -324,6 +339,7 @@ def build_sync_assets(
         )
         specs = windows(context)
         with _open_state(sync, state_dir, rudderstack, warehouse_of(context)) as state:
+            state.check_identity(sync_shape(sync))
             moved_from = _settle_destination(context, sync, state, sender, config)
             samples = sample_payloads(state, sync, specs[0].key if specs else None)
             if sender.dry_run:
@@ -388,6 +404,27 @@ def _diff_mode(sync: SyncConfig, config: DiffRunConfig) -> DiffMode:
     return DiffMode(
         resync=config.resync, reset_baseline=config.reset_baseline, nonce=uuid.uuid4().hex
     )
+
+
+def _delivered_before(context: AssetExecutionContext, events_key: AssetKey) -> str | None:
+    """The latest delivery of the sync's events that Dagster's instance recorded (a dry run's
+    does not count), as "run <id> at <time>"; None when it recorded none.
+
+    Newest first, so one page settles it unless dry runs came after the last delivery. Every
+    delivery commits the sync's baseline first, so a state without one has been lost. An
+    instance that forgets (`dagster job execute` without DAGSTER_HOME) knows of none."""
+    cursor = None
+    while True:
+        found = context.instance.fetch_materializations(events_key, limit=50, cursor=cursor)
+        for record in found.records:
+            materialization = record.asset_materialization
+            status = materialization.metadata.get("status") if materialization else None
+            if status is not None and getattr(status, "value", None) == "delivered":
+                at = datetime.fromtimestamp(record.timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+                return f"run {record.run_id} at {at}"
+        if not found.has_more:
+            return None
+        cursor = found.cursor
 
 
 def _deliberate(context: AssetExecutionContext, mode: DiffMode) -> list[str]:

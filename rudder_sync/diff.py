@@ -8,6 +8,7 @@ re-send is the same event.
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -295,6 +296,13 @@ def _fingerprint_sql(sync: SyncConfig, types: dict, relation: str) -> str:
         d as (select __rs_pk, count(*) as n from f group by all having count(*) > 1)
         select f.*, coalesce(d.n, 1) as __rs_key_rows from f left join d using (__rs_pk)
     """
+
+
+def sync_shape(sync: SyncConfig) -> str:
+    """A hash of what determines a sync's events (its content shape and primary key), recorded
+    in its state so that the state of another sync is recognised (`SyncState.check_identity`)."""
+    text = f"{sync.primary_key}{chr(31)}{content_shape(sync)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def content_shape(sync: SyncConfig) -> str:

@@ -23,7 +23,9 @@ Tables (system columns start with `__rs_`):
   first accepted commit, so that a URL which never accepted anything binds nothing), and
   `message_id_salt`: a random value created with the state that every deterministic messageId
   of an unpartitioned sync includes, so that two deployments of one sync, or a state deleted and
-  rebuilt, never reuse an ID that RudderStack has seen (it drops repeats for days).
+  rebuilt, never reuse an ID that RudderStack has seen (it drops repeats for days);
+  `sync_name` and `sync_shape` (a hash of what determines its events: type, key, IDs, mapping),
+  so that the state of another sync is refused rather than diffed against (`check_identity`).
 
 Commits are DuckDB transactions, so a crash leaves either the old or the new state.
 """
@@ -34,7 +36,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +57,8 @@ SCHEMA_VERSION = 3
 LOCK_WAIT_SECONDS = 30.0
 SALT_KEY = "message_id_salt"
 MOVED_KEY = "moved_to"  # meta of a state moved to (or from) the warehouse: where it went
+SYNC_NAME_KEY = "sync_name"  # meta: the sync this state belongs to
+SYNC_SHAPE_KEY = "sync_shape"  # meta: a hash of that sync's type, key, IDs and mapping
 MEMORY_LIMIT_ENV_VAR = "RUDDER_SYNC_DUCKDB_MEMORY_LIMIT"
 DEFAULT_MEMORY_LIMIT = "1GB"
 # What delivery reads of a pending change to build its event.
@@ -192,6 +196,56 @@ class SyncState:
             self.set_meta("destination", destination)
         return recorded
 
+    def check_identity(self, shape: str, adopt_from: str | None = None) -> str | None:
+        """Refuse the state of another sync (a file copied or moved over this one's); record this
+        sync's name and ``shape`` when the state has none yet (a new one, or one written before
+        they were recorded). ``adopt_from``: run config adopt_state_of, a sync this one was
+        renamed from, whose state it takes over. Returns what was done, for the log.
+
+        A shape that changed under the same name is a config edit of this sync (its content
+        hash makes the rows changes, which the change guard weighs): it is recorded, not refused.
+        """
+        name, recorded_shape = self.get_meta(SYNC_NAME_KEY), self.get_meta(SYNC_SHAPE_KEY)
+        if adopt_from is not None and adopt_from not in (name, self.sync_name):
+            raise StateError(
+                f"sync '{self.sync_name}': run config adopt_state_of is '{adopt_from}', but "
+                f"the state in {self.path} is "
+                + (f"the state of sync '{name}'" if name else "not the state of another sync")
+                + f". Fix: move the state of '{adopt_from}' there first (local state: its file "
+                f"<state>/{adopt_from}.duckdb), or remove adopt_state_of."
+            )
+        if name is not None and name != self.sync_name and name != adopt_from:
+            kin = "the same" if recorded_shape == shape else "another"
+            raise StateError(
+                f"sync '{self.sync_name}': the state in {self.path} belongs to sync '{name}' "
+                f"({kin} type, key and mapping), not to '{self.sync_name}': diffing against it "
+                f"would send wrong events. Fix: if '{self.sync_name}' is '{name}' renamed, run "
+                f"once with the run config ops: {{{self.sync_name}__diff: {{config: "
+                f"{{adopt_state_of: {name}}}}}}}; otherwise put back the state of "
+                f"'{self.sync_name}' (or move this one away and run with resync or "
+                "reset_baseline)."
+            )
+        if name == self.sync_name and recorded_shape == shape:
+            return None
+        with self.transaction():
+            self.set_meta(SYNC_NAME_KEY, self.sync_name)
+            self.set_meta(SYNC_SHAPE_KEY, shape)
+        if name is not None and name != self.sync_name:
+            return f"adopted the state of sync '{name}' (run config adopt_state_of)"
+        return None
+
+    def unfinished_resync(self, max_attempts: int | None) -> int:
+        """How many changes of a resync whose delivery began are still to be delivered.
+
+        A new resync must wait for them: it would send the rows the earlier one already
+        delivered again, under new messageIds that RudderStack cannot deduplicate. Quarantined
+        ones do not hold it up (they were never accepted)."""
+        return self.count(
+            "pending",
+            f"__rs_origin = 'resync_started' and {in_window(None)} "
+            f"and not {_quarantined_sql(max_attempts)}",
+        )
+
     # -- model rows -----------------------------------------------------------------------------
     def replace_model_rows(self, reader: pa.RecordBatchReader) -> int:
         """Store the model's result, streamed from the warehouse, as `model_rows`."""
@@ -237,7 +291,10 @@ class SyncState:
             yield
             self._mirror_end(commit=True)
         except BaseException:
-            run(self.conn, "rollback")
+            # A failed rollback (a write that failed for a full disk may have ended the
+            # transaction) must not hide the error that caused it.
+            with suppress(duckdb.Error):
+                run(self.conn, "rollback")
             self._mirror_end(commit=False)
             raise
         run(self.conn, "commit")
@@ -281,7 +338,8 @@ class SyncState:
         """Commit the changes that send no event (a first-run baseline, an unsent change type).
 
         The same transaction marks the state initialised, so a crash can never turn an unsent
-        baseline into `added` events at the next run.
+        baseline into `added` events at the next run (and a baseline reset is recorded whole or
+        not at all).
         """
         return self._commit(
             f"not __rs_send and {in_window(window)}",
@@ -352,7 +410,8 @@ class SyncState:
         return count
 
     def start_resync(self, window: str | None = None) -> None:
-        """Mark a resync's pending rows as started: from now on, later diffs finish them."""
+        """Mark a resync's pending rows as started: from now on, later diffs finish them, and a
+        new resync waits until they are delivered (`unfinished_resync`)."""
         with self.transaction():
             self._update(
                 "pending",
@@ -746,8 +805,46 @@ def open_state(
                 "back before removing state_schema."
             )
         yield state
+    except duckdb.Error as exc:
+        named = state_file_error(sync_name, path, exc)
+        if named is None:
+            raise
+        raise named from exc
     finally:
         state.close()
+
+
+# What moving a state away costs, for the messages that suggest it.
+MOVE_AWAY_COST = (
+    "moving it away loses its pending changes and what it delivered, so run once after that with "
+    "the diff's run config resync: true (sends every row again, under new messageIds) or "
+    "reset_baseline: true (records the current model as delivered: the changes since the last "
+    "delivery are never sent)"
+)
+
+
+def state_file_error(sync_name: str, path: Path, exc: duckdb.Error) -> StateError | None:
+    """A state file that DuckDB cannot write (the disk is full) or read (it is damaged, e.g.
+    truncated) as a message naming the sync, the file and the fix; None for other errors."""
+    cause = " ".join(str(exc).split())
+    if "No space left on device" in cause:
+        return StateError(
+            f"sync '{sync_name}': the disk is full: writing its state {path} failed ({cause}). "
+            "Fix: free space on that disk, or point 'state' at a larger one, then run again; "
+            "nothing is lost: the failed write was rolled back, and the changes it did not "
+            "commit stay pending and are sent again under the same messageIds."
+        )
+    if "Could not read enough bytes" in cause:
+        return cannot_open(sync_name, path, cause)
+    return None
+
+
+def cannot_open(sync_name: str, path: Path, cause: str) -> StateError:
+    """The state file is damaged or not rudder_sync state."""
+    return StateError(
+        f"sync '{sync_name}': cannot open its state {path}: {cause}. Fix: if the file is damaged "
+        f"(or is not rudder_sync state), restore it from a backup if you can; {MOVE_AWAY_COST}."
+    )
 
 
 def _connect_with_wait(path: Path, sync_name: str, wait: float) -> duckdb.DuckDBPyConnection:
@@ -760,11 +857,7 @@ def _connect_with_wait(path: Path, sync_name: str, wait: float) -> duckdb.DuckDB
             return conn
         except duckdb.Error as exc:
             if not (isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()):
-                raise StateError(
-                    f"sync '{sync_name}': cannot open its state {path}: {str(exc).strip()}. "
-                    "Fix: if the file is damaged or is not rudder_sync state, move it away; "
-                    "the next run then starts a full resync."
-                ) from exc
+                raise cannot_open(sync_name, path, " ".join(str(exc).split())) from exc
             if time.monotonic() >= deadline:
                 raise StateError(
                     f"sync '{sync_name}': cannot open its state {path}: another run of this sync "
@@ -801,14 +894,13 @@ def _ensure_schema(state: SyncState) -> None:
             raise StateError(
                 f"sync '{state.sync_name}': state {state.path} has schema version {version}, "
                 f"this rudder_sync reads version {SCHEMA_VERSION}. Fix: use the rudder_sync "
-                "version that wrote it, or move the file away to start a full resync."
+                f"version that wrote it; {MOVE_AWAY_COST}."
             )
         if state.get_meta("hash_probe") != _hash_probe(state.conn):
             raise StateError(
                 f"sync '{state.sync_name}': state {state.path} was written by a DuckDB whose row "
                 f"hash differs from this one ({duckdb.__version__}), so its snapshot cannot be "
-                "compared. Fix: use the DuckDB version that wrote it, or move the file away to "
-                "start a full resync (the change guard will ask you to approve it)."
+                f"compared. Fix: use the DuckDB version that wrote it; {MOVE_AWAY_COST}."
             )
         if version == "2":
             _migrate_2_to_3(state)

@@ -5,6 +5,7 @@ for logs, metadata and checks. Nothing here needs a Dagster run: `log` is any lo
 windows are the run's partitions in chronological order (none for an unpartitioned sync).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,7 @@ from .diff import (
     check_model_columns,
     compute_diff,
     pending_frame,
+    sync_shape,
 )
 from .errors import WindowFailedError
 from .jsonvalues import column_types
@@ -88,6 +90,58 @@ def _in_place(warehouse: WarehouseResource) -> DuckDBWarehouse | None:
     if isinstance(warehouse, DuckDBWarehouse) and warehouse.reads_in_place():
         return warehouse
     return None
+
+
+def settle_diff(
+    state: SyncState,
+    sync: SyncConfig,
+    mode: DiffMode,
+    delivered_before: Callable[[], str | None],
+    adopt_from: str | None,
+    log: Any,
+) -> DiffMode:
+    """Before a diff: the state must be this sync's (`SyncState.check_identity`) and not lost,
+    and a resync asked for while an earlier one is unfinished finishes that one instead; the
+    mode the diff runs in.
+
+    ``delivered_before``: the last delivery Dagster's instance recorded for the sync, if any
+    (asked only when the state has no baseline: a first run, or a lost state)."""
+    notice = state.check_identity(sync_shape(sync), adopt_from)
+    if notice:
+        log.warning(f"sync '{sync.name}': {notice}")
+    if sync.partitions is None and not state.initialized:
+        refuse_lost_state(state, sync, mode, delivered_before())
+    if mode.resync and (left := state.unfinished_resync(sync.max_attempts)):
+        log.warning(
+            f"sync '{sync.name}': resync: an earlier resync still has {left} changes to "
+            "deliver; this run finishes it under the same messageIds instead of starting a new "
+            "one (which would send the rows it delivered again, under new messageIds). Run the "
+            "resync again after this run to start a new one."
+        )
+        return DiffMode()
+    return mode
+
+
+def refuse_lost_state(
+    state: SyncState, sync: SyncConfig, mode: DiffMode, delivered_before: str | None
+) -> None:
+    """A state without a baseline for a sync that delivered before was lost (deleted, moved
+    away, its tables dropped): a diff against nothing would record the model as a new baseline
+    (a track sync without initial results sends nothing: every change since the last delivery
+    is lost) or send it all again. Only run config that says which may go on."""
+    if delivered_before is None or mode.resync or mode.reset_baseline:
+        return
+    raise StateError(
+        f"sync '{sync.name}': its state {state.path} holds no baseline, but Dagster recorded a "
+        f"delivery of {sync.name}/events ({delivered_before}): the state was lost (deleted, "
+        "moved away or its tables dropped), and with it its pending changes and what was "
+        "delivered, so the changes since that delivery cannot be found. Fix: restore the state "
+        "if you can; otherwise choose in the run config ops: "
+        f"{{{sync.name}__diff: {{config: {{...}}}}}}: resync: true, approve_large_change: true "
+        "(sends every row again, under new messageIds) or reset_baseline: true, "
+        "approve_large_change: true (records the current model as delivered: those changes "
+        "are never sent)."
+    )
 
 
 @dataclass

@@ -30,7 +30,7 @@ from ..state import LOCK_WAIT_SECONDS, MOVED_KEY, SALT_KEY, SyncState, open_stat
 from ..warehouses.postgres import PostgresWarehouse
 from ..warehouses.settings import PostgresSettings
 from .sql import TABLE_ROLES, WINDOW_INFIX, Tables
-from .state import WarehouseSyncState
+from .state import DROP_COST, WarehouseSyncState
 from .store import WarehouseStore
 
 IMPORTED_KEY = "imported_from"
@@ -55,8 +55,8 @@ def settle_local_state(state: WarehouseSyncState, local: Path) -> str | None:
         if MOVED_KEY in meta:
             raise StateError(
                 f"sync '{state.sync_name}': its state in {state.path} was moved to "
-                f"{meta[MOVED_KEY]}, and that file is gone. Fix: restore the file, or drop the "
-                "sync's tables in the warehouse to start over (a full resync)."
+                f"{meta[MOVED_KEY]}, and that file is gone. Fix: restore the file; dropping the "
+                f"sync's tables in the warehouse instead means starting over: {DROP_COST}."
             )
         return None
     with open_state(local.parent, state.sync_name, local.name.endswith(".dry_run.duckdb")) as old:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -46,6 +46,12 @@ PENDING_COLUMNS = (
     "__rs_first_seen, __rs_attempts, __rs_last_error, __rs_origin"
 )
 REJECTED_COLUMNS = "__rs_window, __rs_pk, reason, __rs_hash, __rs_attempts, __rs_first_seen"
+# What dropping a sync's state tables costs, for the messages that mention it.
+DROP_COST = (
+    "its pending changes and what it delivered are lost; run once after that with the diff's run "
+    "config resync: true (sends every row again, under new messageIds) or reset_baseline: true "
+    "(records the current model as delivered: the changes since the last delivery are never sent)"
+)
 
 
 class WarehouseSyncState(SyncState):
@@ -160,7 +166,10 @@ class WarehouseSyncState(SyncState):
     def _mirror_end(self, commit: bool) -> None:
         if commit:
             self.store.conn.commit()
-        else:
+            return
+        # A connection that is gone cannot roll back (the server already did); its error
+        # must not hide the one that ended the transaction.
+        with suppress(*self.store.error_types):
             self.store.conn.rollback()
 
     def _change_filter(self, relation: str) -> str:
@@ -293,6 +302,16 @@ def open_warehouse_state(
 
             state.notice = settle_local_state(state, state_path(state_dir, sync_name, dry_run))
         yield state
+    except store.error_types as exc:
+        if store.alive():
+            raise  # a statement of ours failed: a bug, with its traceback
+        raise store.error(
+            "lost its connection to the warehouse that holds its state",
+            exc,
+            "run again once the warehouse is reachable; nothing is lost: the warehouse rolled "
+            "back the unfinished transaction, and the changes it did not commit stay pending "
+            "and are sent again under the same messageIds",
+        ) from None
     finally:
         if conn is not None:
             conn.close()
@@ -320,7 +339,7 @@ def _ensure_meta(state: WarehouseSyncState) -> None:
         raise StateError(
             f"sync '{state.sync_name}': state in {state.path} was written by a DuckDB whose row "
             f"hash differs from this one ({duckdb.__version__}). Fix: use the DuckDB version "
-            "that wrote it, or drop the sync's tables to start a full resync."
+            f"that wrote it; dropping the sync's tables instead means starting over: {DROP_COST}."
         )
 
 

@@ -113,7 +113,7 @@ class WarehouseStore:
 
     def error(self, what: str, exc: BaseException, fix: str = "") -> StateError:
         url = self.warehouse.url
-        message = " ".join(str(exc).split("\n\nQuery was:")[0].split())
+        message = " ".join(str(exc).split("\n\nQuery was:")[0].split()).rstrip(".")
         text = f"sync '{self.sync_name}': {what} ({self.where}): {message}"
         text += f". Fix: {fix}." if fix else ""
         return StateError(redact(text, [url, url_password(url)]))
@@ -219,6 +219,15 @@ class WarehouseStore:
                 )
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
+
+    def alive(self) -> bool:
+        """Whether the connection still answers (after an error: lost, or a failed statement)."""
+        try:
+            self.conn.rollback()
+            self.rows("select 1")
+        except self.error_types:
+            return False
+        return True
 
     def close(self) -> None:
         """Close the connection; the server releases the advisory lock with the session."""
