@@ -29,8 +29,12 @@ PREVIEW_ROWS = 10
 # The diff's preview fits the Dagster UI at 1400 px: a few fields, and no cell longer than this
 # (a longer value is cut, "…" at its end); a messageId shows its first characters only.
 PREVIEW_FIELDS = 2
-PREVIEW_CHARS = 12
+PREVIEW_CHARS = 10
 PREVIEW_MESSAGE_ID_CHARS = 8
+# How wide the preview may be, in characters of its narrowest columns (2 a column for padding):
+# what fits beside the metadata keys at 1400 px (measured: 78 such characters took 627 px of
+# the 603 there are). Fields are left out of the preview when they would not fit.
+PREVIEW_WIDTH_CHARS = 74
 CHANGE_GUARD = "change_guard"
 REJECTED_ROWS = "rejected_rows"
 GATEWAY_REJECTIONS = "gateway_rejections"
@@ -125,36 +129,36 @@ def diff_metadata(
 
 def preview_frame(sync: SyncConfig, frame: pd.DataFrame) -> pd.DataFrame:
     """The diff's first rows as the UI shows them inline, narrow enough for a 1400 px window:
-    (window,) key, change (marked when it sends nothing), the event or name, the IDs, the first
-    PREVIEW_FIELDS fields and the messageId's start. The whole diff is the asset's output."""
+    (window,) key, change (marked when it sends nothing), the event or name, the IDs, fields
+    while they fit (at most PREVIEW_FIELDS) and the messageId's start. Long values are cut; the
+    whole diff is the asset's output."""
     head = frame.head(PREVIEW_ROWS)
     fields = [str(c) for c in head.columns[head.columns.get_loc("anonymous_id") + 1 :]]
-    named, call = _event_or_name(sync, head, fields)
-    shown: dict[str, Any] = {}
+    shown: dict[str, list[Any]] = {}
     if "partition" in head.columns:
-        shown["window"] = head["partition"]
-    shown[sync.primary_key] = head[sync.primary_key]
+        shown["window"] = list(head["partition"])
+    shown[sync.primary_key] = _cut_all(head[sync.primary_key])
     shown["change"] = [
         change if send else f"{change} (not sent)"
         for change, send in zip(head["change_type"], head["will_send"], strict=True)
     ]
-    if named is not None:
-        shown[call] = named
-    shown["userId"] = head["user_id"]
-    shown["anonymousId"] = head["anonymous_id"]
+    named, title = _event_or_name(sync, head, fields)
+    if named is not None:  # wraps at its spaces: its words are cut, and its length
+        shown[title] = [_cut(_cut_words(value), 2 * PREVIEW_CHARS) for value in named]
+    shown["userId"] = _cut_all(head["user_id"])
+    shown["anonymousId"] = _cut_all(head["anonymous_id"])
+    message_ids = [_cut(value, PREVIEW_MESSAGE_ID_CHARS + 1) for value in head["message_id"]]
+    width = sum(_width(name, values) for name, values in shown.items())
+    width += _width("messageId", message_ids)
     for field in fields[: len(sync.mapping)][:PREVIEW_FIELDS]:
-        shown[field if field not in shown else f"{field} (field)"] = head[field]
-    shown["messageId"] = [
-        _cut(message_id, PREVIEW_MESSAGE_ID_CHARS + 1) for message_id in head["message_id"]
-    ]
-    preview = pd.DataFrame(shown, index=head.index)
-    for column in preview.columns:
-        # The change is short; an event or page name wraps at its spaces (it is cut later);
-        # numbers and booleans are short.
-        chars = 2 * PREVIEW_CHARS if column == call else PREVIEW_CHARS
-        if column != "change" and not pd.api.types.is_numeric_dtype(preview[column]):
-            preview[column] = [_cut(value, chars) for value in preview[column]]
-    return preview
+        values = _cut_all(head[field])
+        name = field if field not in shown else f"{field} (field)"
+        width += _width(name, values)
+        if width > PREVIEW_WIDTH_CHARS:
+            break
+        shown[name] = values
+    shown["messageId"] = message_ids
+    return pd.DataFrame(shown)
 
 
 def _event_or_name(
@@ -173,13 +177,31 @@ def _event_or_name(
     return None, ""
 
 
+def _cut_all(values: Any) -> list[Any]:
+    return [_cut(value, PREVIEW_CHARS) for value in values]
+
+
 def _cut(value: Any, chars: int) -> Any:
-    """A cell's text at most `chars` long, "…" ending a cut one; None stays None."""
+    """A cell at most `chars` characters long, "…" ending a cut one; short numbers, booleans
+    and None stay as they are."""
     cell = _cell(value)
-    if cell is None:
-        return None
-    text = str(cell) if not isinstance(cell, str) else cell
+    text = cell if isinstance(cell, str) else str(cell)
+    if cell is None or (not isinstance(cell, str) and len(text) <= chars):
+        return cell
     return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
+def _cut_words(value: Any) -> Any:
+    """A text whose words are at most PREVIEW_CHARS long (the narrowest its column can get)."""
+    if not isinstance(value, str):
+        return value
+    return " ".join(_cut(word, PREVIEW_CHARS) for word in value.split())
+
+
+def _width(name: str, values: list[Any]) -> int:
+    """The narrowest a column can be, in characters: its title or its longest word, padded."""
+    words = [len(word) for value in values if value is not None for word in str(value).split()]
+    return max([len(name), *words]) + 2
 
 
 def rejected_rows_check(summaries: dict[str, DiffSummary]) -> AssetCheckResult:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from rudder_sync.reporting import table_metadata, windows_metadata
+from rudder_sync.config import SyncConfig, parse_config
+from rudder_sync.reporting import PREVIEW_CHARS, preview_frame, table_metadata, windows_metadata
 
 from .helpers import (
     IDENTIFY_SYNC,
+    TRACK_SYNC,
     asset_metadata,
     rudderstack_for,
     run_sync,
@@ -79,3 +82,65 @@ def test_a_duplicated_key_is_reported_once(tmp_path: Path) -> None:
     diff = asset_metadata(result, "traits", "diff")
     assert diff["rejected_rows"] == 2
     assert diff["rejected_sample"] == [{"key": "2", "reason": "duplicate primary key (2 rows)"}]
+
+
+def _frame(sync: SyncConfig, rows: int, **fields: list[Any]) -> pd.DataFrame:
+    """A diff frame as `diff.pending_frame` lays it out: key, system columns, the fields."""
+    columns: dict[str, list[Any]] = {
+        sync.primary_key: [str(i) for i in range(1, rows + 1)],
+        "change_type": ["added", "changed", "removed"][:rows],
+        "will_send": [True, True, False][:rows],
+        "message_id": ["0123456789abcdef-0123-4567"] * rows,
+        "timestamp": ["2024-05-01T12:00:00.000000Z"] * rows,
+        "user_id": ["u1", None, "a-very-long-user-id-0001"][:rows],
+        "anonymous_id": ["a1", "a2", None][:rows],
+    }
+    return pd.DataFrame({**columns, **fields})
+
+
+def _sync(**body: Any) -> SyncConfig:
+    return parse_config({"syncs": {"s": body}}).syncs["s"]
+
+
+def test_the_preview_shows_key_change_event_ids_fields_and_a_short_message_id() -> None:
+    sync = _sync(**TRACK_SYNC)
+    long_email = "someone.with.a.long.name@example.com"
+    preview = preview_frame(
+        sync, _frame(sync, 3, email=["x@y.io", long_email, None], plan=["free", "pro", None])
+    )
+    # 'plan' does not fit beside the long userId (cut to PREVIEW_CHARS): left out
+    assert list(preview.columns) == [
+        "id", "change", "event", "userId", "anonymousId", "email", "messageId"
+    ]  # fmt: skip
+    rows = preview.to_dict("records")
+    assert [row["change"] for row in rows] == ["added", "changed", "removed (not sent)"]
+    assert [row["event"] for row in rows] == [
+        "User Signed Up",
+        "User Changed Subscr…",  # cut at 2 * PREVIEW_CHARS
+        "User Deleted Account",
+    ]
+    assert rows[1]["email"] == long_email[: PREVIEW_CHARS - 1] + "…"
+    assert rows[2]["userId"] == "a-very-lo…" and pd.isna(rows[1]["userId"])
+    assert {row["messageId"] for row in rows} == {"01234567…"}
+
+
+def test_the_preview_leaves_out_fields_that_would_not_fit() -> None:
+    sync = _sync(**dict(TRACK_SYNC, mapping={"long_field_name": "email", "b": "plan"}))
+    frame = _frame(sync, 1, long_field_name=["x"], b=["y"])
+    columns = list(preview_frame(sync, frame).columns)
+    assert "long_field_name" in columns and "b" in columns  # both fit
+    wide = _frame(sync, 1, long_field_name=["x"], b=["y"])
+    wide["user_id"] = ["0123456789"]  # cut to 10: no narrower
+    wide["anonymous_id"] = ["0123456789"]
+    wide["id"] = ["0123456789"]
+    narrow = list(preview_frame(sync, wide).columns)
+    assert narrow[-1] == "messageId" and "long_field_name" not in narrow and "b" not in narrow
+
+
+def test_the_preview_names_pages_and_windows() -> None:
+    sync = _sync(**dict(IDENTIFY_SYNC, type="page", name_column="plan", send_on=["added"]))
+    frame = _frame(sync, 1, email=["x@y.io"], plan=["free"], name=["Pricing Page"])
+    frame.insert(0, "partition", ["2024-01-01"])
+    preview = preview_frame(sync, frame)
+    assert list(preview.columns)[:4] == ["window", "id", "change", "name"]
+    assert preview["name"].tolist() == ["Pricing Page"]

@@ -62,12 +62,12 @@ def test_first_run_track_records_baseline_without_sending(
     assert gateway.events == []
     diff = asset_metadata(result, "events", "diff")
     assert diff["added"] == 3 and diff["added_to_send"] == 0 and diff["first_run"] is True
-    # The preview is a table the UI renders inline: the diff frame's first rows, cell by cell.
+    # The preview is a table the UI renders inline: the diff frame's first rows, narrowed.
     preview = table_rows(diff["preview"])
     frame = result.output_for_node("events__diff")
-    assert len(preview) == 3 and list(preview[0]) == [str(c) for c in frame.columns]
-    assert [row["change_type"] for row in preview] == ["added"] * 3
-    assert [row["user_id"] for row in preview] == list(frame["user_id"])
+    assert len(preview) == 3 and list(preview[0])[:3] == ["id", "change", "event"]
+    assert [row["change"] for row in preview] == ["added (not sent)"] * 3
+    assert [row["userId"] for row in preview] == list(frame["user_id"])
     assert all(isinstance(v, (str, int, float, bool, type(None))) for v in preview[0].values())
     # the baseline is committed: a second run with no change sends nothing
     _run(project, "events", gateway)

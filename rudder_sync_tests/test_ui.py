@@ -4,9 +4,10 @@
 data plane is the test gateway. Debian's Chromium (/usr/bin/chromium, installed by `.ci/run`),
 driven by Playwright, opens the global asset lineage, checks each sync's three assets, clicks
 "Materialize all", waits for the run to succeed (Dagster's GraphQL API is used only to wait), and
-reads the counts from the materializations' metadata on the assets' Events pages. Screenshots go
-to `screenshots/` (git-ignored); with RUDDER_SYNC_DOCS_SCREENSHOT=1 the asset graph is also copied
-to docs/asset-graph.png, the picture in the README.
+reads the counts from the materializations' metadata on the assets' Events pages, where the
+diff's preview must fit the 1400 px window. Screenshots go to `screenshots/` (git-ignored);
+with RUDDER_SYNC_DOCS_SCREENSHOT=1 the asset graph is also copied to docs/asset-graph.png, the
+picture in the README.
 """
 
 from __future__ import annotations
@@ -208,6 +209,10 @@ def _drive_the_ui(dagster_dev: DagsterDev, page: Page, gateway: TestGateway) -> 
         if sync == SYNCS[0]:
             page.screenshot(path=SCREENSHOTS / "events-metadata.png")
 
+    # The diff's preview at 1400 px: the counts above it, nothing wider than the window, each
+    # messageId (shortened) on one line. The screenshot is the one the docs and reports show.
+    _check_diff_preview(page, base, SYNCS[0], short_id)
+
     # What the gateway received: the first run's rows, once each, as both kinds of call.
     received = sorted((e["type"], e.get("event"), e["userId"]) for e in gateway.events)
     users = [f"u{i}" for i in range(1, USERS + 1)]
@@ -283,6 +288,51 @@ def _metadata(
         expect(cell, f"{sync}/{step} metadata {key}").to_have_count(1)
         values[key] = cell.inner_text().strip()
     return values
+
+
+# The preview's table: how far right it reaches, which scrolling boxes around it overflow
+# sideways, its column titles, and on how many lines each row's messageId is drawn.
+PREVIEW_LAYOUT_JS = """(cell) => {
+  const table = cell.querySelector('table');
+  const overflowing = [];
+  for (let box = cell; box; box = box.parentElement) {
+    const x = getComputedStyle(box).overflowX;
+    if ((x === 'auto' || x === 'scroll') && box.scrollWidth > box.clientWidth + 1) {
+      overflowing.push(`${box.tagName}.${box.className} ${box.scrollWidth} > ${box.clientWidth}`);
+    }
+  }
+  const rows = [...table.querySelectorAll('tr')];
+  const titles = [...rows[0].children].map((c) => c.innerText.trim());
+  const at = titles.indexOf('messageId');
+  const lines = rows.slice(1).map((row) => {
+    const range = document.createRange();
+    range.selectNodeContents(row.children[at]);
+    return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+  });
+  return {right: table.getBoundingClientRect().right, window: window.innerWidth, overflowing,
+          titles, lines};
+}"""
+
+
+def _check_diff_preview(page: Page, base: str, sync: str, short_id: str) -> None:
+    """The diff's preview fits a 1400 px window; a screenshot of it is kept (diff-1400.png)."""
+    page.goto(f"{base}/assets/{sync}/diff?view=events")
+    expect(page.get_by_text(f"Materialized in run {short_id}", exact=True)).to_be_visible()
+    keys = page.locator("xpath=//tr[td[2]]/td[1]").all_inner_texts()
+    keys = [key.strip() for key in keys]
+    assert keys.index("removed") < keys.index("preview"), keys  # the counts come first
+    cell = page.locator("xpath=//tr[td[1][normalize-space(.)='preview']]/td[2]")
+    expect(cell.locator("table")).to_have_count(1)
+    cell.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)  # let the layout settle for the picture
+    page.screenshot(path=SCREENSHOTS / "diff-1400.png")
+    layout = cell.evaluate(PREVIEW_LAYOUT_JS)
+    assert layout["window"] == 1400, layout
+    assert layout["overflowing"] == [], layout  # no sideways scrolling to read the preview
+    assert layout["right"] <= layout["window"], layout
+    assert layout["titles"][:3] == ["id", "change", "event"], layout
+    assert "messageId" in layout["titles"] and "userId" in layout["titles"], layout
+    assert layout["lines"] == [1] * USERS, layout  # each messageId on one line
 
 
 def _free_port() -> int:
