@@ -403,12 +403,102 @@ def test_a_connection_dropped_mid_stream_fails_the_run_and_the_next_run_works(
         killer.join()
     assert not result.success
     message = _failure(result)
-    assert f"postgres {_host_port(pg.url)}/{pg.name}" in message
-    assert "terminating connection" in message or "lost the result stream" in message
+    assert f"lost the connection to postgres {_host_port(pg.url)}/{pg.name}" in message
+    assert "Fix: the connection to the warehouse failed, not the model" in message
     # the next run reads the whole model and records it as the baseline
     again = run_sync(project, "big", rudderstack_for(gateway.url))
     assert asset_metadata(again, "big", "diff")["model_rows"] == 400_000
     assert gateway.events == []
+
+
+def test_a_model_that_fails_mid_stream_says_correct_the_model_not_a_dropped_connection(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    """ADBC raises the server's error mid-stream as an OSError, whatever it is: a division by
+    zero at row 300,000 is the model's, and the fix is to correct it, not to run again."""
+    sync = {
+        "model": "select g as id, 'u' || g as user_id, 1 / (g - 300000) as ratio "
+        "from generate_series(1, 400000) g",
+        "primary_key": "id",
+        "type": "identify",
+        "user_id": "user_id",
+        "mapping": {"ratio": "ratio"},
+        "guard": {"max_events": None},
+    }
+    project = write_pg_project(tmp_path, pg, {"traits": sync}, monkeypatch)
+    result = run_sync(project, "traits", rudderstack_for(gateway.url), raise_on_error=False)
+    assert not result.success
+    message = _failure(result)
+    assert f"the model failed on postgres {_host_port(pg.url)}/{pg.name}" in message
+    assert "division by zero" in message and "Fix: correct the model" in message
+    assert "connection" not in message
+    assert gateway.events == []
+
+
+def _sql_ascii_database(pg: PgDatabase) -> PgDatabase:
+    """A database of the test server in SQL_ASCII, where text is any bytes: the real way invalid
+    UTF-8 reaches a client. Dropped with `pg`'s (its name is derived from it)."""
+    name = f"{pg.name}_ascii"
+    execute(
+        with_database(pg.url, "postgres"),
+        f"create database {name} encoding 'SQL_ASCII' template template0 "
+        "lc_collate 'C' lc_ctype 'C'",
+    )
+    return PgDatabase(url=with_database(pg.url, name), name=name)
+
+
+def test_invalid_utf8_text_names_the_column_and_the_row(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    """Issue 26 item 7: a raw DuckDB "Invalid unicode ... in segment statistics update" named
+    neither. Latin-1 bytes in a SQL_ASCII database reach ADBC as they are."""
+    ascii_db = _sql_ascii_database(pg)
+    try:
+        ascii_db.sql(
+            "create table users (id int, user_id text, anon_id text, email text, plan text)",
+            "insert into users select g, 'u' || g, 'a' || g, 'user' || g || '@x.io', 'free' "
+            "from generate_series(1, 5) g",
+            "update users set plan = E'caf\\xe9' where id = 3",  # moves to the end of the heap
+        )
+        sync = dict(IDENTIFY_SYNC, model="select id, user_id, anon_id, email, plan from users")
+        project = write_pg_project(tmp_path, ascii_db, {"traits": sync}, monkeypatch)
+        result = run_sync(project, "traits", rudderstack_for(gateway.url), raise_on_error=False)
+        assert not result.success
+        message = _failure(result)
+        assert (
+            f"sync 'traits': the model failed: the model returned text that is not valid UTF-8 "
+            f"from postgres {_host_port(pg.url)}/{ascii_db.name}: column 'plan', row 5 of "
+            "the result (counting from 1, in the order the server sent it): byte 0xe9 at byte 4 "
+            "of the value. Fix: "
+        ) in message
+        assert "caf" not in message  # never the value itself
+        assert gateway.events == []
+        # the conversion the fix suggests works: the next run sends the text as UTF-8
+        convert = "convert_from(convert(convert_to(plan, 'SQL_ASCII'), 'LATIN1', 'UTF8'), 'UTF8')"
+        assert convert in message.replace('"plan"', "plan")
+        sync["model"] = f"select id, user_id, anon_id, email, {convert} as plan from users"
+        project = write_pg_project(tmp_path, ascii_db, {"traits": sync}, monkeypatch)
+        assert run_sync(project, "traits", rudderstack_for(gateway.url)).success
+        plans = {e["userId"]: e["context"]["traits"]["plan"] for e in gateway.events}
+        assert plans == {"u1": "free", "u2": "free", "u4": "free", "u5": "free", "u3": "café"}
+
+        # rows are counted across the stream's batches, and nested text is checked too
+        warehouse = PostgresWarehouse(url=ascii_db.url)
+        bad = "convert_from('\\xff'::bytea, 'SQL_ASCII')"
+        for column, row in ((f"array['ok', {bad}]", 150_000), (bad, 299_999)):
+            model = (
+                f"select g, case when g = {row} then {column} end as late "
+                "from generate_series(1, 300000) g"
+            )
+            with pytest.raises(WarehouseError) as info, warehouse.read_model(model) as reader:
+                for _ in reader:
+                    pass
+            assert f"column 'late', row {row} of the result" in str(info.value)
+    finally:
+        execute(
+            with_database(pg.url, "postgres"),
+            f"drop database if exists {ascii_db.name} with (force)",
+        )
 
 
 def test_literal_password_in_the_yaml_is_refused_at_load_time(

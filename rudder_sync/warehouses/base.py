@@ -58,6 +58,52 @@ class WarehouseResource(dg.ConfigurableResource):
         )
 
 
+# How drivers word a failure of the connection (or of the server), as opposed to the query: libpq
+# and PostgreSQL (whose wire protocol Redshift speaks), and the generic socket errors.
+CONNECTION_LOST_WORDS = (
+    "server closed the connection",
+    "terminating connection",
+    "no connection to the server",
+    "could not receive data from server",
+    "could not send data to server",
+    "connection refused",
+    "connection reset",
+    "connection timed out",
+    "broken pipe",
+    "ssl syscall",
+    "ssl connection has been closed",
+    "eof detected",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "network is unreachable",
+)
+# SQLSTATEs of the same: class 08 (connection exception), admin/crash shutdown, cannot connect now.
+CONNECTION_LOST_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+RUN_AGAIN = "then run the sync again (nothing was sent or committed, nothing is lost)"
+CONNECTION_LOST_FIX = (
+    "the connection to the warehouse failed, not the model: check that the warehouse is up and "
+    f"reachable from here, {RUN_AGAIN}"
+)
+
+
+def connection_lost(exc: BaseException, words: Iterable[str] = ()) -> bool:
+    """Whether a driver error means the connection or the server failed, not the model's SQL.
+
+    The same exception class (ADBC's OSError mid-stream, an OperationalError) carries both
+    "division by zero" and "server closed the connection", so the SQLSTATE, the Python class and
+    the driver's words decide. `words` adds a driver's own phrases; a vendor module calls this
+    with them and reports `CONNECTION_LOST_FIX`.
+    """
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    sqlstate = str(getattr(exc, "sqlstate", None) or "")
+    if sqlstate.startswith(CONNECTION_LOST_SQLSTATES):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in (*CONNECTION_LOST_WORDS, *words))
+
+
 def redact(text: str, secrets: Iterable[str | None]) -> str:
     """No message may carry a secret, whatever the driver echoes back."""
     for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):

@@ -19,7 +19,7 @@ import duckdb
 import pyarrow as pa
 from pydantic import Field
 
-from .base import BATCH_ROWS, WarehouseError, WarehouseResource
+from .base import BATCH_ROWS, RUN_AGAIN, WarehouseError, WarehouseResource
 from .sql import statement_body
 
 
@@ -60,7 +60,9 @@ class DuckDBWarehouse(WarehouseResource):
         try:
             conn.execute(f"attach {_literal(self.database)} as {ATTACHED} (read_only)")
         except duckdb.Error as exc:
-            raise WarehouseError(f"cannot open warehouse {self.database}: {exc}") from exc
+            raise WarehouseError(
+                f"cannot open warehouse {self.database}: {self.error_message(exc)}"
+            ) from exc
         try:
             model = AttachedModel(conn, statement_body(sql), home, self)
             with model.reading():
@@ -82,7 +84,9 @@ class DuckDBWarehouse(WarehouseResource):
         try:
             conn = duckdb.connect(self.database, read_only=True, config=config)
         except duckdb.Error as exc:
-            raise WarehouseError(f"cannot open warehouse {self.database}: {exc}") from exc
+            raise WarehouseError(
+                f"cannot open warehouse {self.database}: {self.error_message(exc)}"
+            ) from exc
         reader: pa.RecordBatchReader | None = None
         timer = None
         if self.statement_timeout_seconds:
@@ -122,7 +126,15 @@ class DuckDBWarehouse(WarehouseResource):
                 f"{text}: the model ran longer than statement_timeout_seconds="
                 f"{self.statement_timeout_seconds:g}. Fix: make it faster or raise the limit."
             )
+        if isinstance(exc, duckdb.IOException):  # a file, not the SQL (HTTP errors are IO too)
+            return f"{text}. Fix: {IO_FIX}."
         return text
+
+
+IO_FIX = (
+    "DuckDB could not read a file (the warehouse, or one the model reads): check that it exists "
+    f"and is readable and that its disk or server is healthy, {RUN_AGAIN}"
+)
 
 
 def _named_parameters(sql: str) -> set[str]:

@@ -15,11 +15,19 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from ..jsonvalues import quote_ident
 from .arrow import exact_decimal, exact_number_json, opaque_storage
-from .base import StreamGuard, WarehouseError, WarehouseResource, guarded
+from .base import (
+    CONNECTION_LOST_FIX,
+    StreamGuard,
+    WarehouseError,
+    WarehouseResource,
+    connection_lost,
+    guarded,
+)
 from .sql import bind, statement_body
 
 # Types whose Arrow form (after exact_number_json for numeric) DuckDB and the JSON rules take as is.
@@ -120,24 +128,61 @@ class PostgresWarehouse(WarehouseResource):
     def _batches(
         self, reader: pa.RecordBatchReader, schema: pa.Schema, errors: type[Exception]
     ) -> Iterator[pa.RecordBatch]:
-        normalised = (_normalise(batch, schema) for batch in reader)
-        return guarded(normalised, (errors, OSError), self._lost)
+        def checked() -> Iterator[pa.RecordBatch]:
+            rows = 0
+            for batch in reader:
+                normalised = _normalise(batch, schema)
+                self._check_text(normalised, rows)
+                rows += normalised.num_rows
+                yield normalised
+
+        return guarded(checked(), (errors, OSError), self._lost)
+
+    def _check_text(self, batch: pa.RecordBatch, rows_before: int) -> None:
+        """Fail on text that is not UTF-8, naming the column and the row.
+
+        PostgreSQL hands over a SQL_ASCII database's bytes (or `convert_from(..., 'SQL_ASCII')`)
+        unchecked, and ADBC puts them in Arrow strings as they are; DuckDB would refuse them later
+        with "Invalid unicode ... in segment statistics update", naming neither.
+        """
+        for field, column in zip(batch.schema, batch.columns, strict=True):
+            if not _has_text(field.type):
+                continue
+            try:
+                column.validate(full=True)
+            except pa.ArrowInvalid as exc:
+                if "UTF8" not in str(exc):
+                    raise
+                where = f"column {field.name!r}"
+                found = _first_invalid_text(column)
+                if found is not None:
+                    where += (
+                        f", row {rows_before + found[0] + 1} of the result (counting from 1, in "
+                        f"the order the server sent it){found[1]}"
+                    )
+                raise self.failure(
+                    "the model returned text that is not valid UTF-8 from",
+                    where,
+                    _NOT_UTF8_FIX.format(column=quote_ident(field.name)),
+                    [self.url, url_password(self.url)],
+                ) from None
 
     def _lost(self, exc: BaseException) -> WarehouseError:
-        return self._error("lost the result stream from", exc)
+        """An error while streaming: ADBC raises the server's error (a dropped connection, or
+        the model's own, e.g. a division by zero at row 1M) as an OSError."""
+        return self._error("the model failed on", exc)
 
     def _error(self, what: str, exc: BaseException) -> WarehouseError:
         message = _driver_message(exc)
         fix = "correct the model; it runs read-only in the warehouse's own SQL"
         if what == "cannot connect to":
             fix = next((f for key, f in _CONNECT_FIXES if key in message), "check the url")
+        elif connection_lost(exc):
+            what, fix = "lost the connection to", CONNECTION_LOST_FIX
         elif "statement timeout" in message:
-            what = "the model failed on"
             fix = self.timeout_fix()
         elif "read-only transaction" in message:
             fix = "models run in a read-only transaction; remove the statement that writes"
-        elif what == "lost the result stream from":
-            fix = "the connection dropped mid-stream; nothing was committed, run the sync again"
         return self.failure(what, message, fix, [self.url, url_password(self.url)])
 
 
@@ -234,6 +279,53 @@ def _normalise(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
             column = opaque_storage(column)
         columns.append(column)
     return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+_NOT_UTF8_FIX = (
+    "the database holds bytes that are not UTF-8 as text (a SQL_ASCII database, or "
+    "convert_from(..., 'SQL_ASCII')); correct the value, or convert the column in the model, e.g. "
+    "for Latin-1 bytes convert_from(convert(convert_to({column}, 'SQL_ASCII'), 'LATIN1', 'UTF8'), "
+    "'UTF8') as {column}"
+)
+
+
+def _has_text(kind: pa.DataType) -> bool:
+    """Whether values of this type hold strings (which Arrow does not check are UTF-8)."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return True
+    if isinstance(kind, pa.ExtensionType):
+        return _has_text(kind.storage_type)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _has_text(kind.value_type)
+    if pa.types.is_struct(kind):
+        return any(_has_text(kind.field(i).type) for i in range(kind.num_fields))
+    return False
+
+
+def _first_invalid_text(column: pa.Array) -> tuple[int, str] | None:
+    """The first row whose value holds text that is not UTF-8, and where in a plain string the
+    bad byte is (never the value itself: it may be personal). The error path only: Python."""
+    if isinstance(column, pa.ExtensionArray):
+        column = column.storage
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        for row, raw in enumerate(column.cast(pa.large_binary()).to_pylist()):
+            try:
+                if raw is not None:
+                    raw.decode()
+            except UnicodeDecodeError as exc:
+                return row, f": byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the value"
+        return None
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        found = _first_invalid_text(column.flatten())  # the values of this slice's lists only
+        if found is None:
+            return None
+        ends = pc.subtract(column.offsets[1:], column.offsets[0])  # end of each row's values
+        return int(pc.sum(pc.less_equal(ends, found[0])).as_py() or 0), ""
+    if pa.types.is_struct(kind):
+        rows = [_first_invalid_text(field) for field in column.flatten()]
+        return min((found[0], "") for found in rows if found is not None) if any(rows) else None
+    return None
 
 
 def _driver_message(exc: Exception) -> str:
