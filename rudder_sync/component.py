@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from dagster import (
@@ -40,6 +40,9 @@ from .config import (
 )
 from .definitions import CodeLocationResources, build_definitions, namespace_of
 
+if TYPE_CHECKING:
+    from dagster_dbt import DagsterDbtTranslator
+
 DEFS_FILES = ("defs.yaml", "defs.yml", "component.yaml")
 
 
@@ -50,6 +53,8 @@ def _sync_schema() -> type[BaseModel]:
         for name, info in SyncConfig.model_fields.items()
         if name != "name"
     }
+    # In YAML, a model is SQL or a dbt model by name (config.parse_sync resolves it to SQL).
+    fields["model"] = (str | DbtModelName, fields["model"][1])
     return create_model(
         "RudderstackSync",
         __config__=ConfigDict(extra="forbid", title="RudderstackSync"),
@@ -58,8 +63,40 @@ def _sync_schema() -> type[BaseModel]:
     )
 
 
+class DbtModelName(BaseModel):
+    """`{dbt: <model name>}`: the relation of a dbt model, from the project's manifest."""
+
+    model_config = ConfigDict(extra="forbid", title="DbtModelName")
+
+    dbt: str
+
+
+class DbtProjectAttribute(BaseModel):
+    """The sync YAML's `dbt:`: where the dbt project's manifest is (docs/dbt.md)."""
+
+    model_config = ConfigDict(extra="forbid", title="DbtProject")
+
+    project_dir: str | None = Field(
+        default=None, description="The dbt project; its target/manifest.json is read."
+    )
+    manifest: str | None = Field(default=None, description="The manifest.json itself.")
+
+
 def _verbatim(context: ResolutionContext, value: Any) -> Any:
     return value
+
+
+def _dbt(context: ResolutionContext, value: Any) -> Any:
+    """The dbt paths are templated like `warehouse` (`{{ context.project_root }}/../analytics`)."""
+    if isinstance(value, BaseModel):  # validated by the attributes' schema
+        value = value.model_dump()
+    if not isinstance(value, Mapping):
+        return value
+    return {
+        key: context.resolve_value(v) if isinstance(v, str) else v
+        for key, v in value.items()
+        if v is not None  # a key the schema left unset
+    }
 
 
 def _warehouse(context: ResolutionContext, value: Any) -> Any:
@@ -173,6 +210,12 @@ class RudderstackSyncAttributes(Model):
         "webhook|email: {...}}, secrets as {env: NAME}), on (conditions), rejected_share. A "
         "sync's 'alerts' key narrows its channels. See docs/alerts.md.",
     )
+    dbt: DbtProjectAttribute | None = Field(
+        default=None,
+        description="The dbt project whose models syncs name ('model: {dbt: customers}' or "
+        "{{ ref('customers') }} in the SQL), as the sync YAML's 'dbt': project_dir or manifest, "
+        "relative to the folder of the defs.yaml. Needs rudder_sync[dbt]. See docs/dbt.md.",
+    )
     syncs: SyncsAttribute = Field(
         description="Sync name (snake_case; also the job name, asset key prefix and group) -> "
         "the sync, with the keys of the sync YAML. Taken verbatim: no templating inside.",
@@ -205,6 +248,7 @@ class RudderstackSyncComponent(Component, Resolvable):
     alerts: Annotated[
         Mapping[str, Any] | None, Resolver(_verbatim, inject_before_resolve=False)
     ] = None
+    dbt: Annotated[Mapping[str, Any] | None, Resolver(_dbt, inject_before_resolve=False)] = None
 
     @classmethod
     def model(cls) -> type[BaseModel]:
@@ -232,6 +276,8 @@ class RudderstackSyncComponent(Component, Resolvable):
             raw["destinations"] = dict(self.destinations)
         if self.alerts is not None:
             raw["alerts"] = dict(self.alerts)
+        if self.dbt is not None:
+            raw["dbt"] = dict(self.dbt)
         return parse_config(raw, base_dir=base_dir.resolve(), source=source)
 
     def build_defs(self, context: ComponentLoadContext) -> Definitions:
@@ -245,7 +291,13 @@ class RudderstackSyncComponent(Component, Resolvable):
             project,
             code_location=_code_location(context),
             namespace=_namespace(context, folder),
+            dbt_translator=self.get_dbt_translator(),
         )
+
+    def get_dbt_translator(self) -> "DagsterDbtTranslator | None":
+        """The translator of your `@dbt_assets`, which names the dbt assets that syncs on dbt
+        models depend on; override it in a subclass (default: dagster-dbt's own)."""
+        return None
 
 
 # One per load of a code location (its component tree): a new load starts afresh, and a rebuild

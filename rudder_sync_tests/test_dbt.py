@@ -253,6 +253,39 @@ def test_asset_key_and_checks_are_dagster_dbts(parsed: DbtShop) -> None:
     }
 
 
+def test_the_component_takes_dbt_its_schema_and_a_translator(parsed: DbtShop) -> None:
+    import jsonschema
+    from dagster import ComponentTree
+    from dagster_dbt import DagsterDbtTranslator
+
+    from rudder_sync import RudderstackSyncComponent
+
+    class Prefixed(DagsterDbtTranslator):
+        def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> AssetKey:
+            return super().get_asset_key(dbt_resource_props).with_prefix("analytics")
+
+    class MySyncs(RudderstackSyncComponent):
+        def get_dbt_translator(self) -> DagsterDbtTranslator:
+            return Prefixed()
+
+    attributes = {
+        "warehouse": str(parsed.warehouse),
+        "state": str(parsed.root / "state"),
+        "dbt": {"project_dir": str(parsed.project_dir)},
+        "syncs": {"traits": dict(TRAITS, require_checks=True)},
+    }
+    schema = RudderstackSyncComponent.model().model_json_schema()
+    jsonschema.validate(attributes, schema)  # `dg check yaml` accepts what the YAML path does
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dict(attributes, dbt={"project_dri": "x"}), schema)
+    context = ComponentTree.for_test().load_context
+    plain = RudderstackSyncComponent.from_attributes_dict(attributes=attributes)
+    assert plain.project(parsed.root).syncs["traits"].model == 'select * from "main"."customers"'
+    graph = MySyncs.from_attributes_dict(attributes=attributes).build_defs(context)
+    snapshot = graph.resolve_asset_graph().get(AssetKey(["traits", "snapshot"]))
+    assert set(snapshot.parent_keys) == {AssetKey(["analytics", "customers"])}
+
+
 @pytest.mark.parametrize(
     ("settings", "relation_name", "expected"),
     [
