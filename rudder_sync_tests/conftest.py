@@ -14,4 +14,9 @@ def gateway() -> Iterator[TestGateway]:
         yield running
 
 
+# The vendor warehouses' stand-ins, one per test session (rudder_sync_tests/engines/).
+from rudder_sync_tests.engines.bigquery import bigquery_engine  # noqa: E402, F401
+from rudder_sync_tests.engines.databricks import spark_engine  # noqa: E402, F401
+from rudder_sync_tests.engines.redshift import redshift_engine  # noqa: E402, F401
+from rudder_sync_tests.engines.snowflake import snowflake_engine  # noqa: E402, F401
 from rudder_sync_tests.postgres import pg  # noqa: E402, F401 - a fixture: a fresh Postgres database

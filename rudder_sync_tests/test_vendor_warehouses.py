@@ -1,16 +1,16 @@
 """Snowflake, BigQuery, Redshift and Databricks warehouses.
 
-Snowflake runs live: the real snowflake-connector-python against fakesnow's server (Snowflake's
-REST protocol and Arrow result format, answered by DuckDB). BigQuery, Redshift and Databricks are
-tested on recorded results: the Arrow schemas and batches (or, for Redshift, the Python rows and
-type OIDs) their connectors hand over, built here as those connectors build them, then through
-the engine's own normalisation into DuckDB and the JSON rules.
+Live, through the real connectors, on the stand-ins of rudder_sync_tests/engines/: Snowflake on
+fakesnow's server, BigQuery on bqemulator (query jobs, the Storage Read API and REST),
+Redshift's code path on PostgreSQL. Recorded: the Arrow schemas and batches (or, for Redshift, the
+Python rows and type OIDs) the connectors hand over, built here as those connectors build them,
+through each engine's own normalisation into DuckDB and the JSON rules; Databricks only so (its
+connector does not reach Spark, see engines/databricks.py).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import subprocess
 import sys
@@ -57,39 +57,37 @@ def rendered(con: duckdb.DuckDBPyConnection, order: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def fakesnow_server():
-    fakesnow = pytest.importorskip("fakesnow")
-    import snowflake.connector
-
-    with fakesnow.server() as kwargs:
-        conn = snowflake.connector.connect(**kwargs, database="DB1", schema="S1")
-        cur = conn.cursor()
-        cur.execute("create database if not exists DB1")
-        cur.execute("create schema if not exists DB1.S1")
-        cur.execute(
-            "create or replace table DB1.S1.USERS (id number(38,0), amount number(12,2), "
-            "big number(38,10), attrs variant, tags array, obj object, seen_tz timestamp_tz, "
-            "seen_ltz timestamp_ltz, updated_at timestamp_ntz, born date, at_time time, "
-            "email varchar, score float, active boolean, raw binary, small number(9,0))"
-        )
-        cur.execute(
-            "insert into DB1.S1.USERS select 1, 12.50, 1234567890123456789012345678.0123456789, "
-            "parse_json('{\"plan\":\"pro\",\"n\":[1,2.5]}'), array_construct('a','b'), "
-            "object_construct('k', 2), '2024-01-02 03:04:05.123456 +02:00'::timestamp_tz, "
-            "'2024-01-02 03:04:05'::timestamp_ltz, '2024-01-02 03:04:05'::timestamp_ntz, "
-            "'1960-01-01'::date, '01:02:03'::time, 'a@x.io', 1.5, true, to_binary('00ff','HEX'), 5"
-        )
-        cur.execute(
-            "insert into DB1.S1.USERS (id, amount, updated_at, email) values "
-            "(2, 0.10, '2024-02-10 00:00:00'::timestamp_ntz, 'b@x.io')"
-        )
-        conn.close()
-        yield {k: v for k, v in kwargs.items() if k not in ("user", "password", "account")}
+def fakesnow_server(snowflake_engine):
+    """The session's fakesnow server (rudder_sync_tests/engines/snowflake.py) with DB1.S1.USERS."""
+    kwargs = snowflake_engine.connect_args
+    conn = snowflake_engine.connect(database="DB1", schema="S1")
+    cur = conn.cursor()
+    cur.execute("create database if not exists DB1")
+    cur.execute("create schema if not exists DB1.S1")
+    cur.execute(
+        "create or replace table DB1.S1.USERS (id number(38,0), amount number(12,2), "
+        "big number(38,10), attrs variant, tags array, obj object, seen_tz timestamp_tz, "
+        "seen_ltz timestamp_ltz, updated_at timestamp_ntz, born date, at_time time, "
+        "email varchar, score float, active boolean, raw binary, small number(9,0))"
+    )
+    cur.execute(
+        "insert into DB1.S1.USERS select 1, 12.50, 1234567890123456789012345678.0123456789, "
+        "parse_json('{\"plan\":\"pro\",\"n\":[1,2.5]}'), array_construct('a','b'), "
+        "object_construct('k', 2), '2024-01-02 03:04:05.123456 +02:00'::timestamp_tz, "
+        "'2024-01-02 03:04:05'::timestamp_ltz, '2024-01-02 03:04:05'::timestamp_ntz, "
+        "'1960-01-01'::date, '01:02:03'::time, 'a@x.io', 1.5, true, to_binary('00ff','HEX'), 5"
+    )
+    cur.execute(
+        "insert into DB1.S1.USERS (id, amount, updated_at, email) values "
+        "(2, 0.10, '2024-02-10 00:00:00'::timestamp_ntz, 'b@x.io')"
+    )
+    conn.close()
+    return {k: v for k, v in kwargs.items() if k not in ("user", "password", "account")}
 
 
 @pytest.fixture
-def snowflake_wh(fakesnow_server, monkeypatch):
-    """The resource the sync YAML builds, plus fakesnow's host/port in connect_args."""
+def snowflake_wh(fakesnow_server, snowflake_engine, monkeypatch):
+    """The resource the sync YAML builds, fakesnow's endpoint given by the YAML's keys."""
     monkeypatch.setenv("SNOWFLAKE_PASSWORD", PASSWORD)
     settings = parse_warehouse(
         {
@@ -100,6 +98,7 @@ def snowflake_wh(fakesnow_server, monkeypatch):
             "database": "DB1",
             "schema": "S1",
             "statement_timeout_seconds": 30,
+            **snowflake_engine.yaml_keys(),
         },
         "sync.yaml",
         Path("."),
@@ -107,13 +106,18 @@ def snowflake_wh(fakesnow_server, monkeypatch):
     kwargs = settings.resource_kwargs()
     assert kwargs["password"] == dg.EnvVar("SNOWFLAKE_PASSWORD")
     assert kwargs["schema_name"] == "S1"
+    assert (kwargs["host"], kwargs["protocol"]) == ("127.0.0.1", "http")
     cls = type(build_warehouse(settings))
     kwargs["password"] = PASSWORD  # what Dagster resolves the EnvVar to at run time
-    return cls(**kwargs, connect_args=fakesnow_server)
+    return cls(**kwargs)
 
 
 def test_snowflake_rows_land_in_duckdb_with_their_types(snowflake_wh):
-    assert snowflake_wh.describe() == "snowflake account fakesnow database DB1.S1"
+    port = snowflake_wh.port
+    assert (
+        snowflake_wh.describe()
+        == f"snowflake account fakesnow database DB1.S1 via 127.0.0.1:{port}"
+    )
     with snowflake_wh.read_model("select * from users") as reader:
         con, types = land(reader)
     assert types == {
@@ -187,7 +191,7 @@ def test_snowflake_model_error_names_the_warehouse_and_the_fix(snowflake_wh):
     with pytest.raises(WarehouseError) as caught, snowflake_wh.read_model("select * from nope"):
         pass
     message = str(caught.value)
-    assert message.startswith("the model failed on snowflake account fakesnow database DB1.S1: ")
+    assert message.startswith("the model failed on snowflake account fakesnow database DB1.S1 via ")
     assert "NOPE" in message and "Fix: check the database, schema and table names" in message
     assert PASSWORD not in message
 
@@ -903,124 +907,25 @@ def test_bigquery_refuses_a_model_that_is_not_a_select_before_running_it():
 # --- Redshift's code path, live on PostgreSQL --------------------------------------------------
 
 
-class StartupProxy:
-    """127.0.0.1 TCP -> PostgreSQL's unix socket (trust auth), so that redshift_connector can
-    talk to PostgreSQL: drops the Redshift-only startup parameters PostgreSQL refuses
-    (client_protocol_version, driver_version, ...) and reports `server_version` as Redshift does
-    ("8.0.2"; the driver cannot parse Debian's "15.18 (Debian ...)"). All else passes unchanged."""
-
-    KEEP = {b"user", b"database", b"application_name"}
-
-    def __init__(self, socket_path: str):
-        self.socket_path = socket_path
-
-    def __enter__(self) -> StartupProxy:
-        import socket
-        import threading
-
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.listener.close()
-
-    def _accept(self) -> None:
-        import threading
-
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    @staticmethod
-    def _read(sock, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError
-            data += chunk
-        return data
-
-    def _serve(self, client) -> None:
-        import socket
-        import struct
-        import threading
-
-        try:
-            while True:
-                (length,) = struct.unpack("!i", self._read(client, 4))
-                body = self._read(client, length - 4)
-                if struct.unpack("!i", body[:4])[0] != 80877103:  # not an SSLRequest
-                    break
-                client.sendall(b"N")
-            parts = body[4:].split(b"\0")
-            params = dict(zip(parts[0::2], parts[1::2], strict=False))
-            kept = b"".join(k + b"\0" + v + b"\0" for k, v in params.items() if k in self.KEEP)
-            packet = struct.pack("!i", 196608) + kept + b"\0"
-            server = socket.socket(socket.AF_UNIX)
-            server.connect(self.socket_path)
-            server.sendall(struct.pack("!i", len(packet) + 4) + packet)
-            while True:  # up to ReadyForQuery
-                kind = self._read(server, 1)
-                (length,) = struct.unpack("!i", self._read(server, 4))
-                body = self._read(server, length - 4)
-                if kind == b"S" and body.startswith(b"server_version\0"):
-                    body = b"server_version\x008.0.2\0"
-                client.sendall(kind + struct.pack("!i", len(body) + 4) + body)
-                if kind in (b"Z", b"E"):
-                    break
-        except (OSError, ConnectionError):
-            client.close()
-            return
-
-        def pipe(source, sink) -> None:
-            try:
-                while data := source.recv(65536):
-                    sink.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for sock in (source, sink):
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-        threading.Thread(target=pipe, args=(server, client), daemon=True).start()
-        pipe(client, server)
-
-
 @pytest.fixture
-def redshift_on_postgres():
-    """A RedshiftWarehouse whose redshift_connector reaches the test PostgreSQL server."""
-    pytest.importorskip("redshift_connector")
+def redshift_on_postgres(redshift_engine):
+    """A RedshiftWarehouse whose redshift_connector reaches the test PostgreSQL server through
+    the start-up proxy of rudder_sync_tests/engines/redshift.py."""
     from rudder_sync.warehouses.redshift import RedshiftWarehouse
-    from rudder_sync_tests.postgres import execute, server_url
+    from rudder_sync_tests.postgres import execute
 
-    url = server_url()
-    ((directories, port),) = execute(
-        url,
-        "select current_setting('unix_socket_directories'), current_setting('port')",
-    )
+    url = redshift_engine.server_url
     sequence = f"rs_seq_{datetime.now().strftime('%H%M%S%f')}"
     execute(url, f"create sequence {sequence}")
-    path = f"{directories.split(',')[0].strip()}/.s.PGSQL.{port}"
-    with StartupProxy(path) as proxy:
-        yield (
-            RedshiftWarehouse(
-                host="127.0.0.1",
-                port=proxy.port,
-                database="postgres",
-                user="postgres",
-                password=PASSWORD,
-                connect_args={"ssl": False},
-                statement_timeout_seconds=1,
-            ),
-            sequence,
-        )
+    yield (
+        RedshiftWarehouse(
+            **redshift_engine.yaml_keys("postgres"),
+            password=PASSWORD,
+            ssl=False,
+            statement_timeout_seconds=1,
+        ),
+        sequence,
+    )
     execute(url, f"drop sequence {sequence}")
 
 
@@ -1085,3 +990,235 @@ def test_redshift_code_path_errors_live_on_postgres(redshift_on_postgres, model,
     message = str(caught.value)
     assert message.startswith(f"the model failed on redshift 127.0.0.1:{warehouse.port}/postgres")
     assert words in message and fix in message and PASSWORD not in message
+
+
+# --- endpoints as keys ----------------------------------------------------------------------------
+
+
+def test_snowflake_endpoint_keys_reach_the_connector_and_plain_http_needs_loopback(monkeypatch):
+    monkeypatch.setenv("WH_SECRET", TOKEN)
+    keys = {
+        "type": "snowflake",
+        "account": "xy12345",
+        "user": "u",
+        "password": {"env": "WH_SECRET"},
+    }
+    private = {**keys, "host": "xy12345.privatelink.snowflakecomputing.com", "port": 443}
+    warehouse = build_warehouse(parse_warehouse(private, "sync.yaml", Path(".")))
+    args = warehouse.process_config_and_initialize()._connect_args()
+    assert (args["host"], args["port"]) == ("xy12345.privatelink.snowflakecomputing.com", 443)
+    assert "protocol" not in args  # the connector's default: https
+    with pytest.raises(WarehouseSettingsError) as caught:
+        parse_warehouse({**private, "protocol": "http"}, "sync.yaml", Path("."))
+    assert str(caught.value) == (
+        "sync.yaml: warehouse: key 'protocol' is http (no TLS), allowed only for a loopback "
+        "'host' (a local emulator). Fix: remove 'protocol' (https), or set 'host: 127.0.0.1'."
+    )
+    with pytest.raises(WarehouseSettingsError, match="key 'protocol'"):
+        parse_warehouse({**keys, "protocol": "ftp"}, "sync.yaml", Path("."))
+    local = {**keys, "host": "127.0.0.1", "port": 8080, "protocol": "http"}
+    assert parse_warehouse(local, "sync.yaml", Path(".")).protocol == "http"
+
+
+BQ_KEYS = {"type": "bigquery", "project": "p"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"credentials": "anonymous"},
+            "key 'credentials: anonymous' is allowed only with a loopback 'api_endpoint'",
+        ),
+        (
+            {"credentials": "anonymous", "api_endpoint": "https://bq.example.com"},
+            "key 'credentials: anonymous' is allowed only with a loopback 'api_endpoint'",
+        ),
+        (
+            {
+                "credentials": "anonymous",
+                "api_endpoint": "http://127.0.0.1:9050",
+                "storage_api_endpoint": "bq-storage.example.com:443",
+            },
+            "key 'credentials: anonymous' is allowed only with a loopback 'api_endpoint'",
+        ),
+        ({"api_endpoint": "http://bq.example.com"}, "key 'api_endpoint' is plain http"),
+        ({"api_endpoint": "bq.example.com"}, "key 'api_endpoint' is 'bq.example.com', not a URL"),
+        ({"storage_api_endpoint": "http://h:1"}, "key 'storage_api_endpoint' is 'http://h:1'"),
+        (
+            {"credentials": "anonymous", "credentials_file": "/k.json"},
+            "set at most one of 'credentials_file', 'gcp_credentials' and 'credentials'",
+        ),
+        ({"credentials": "none"}, "key 'credentials'"),
+    ],
+)
+def test_bigquery_endpoint_keys_are_checked_at_load_time(extra, message):
+    with pytest.raises(WarehouseSettingsError) as caught:
+        parse_warehouse({**BQ_KEYS, **extra}, "sync.yaml", Path("."))
+    text = str(caught.value)
+    assert text.startswith("sync.yaml: warehouse: ") and message in text and "Fix: " in text
+    assert "\n" not in text
+
+
+def test_bigquery_endpoint_keys_build_an_anonymous_client_on_loopback(monkeypatch):
+    monkeypatch.setenv("BQ_API", "http://localhost:9050")
+    raw = {
+        **BQ_KEYS,
+        "credentials": "anonymous",
+        "api_endpoint": {"env": "BQ_API"},
+        "storage_api_endpoint": "[::1]:9060",
+    }
+    warehouse = build_warehouse(parse_warehouse(raw, "sync.yaml", Path(".")))
+    resolved = warehouse.process_config_and_initialize()
+    assert resolved.describe() == "bigquery project p via http://localhost:9050"
+    client = resolved.client()
+    from google.auth.credentials import AnonymousCredentials
+
+    assert isinstance(client._credentials, AnonymousCredentials)
+    assert client._connection.API_BASE_URL == "http://localhost:9050"
+    storage = resolved.storage_client(client)
+    assert storage._transport.grpc_channel._channel.target() == b"dns:///[::1]:9060"  # plaintext
+    storage._transport.close()
+
+
+# --- BigQuery, live on bqemulator -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bq_types(bigquery_engine):
+    """A dataset with a table of each BigQuery type the emulator has (no GEOGRAPHY: see
+    rudder_sync_tests/engines/bqemulator_launcher.py)."""
+    dataset = "types_" + datetime.now().strftime("%H%M%S%f")
+    bigquery_engine.run(
+        f"create schema `{dataset}`",
+        f"""create table `{dataset}`.t (id INT64, amount NUMERIC, big BIGNUMERIC, score FLOAT64,
+            active BOOL, email STRING, seen TIMESTAMP, local DATETIME, born DATE, at_time TIME,
+            raw BYTES, attrs JSON, tags ARRAY<STRING>, addr STRUCT<city STRING, zip INT64>)""",
+        f"""insert into `{dataset}`.t values
+            (1, 12.5, 1.25, 1.5, true, 'a@x.io', timestamp '2024-01-02 03:04:05.123456+02',
+             datetime '1960-01-02 03:04:05', date '1960-01-01', time '01:02:03',
+             from_hex('00ff'), json '{{"plan":"pro","n":[1,2.5]}}', ['a', 'b'],
+             struct('Berlin', 10115)),
+            (2, null, null, null, null, null, null, null, null, null, null, null, [], null)""",
+    )
+    return dataset
+
+
+def _bq_warehouse(bigquery_engine, **keys):
+    settings = parse_warehouse(
+        {"type": "bigquery", **bigquery_engine.yaml_keys(), **keys}, "sync.yaml", Path(".")
+    )
+    return build_warehouse(settings)
+
+
+class StorageSpy:
+    """Counts the Storage Read API sessions the warehouse's client opens."""
+
+    def __init__(self, monkeypatch):
+        from rudder_sync.warehouses.bigquery import BigQueryWarehouse
+
+        self.sessions = []
+        original = BigQueryWarehouse.storage_client
+
+        def storage_client(warehouse, client):
+            storage = original(warehouse, client)
+            if storage is not None:
+                create = storage.create_read_session
+
+                def spy(*args, **kwargs):
+                    session = create(*args, **kwargs)
+                    self.sessions.append(session.table)
+                    return session
+
+                storage.create_read_session = spy
+            return storage
+
+        monkeypatch.setattr(BigQueryWarehouse, "storage_client", storage_client)
+
+
+@pytest.mark.parametrize("storage", [True, False], ids=["storage_read_api", "rest"])
+def test_bigquery_rows_land_in_duckdb_through_the_real_client(
+    bigquery_engine, bq_types, monkeypatch, storage
+):
+    """The model runs as a query job on the emulator; its rows come through the Storage Read
+    API (gRPC, Arrow) when `storage_api_endpoint` is set, else over REST; the same either way."""
+    spy = StorageSpy(monkeypatch)
+    keys = {} if storage else {"storage_api_endpoint": None}
+    warehouse = _bq_warehouse(bigquery_engine, **keys)
+    with warehouse.read_model(f"select * from `{bq_types}`.t") as reader:
+        con, types = land(reader)
+    assert len(spy.sessions) == (1 if storage else 0)
+    assert types == {
+        "id": "BIGINT",
+        "amount": "DECIMAL(38,9)",
+        "big": "DECIMAL(38,9)",  # the emulator reports BIGNUMERIC as NUMERIC
+        "score": "DOUBLE",
+        "active": "BOOLEAN",
+        "email": "VARCHAR",
+        "seen": "TIMESTAMP WITH TIME ZONE",
+        "local": "TIMESTAMP",
+        "born": "DATE",
+        "at_time": "TIME",
+        "raw": "BLOB",
+        "attrs": "JSON",
+        "tags": "VARCHAR[]",
+        "addr": "STRUCT(city VARCHAR, zip BIGINT)",
+    }
+    first, second = rendered(con, "id")
+    assert first == {
+        "id": 1,
+        "amount": 12.5,
+        "big": 1.25,
+        "score": 1.5,
+        "active": True,
+        "email": "a@x.io",
+        "seen": "2024-01-02T01:04:05.123456Z",
+        "local": "1960-01-02T03:04:05.000000Z",
+        "born": "1960-01-01",
+        "at_time": "01:02:03.000000",
+        "raw": "AP8=",
+        "attrs": {"plan": "pro", "n": [1, 2.5]},
+        "tags": ["a", "b"],
+        "addr": {"city": "Berlin", "zip": 10115},
+    }
+    assert second["attrs"] is None and second["tags"] == [] and second["addr"] is None
+
+
+def test_bigquery_partition_bounds_are_named_timestamp_parameters_on_the_emulator(
+    bigquery_engine, bq_types
+):
+    sql = (
+        f"select id, email from `{bq_types}`.t where seen >= $partition_start "
+        "and seen < $partition_end and email <> '50% off'"
+    )
+    window = {
+        "partition_start": datetime(2024, 1, 2, 1, tzinfo=UTC),
+        "partition_end": datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=timezone(timedelta(hours=2))),
+    }
+    with _bq_warehouse(bigquery_engine).read_model(sql, window) as reader:
+        assert reader.read_all().to_pylist() == []  # the end bound is exclusive
+    window["partition_end"] = datetime(2024, 1, 2, 2, tzinfo=UTC)
+    with _bq_warehouse(bigquery_engine).read_model(sql, window) as reader:
+        assert reader.read_all().to_pylist() == [{"id": 1, "email": "a@x.io"}]
+
+
+def test_bigquery_emulator_refuses_a_write_before_it_runs_and_names_a_missing_table(
+    bigquery_engine, bq_types
+):
+    warehouse = _bq_warehouse(bigquery_engine)
+    with (
+        pytest.raises(WarehouseError) as caught,
+        warehouse.read_model(f"delete from `{bq_types}`.t where true"),
+    ):
+        pass
+    assert "it is a DELETE statement. Fix: models must be a SELECT" in str(caught.value)
+    with _bq_warehouse(bigquery_engine).read_model(
+        f"select count(*) as n from `{bq_types}`.t"
+    ) as r:
+        assert r.read_all().to_pylist() == [{"n": 2}]  # the dry run deleted nothing
+    with (
+        pytest.raises(WarehouseError) as caught,
+        warehouse.read_model(f"select * from `{bq_types}`.nope"),
+    ):
+        pass
+    assert str(caught.value).startswith("the model failed on bigquery project rudder-test via ")

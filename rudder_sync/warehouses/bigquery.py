@@ -28,6 +28,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from .base import BATCH_ROWS, WarehouseError, WarehouseResource, guarded, stream
+from .settings import is_loopback
 from .sql import bind
 from .vendor import JSON, batches_of, first_line, plain_type, utc_datetime
 
@@ -66,15 +67,25 @@ class BigQueryWarehouse(WarehouseResource):
         description="Service account key JSON, base64-encoded (secret: set it with EnvVar).",
     )
 
+    credentials: str | None = Field(
+        default=None,
+        description="'anonymous': no credentials, for an emulator on a loopback endpoint only.",
+    )
+    api_endpoint: str | None = Field(
+        default=None, description="REST endpoint URL (a private endpoint, a local emulator)."
+    )
+    storage_api_endpoint: str | None = Field(
+        default=None,
+        description="Storage Read API (gRPC) endpoint as host:port; plaintext on a loopback host.",
+    )
     client_args: dict[str, Any] = Field(
-        default={},
-        description="More keyword arguments for google.cloud.bigquery.Client (e.g. "
-        "client_options={'api_endpoint': ...} for a private endpoint).",
+        default={}, description="More keyword arguments for google.cloud.bigquery.Client."
     )
 
     def describe(self) -> str:
         text = f"bigquery project {self.project or '(from credentials)'}"
-        return text + (f" location {self.location}" if self.location else "")
+        text += f" location {self.location}" if self.location else ""
+        return text + (f" via {self.api_endpoint}" if self.api_endpoint else "")
 
     @staticmethod
     def from_dagster(
@@ -114,10 +125,16 @@ class BigQueryWarehouse(WarehouseResource):
                 credentials = service_account.Credentials.from_service_account_file(
                     self.credentials_file
                 )
-            kwargs = {"project": self.project, "location": self.location, **self.client_args}
+            elif self.credentials == "anonymous":
+                from google.auth.credentials import AnonymousCredentials
+
+                credentials = AnonymousCredentials()
+            kwargs: dict[str, Any] = {"project": self.project, "location": self.location}
+            if self.api_endpoint:
+                kwargs["client_options"] = {"api_endpoint": self.api_endpoint}
             if credentials is not None:
                 kwargs["credentials"] = credentials
-            return bigquery.Client(**kwargs)
+            return bigquery.Client(**{**kwargs, **self.client_args})
         except Exception as exc:  # noqa: BLE001 - bad key, no default credentials, ...
             raise self._error("cannot connect to", exc) from None
 
@@ -132,6 +149,7 @@ class BigQueryWarehouse(WarehouseResource):
         query, values = bind(sql, params, "at")
         parameters = [query_parameter(name, value) for name, value in dict(values).items()]
         client = self.client()
+        storage = None
         try:
             try:
                 dry = client.query(
@@ -149,15 +167,47 @@ class BigQueryWarehouse(WarehouseResource):
                 if self.statement_timeout_seconds:
                     config.job_timeout_ms = max(1, round(self.statement_timeout_seconds * 1000))
                 job = client.query(query, job_config=config)
-                rows = job.result(page_size=BATCH_ROWS)
+                storage = self.storage_client(client)
+                # With the Storage API, no rows over REST: a first page fetched as JSON would be
+                # dropped (or, holding every row, would keep the Storage API from being used).
+                rows = job.result(page_size=None if storage else BATCH_ROWS)
                 schema = normalised_schema(rows.schema)
                 exact = exact_columns(rows.schema)
-                chunks = rows.to_arrow_iterable(bqstorage_client=_storage_client(client))
+                chunks = rows.to_arrow_iterable(bqstorage_client=storage)
             except (GoogleAPIError, ValueError) as exc:
                 raise self._error("the model failed on", exc) from None
             yield stream(schema, self._batches(chunks, schema, exact, GoogleAPIError))
         finally:
+            if storage is not None:
+                storage._transport.close()  # noqa: SLF001 - its gRPC channel
             client.close()
+
+    def storage_client(self, client: Any) -> Any:
+        """The BigQuery Storage Read API client (streamed Arrow, faster than REST), or None when
+        its package is missing or an emulator without `storage_api_endpoint` is used (REST)."""
+        try:
+            from google.cloud import bigquery_storage
+        except ImportError:
+            return None
+        endpoint = self.storage_api_endpoint
+        if endpoint is None:
+            if self.credentials == "anonymous":
+                return None
+            return bigquery_storage.BigQueryReadClient(credentials=client._credentials)  # noqa: SLF001
+        host = endpoint.rsplit(":", 1)[0].strip("[]")
+        if is_loopback(host):  # a local emulator: plaintext gRPC
+            import grpc
+            from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+                BigQueryReadGrpcTransport,
+            )
+
+            channel = grpc.insecure_channel(endpoint)
+            transport = BigQueryReadGrpcTransport(channel=channel, credentials=client._credentials)  # noqa: SLF001
+            return bigquery_storage.BigQueryReadClient(transport=transport)
+        return bigquery_storage.BigQueryReadClient(
+            credentials=client._credentials,  # noqa: SLF001
+            client_options={"api_endpoint": endpoint},
+        )
 
     def _batches(
         self,
@@ -243,12 +293,3 @@ def _arrow_type(field: Any, top: bool = True) -> pa.DataType:
         return pa.string()
     arrow = bq_to_arrow_data_type(field)
     return plain_type(arrow) if arrow is not None else pa.string()
-
-
-def _storage_client(client: Any) -> Any:
-    """The BigQuery Storage Read API client when installed (faster, streamed); else None."""
-    try:
-        from google.cloud import bigquery_storage
-    except ImportError:
-        return None
-    return bigquery_storage.BigQueryReadClient(credentials=client._credentials)  # noqa: SLF001

@@ -84,6 +84,7 @@ class RedshiftWarehouse(WarehouseResource):
     database: str = Field(description="Database of the models.")
     user: str = Field(description="User to log in as (give it read-only grants).")
     password: str = Field(repr=False, description="Password (secret: set it with EnvVar).")
+    ssl: bool = Field(default=True, description="TLS; false only for a stand-in on loopback.")
     connect_args: dict[str, Any] = Field(
         default={},
         description="More keyword arguments for redshift_connector.connect (e.g. ssl, "
@@ -108,6 +109,7 @@ class RedshiftWarehouse(WarehouseResource):
             "database": self.database,
             "user": self.user,
             "password": self.password,
+            "ssl": self.ssl,
             **self.connect_args,
         }
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -129,6 +130,10 @@ class SnowflakeSettings(WarehouseSettings):
     warehouse: Text | None = None
     database: Text | None = None
     schema_: Text | None = Field(default=None, alias="schema")
+    # The endpoint, in the connector's own names: a private link or a local emulator.
+    host: Text | None = None
+    port: int | None = Field(default=None, gt=0, lt=65536)
+    protocol: Literal["https", "http"] | None = None
     secrets: ClassVar[tuple[str, ...]] = ("password", "private_key_passphrase")
     extra: ClassVar[str | None] = "snowflake"
     driver_module: ClassVar[str | None] = "snowflake.connector"
@@ -147,6 +152,11 @@ class SnowflakeSettings(WarehouseSettings):
             raise WarehouseSettingsError(
                 f"{where}: key 'private_key_passphrase' needs 'private_key_file'. Fix: add it."
             )
+        if self.protocol == "http" and not is_loopback(_text(self.host)):
+            raise WarehouseSettingsError(
+                f"{where}: key 'protocol' is http (no TLS), allowed only for a loopback 'host' "
+                "(a local emulator). Fix: remove 'protocol' (https), or set 'host: 127.0.0.1'."
+            )
 
 
 class BigQuerySettings(WarehouseSettings):
@@ -155,17 +165,55 @@ class BigQuerySettings(WarehouseSettings):
     location: Text | None = None
     credentials_file: Text | None = None  # unset: Application Default Credentials
     gcp_credentials: Text | None = None  # base64 service account key JSON, as dagster-gcp's
+    # `anonymous`: no credentials at all, for an emulator on a loopback endpoint only.
+    credentials: Literal["anonymous"] | None = None
+    # Endpoints (a private endpoint, a local emulator): REST as a URL, the Storage Read API's gRPC
+    # as host:port.
+    api_endpoint: Text | None = None
+    storage_api_endpoint: Text | None = None
     secrets: ClassVar[tuple[str, ...]] = ("gcp_credentials",)
     extra: ClassVar[str | None] = "bigquery"
     driver_module: ClassVar[str | None] = "google.cloud.bigquery"
     example: ClassVar[str] = "warehouse: {type: bigquery, project: my-project, location: EU}"
 
     def check(self, where: str) -> None:
-        if self.credentials_file is not None and self.gcp_credentials is not None:
+        keys = ("credentials_file", "gcp_credentials", "credentials")
+        given = [key for key in keys if getattr(self, key) is not None]
+        if len(given) > 1:
             raise WarehouseSettingsError(
-                f"{where}: set at most one of 'credentials_file' and 'gcp_credentials'. Fix: "
-                "keep one (neither: Application Default Credentials)."
+                f"{where}: set at most one of 'credentials_file', 'gcp_credentials' and "
+                f"'credentials' (got {', '.join(given)}). Fix: keep one (none: Application Default "
+                "Credentials)."
             )
+        api = _text(self.api_endpoint)
+        if api is not None and not re.fullmatch(r"https?://[^/\s]+/?", api):
+            raise WarehouseSettingsError(
+                f"{where}: key 'api_endpoint' is {api!r}, not a URL of a host. Fix: e.g. "
+                "'api_endpoint: https://bigquery-myendpoint.p.googleapis.com' or "
+                "'http://127.0.0.1:9050' for a local emulator."
+            )
+        storage = _text(self.storage_api_endpoint)
+        if storage is not None and not re.fullmatch(
+            r"(\[[0-9A-Fa-f:]+\]|[^:/\s\[\]]+):\d{1,5}", storage
+        ):
+            raise WarehouseSettingsError(
+                f"{where}: key 'storage_api_endpoint' is {storage!r}, not host:port. Fix: e.g. "
+                "'storage_api_endpoint: bigquerystorage-myendpoint.p.googleapis.com:443' or "
+                "'127.0.0.1:9060' for a local emulator."
+            )
+        if api is not None and api.startswith("http://") and not is_loopback(endpoint_host(api)):
+            raise WarehouseSettingsError(
+                f"{where}: key 'api_endpoint' is plain http (no TLS), allowed only on a loopback "
+                "host (a local emulator). Fix: use an https:// URL."
+            )
+        if self.credentials == "anonymous":
+            hosts = [endpoint_host(e) for e in (api, storage) if e is not None]
+            if api is None or not all(is_loopback(h) for h in hosts):
+                raise WarehouseSettingsError(
+                    f"{where}: key 'credentials: anonymous' is allowed only with a loopback "
+                    "'api_endpoint' (and 'storage_api_endpoint'), i.e. a local emulator. Fix: set "
+                    "'api_endpoint: http://127.0.0.1:PORT', or remove 'credentials'."
+                )
 
 
 class RedshiftSettings(WarehouseSettings):
@@ -175,6 +223,8 @@ class RedshiftSettings(WarehouseSettings):
     database: Text
     user: Text
     password: Text
+    # false: no TLS, allowed only on a loopback host (a local stand-in)
+    ssl: bool = True
     secrets: ClassVar[tuple[str, ...]] = ("password",)
     extra: ClassVar[str | None] = "redshift"
     driver_module: ClassVar[str | None] = "redshift_connector"
@@ -182,6 +232,13 @@ class RedshiftSettings(WarehouseSettings):
         "warehouse: {type: redshift, host: ex.abc.eu-west-1.redshift.amazonaws.com, "
         "database: dev, user: rudder_sync, password: {env: REDSHIFT_PASSWORD}}"
     )
+
+    def check(self, where: str) -> None:
+        if not self.ssl and not is_loopback(_text(self.host)):
+            raise WarehouseSettingsError(
+                f"{where}: key 'ssl' is false (no TLS), allowed only for a loopback 'host' (a "
+                "local stand-in). Fix: remove 'ssl' (Redshift requires TLS)."
+            )
 
 
 class DatabricksSettings(WarehouseSettings):
@@ -309,6 +366,34 @@ def setting_value(
             f"'{key}: {{env: {hint}}}' and export {hint} instead."
         )
     return value
+
+
+def _text(value: Text | None) -> str | None:
+    """A setting's text as the definitions load it (an `{env: NAME}` read now)."""
+    if isinstance(value, EnvRef):
+        return value.value().strip()
+    return value
+
+
+def endpoint_host(endpoint: str) -> str:
+    """The host of `https://host:port/...` or `host:port` (brackets of IPv6 removed)."""
+    rest = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    if rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+
+
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or localhost: this machine only, where an emulator may run without TLS
+    or credentials."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_driver(where: str, cls: type[WarehouseSettings]) -> None:

@@ -169,14 +169,23 @@ class SnowflakeWarehouse(_SnowflakeReader):
     warehouse: str | None = Field(default=None, description="Virtual warehouse that runs models.")
     database: str | None = Field(default=None, description="Default database of the models.")
     schema_name: str | None = Field(default=None, description="Default schema of the models.")
+    host: str | None = Field(
+        default=None,
+        description="Endpoint host (a private link, a local emulator); default: the account's.",
+    )
+    port: int | None = Field(default=None, description="Endpoint port; default 443.")
+    protocol: str | None = Field(
+        default=None, description="https (default), or http for an emulator on a loopback host."
+    )
     connect_args: dict[str, Any] = Field(
         default={},
         description="More keyword arguments for snowflake.connector.connect (e.g. "
-        "authenticator, login_timeout, host); secrets here are not redacted, use the fields.",
+        "authenticator, login_timeout); secrets here are not redacted, use the fields.",
     )
 
     def describe(self) -> str:
-        return _describe(self.account, self.database, self.schema_name, self.warehouse)
+        text = _describe(self.account, self.database, self.schema_name, self.warehouse)
+        return text + (f" via {self.host}:{self.port or 443}" if self.host else "")
 
     def _connect_args(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -189,6 +198,9 @@ class SnowflakeWarehouse(_SnowflakeReader):
             "warehouse": self.warehouse,
             "database": self.database,
             "schema": self.schema_name,
+            "host": self.host,
+            "port": self.port,
+            "protocol": self.protocol,
             "application": "rudder_sync",
         }
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
