@@ -19,6 +19,7 @@ import base64
 import email.utils
 import ipaddress
 import logging
+import math
 import operator
 import random
 import ssl
@@ -58,11 +59,18 @@ _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _GZIP_LEVEL = 1
 _PROGRESS_INTERVAL_SECONDS = 5.0
 _MAX_BODY_IN_MESSAGE = 200
-# 429s without Retry-After in a row (with no request accepted in between) before the events per
-# request and the requests in flight are halved, and before a refused request is split: it may
-# be larger than what the rate limit lets through in any window. One 429 only backs off.
-_CUT_AFTER_429S = 2
-_SPLIT_AFTER_429S = 3
+# Rate limits (429 without Retry-After), AIMD on the rate (see _Throttle). A 429 cuts the pace
+# to this share of the events accepted over the last _THROTTLE_MEASURE_SECONDS...
+_THROTTLE_CUT = 0.9
+_THROTTLE_MEASURE_SECONDS = 2.0
+# ...acceptances grow it by this share of the cut rate per second...
+_THROTTLE_GROWTH = 0.1
+# ...and a request carries at most this many seconds' worth of it, so that a limit counted in
+# windows is filled to within a small request.
+_THROTTLE_REQUEST_SECONDS = 0.125
+# Longest wait between 429s in a row while nothing gets through (a used-up window is waited out
+# at this pace, so that little of the next one is lost).
+_THROTTLE_BACKOFF_MAX = 4.0
 
 # The caller's ID of the change an event carries (rudder_sync's pending change ID).
 ChangeId: TypeAlias = int
@@ -225,6 +233,7 @@ class DeliveryStats:
     paced_seconds: float = 0.0  # wall time in which max_events_per_second held requests back
     # Shared by the deliveries of one run (its windows), so pacing spans window boundaries.
     _pacer: "_Pacer | None" = field(default=None, repr=False, compare=False)
+    _throttle: "_Throttle | None" = field(default=None, repr=False, compare=False)
 
     @property
     def events_per_second(self) -> float:
@@ -635,6 +644,94 @@ class _Pacer:
             self.held_until = max(self.held_until, start)
             return start - now, held
 
+    def set_rate(self, rate: float) -> None:
+        with self.lock:
+            self.rate = rate
+
+
+class _Throttle:
+    """The pace a rate limit that answers 429 without Retry-After lets through, learned while a
+    run delivers (shared by its windows, like the pacer): AIMD on the events per second.
+
+    A 429 of a request sent since the last cut cuts ``rate`` to a little under what was
+    accepted over the last seconds, once something got through since that cut (a window that
+    is used up is waited out, not taken for a lower limit); acceptances grow it by a tenth of
+    the cut rate per second. Requests carry an eighth of a second's worth, so that a limit
+    counted in windows is filled to within a small request. When nothing got through lately,
+    the request may be larger than the limit lets through at once: a 429 halves the events per
+    request instead, and acceptances double them back.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rate: float | None = None  # events/s; None: no 429 with anything accepted yet
+        self.size: int | None = None  # events per request, halved while nothing gets through
+        self.pacer = _Pacer(math.inf)
+        self.round = 0  # cuts so far; a request remembers the round it was sent in
+        self.through_since_cut = False
+        self.step = 0.0  # growth of the rate per second
+        self.grown_at = 0.0
+        self.recent: deque[tuple[float, int]] = deque()  # (time, events) accepted lately
+
+    @property
+    def events_per_request(self) -> int | None:
+        """The most events a request may carry now (None: no limit)."""
+        with self.lock:
+            caps = [self.size or 0]
+            if self.rate is not None:
+                caps.append(max(1, int(self.rate * _THROTTLE_REQUEST_SECONDS)))
+            return min((cap for cap in caps if cap), default=None)
+
+    def accepted(self, n_events: int, round_: int) -> None:
+        """A request of ``n_events`` sent in ``round_`` was accepted: grow."""
+        now = time.monotonic()
+        with self.lock:
+            self.recent.append((now, n_events))
+            self._forget(now)
+            if round_ == self.round:
+                self.through_since_cut = True
+            if self.size is not None:
+                self.size *= 2
+            if self.rate is not None:
+                self.rate += self.step * (now - self.grown_at)
+                self.grown_at = now
+                self.pacer.set_rate(self.rate)
+
+    def throttled(self, n_events: int, round_: int) -> str | None:
+        """A request of ``n_events`` sent in ``round_`` was refused (429 without Retry-After):
+        what was cut, in words, or None when this refusal does not cut."""
+        now = time.monotonic()
+        with self.lock:
+            if round_ != self.round:
+                return None  # sent before the last cut
+            self._forget(now)
+            through = sum(events for _, events in self.recent)
+            if not through:
+                self.size = max(1, n_events // 2)
+                self._cut(now)
+                return f"at most {self.size:,} events per request"
+            if self.rate is not None and not self.through_since_cut:
+                return None
+            lately = through / max(
+                min(_THROTTLE_MEASURE_SECONDS, now - self.recent[0][0]),
+                2 * _THROTTLE_REQUEST_SECONDS,
+            )
+            rate = _THROTTLE_CUT * (lately if self.rate is None else min(self.rate, lately))
+            self.rate = max(rate, 1 / _THROTTLE_REQUEST_SECONDS)  # at least one event a request
+            self.step = self.rate * _THROTTLE_GROWTH
+            self.grown_at = now
+            self.pacer.set_rate(self.rate)
+            self._cut(now)
+            return f"pacing at about {self.rate:,.0f} events/s"
+
+    def _cut(self, now: float) -> None:
+        self.round += 1
+        self.through_since_cut = False
+
+    def _forget(self, now: float) -> None:
+        while self.recent and self.recent[0][0] < now - _THROTTLE_MEASURE_SECONDS:
+            self.recent.popleft()
+
 
 class _Delivery:
     """One deliver() call in real mode: the client, the workers and what they share."""
@@ -659,6 +756,10 @@ class _Delivery:
         if rate and stats._pacer is None:
             stats._pacer = _Pacer(rate)
         self.pacer = stats._pacer if rate else None
+        if stats._throttle is None:
+            stats._throttle = _Throttle()
+        self.throttle = stats._throttle
+        self._cap_events()  # a rate limit met in an earlier window of the run still holds
         url = httpx.URL(self.url)
         self.host_port = f"{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
         self.lock = threading.Lock()
@@ -668,13 +769,8 @@ class _Delivery:
         self.before = replace(stats)  # progress logs count this call (one window) only
         self.last_progress = self.started
         self.last_advance = self.started  # the last request that settled: retry budget's origin
-        # Rate limiting (429 without Retry-After), AIMD-style: each round of 429s halves the
-        # requests in flight and the events per request; successes grow them back.
-        self.in_flight = resource.max_in_flight
-        self.in_flight_credit = 0
-        self.generation = 0
-        self.growth: int | None = None
-        self.streak = 0
+        self.streak = 0  # 429s without Retry-After in a row, with nothing accepted between
+        self.told_throttled: set[str] = set()  # kinds of cuts logged
         self.client = httpx.Client(
             headers={
                 "Authorization": f"Basic {token}",
@@ -721,7 +817,7 @@ class _Delivery:
         pending = self.pending
         exhausted = False
         while True:
-            while not exhausted and len(pending) < self.in_flight:
+            while not exhausted and len(pending) < self.cfg.max_in_flight:
                 if _first_failure(pending) is not None:
                     break
                 batch = next(batches, None)
@@ -765,12 +861,12 @@ class _Delivery:
     ) -> None:
         cap = self.limit.events
         if cap is not None and len(events) > cap:  # packed before a 429 lowered the cap
-            status, generation = 429, -1
+            status, round_ = 429, -1
         else:
             body = events.request_body()
-            status, text, generation = self._post(body, len(events))
+            status, text, round_ = self._post(body, len(events))
         if 200 <= status < 300:
-            self._advanced(accepted=True, generation=generation)
+            self._advanced(accepted=len(events), round_=round_)
             accepted.append(events)
             return
         if status not in (400, 413, 429):
@@ -778,7 +874,7 @@ class _Delivery:
                 self._redact(f"unexpected answer from {self.url}: {status} {_short(text)}")
             )
         if len(events) == 1:
-            self._advanced(accepted=False, generation=generation)
+            self._advanced(accepted=0, round_=round_)
             rejected.append((events[0], self._redact(f"gateway {status}: {_short(text)}")))
             return
         if status == 413:
@@ -799,12 +895,12 @@ class _Delivery:
         payload = _gzip(body) if self.cfg.gzip else body
         headers = {"Content-Encoding": "gzip"} if self.cfg.gzip else {}
         started = origin = time.monotonic()
-        attempt = refusals = 0
+        attempt = 0
         while True:
             if self.stop.is_set():
                 raise _Stopped
             origin = max(origin, self.last_advance) + self._pace(n_events)
-            generation = self.generation
+            round_ = self.throttle.round
             self._count_request(len(body), len(payload))
             status, text, retry_after, unreached = self._attempt(payload, headers)
             if status is not None:
@@ -812,18 +908,26 @@ class _Delivery:
             if status is not None and status in (401, 404):
                 raise self._auth_error(status, text)
             if status is not None and status not in _RETRYABLE_STATUSES:
-                return status, text, generation
+                return status, text, round_
             last_error = text if status is None else f"{status} {_short(text)}".strip()
             throttled = status == 429 and retry_after is None
-            refusals = refusals + 1 if throttled else 0
-            streak = self._throttled(n_events, generation, throttled) if status == 429 else 0
+            streak = self._throttled(n_events, round_) if throttled else 0
+            if status == 429:
+                with self.lock:
+                    self.stats.throttled += 1
+            cap = self.limit.events
+            if throttled and n_events > 1 and cap is not None and n_events > cap:
+                return 429, text, round_  # the caller splits it, and paces the halves
             origin = max(origin, self.last_advance)
             deadline = origin + self.cfg.retry_max_seconds
             first_contact = unreached and self.stats.answers == 0
             if first_contact:
                 deadline = min(deadline, self.started + self.cfg.first_contact_seconds)
-            exponent = max(attempt, streak - 1) if throttled else attempt
-            delay = self._retry_delay(exponent, retry_after, deadline)
+            if throttled:  # paced from now on; back off only when nothing gets through
+                exponent = streak - self.cfg.max_in_flight - 1
+                delay = self._retry_delay(exponent, None, deadline, _THROTTLE_BACKOFF_MAX)
+            else:
+                delay = self._retry_delay(attempt, retry_after, deadline)
             if delay is None:
                 waited = time.monotonic() - origin
                 if first_contact:
@@ -839,8 +943,6 @@ class _Delivery:
             self._log_retry(last_error, delay, attempt + 1, n_events)
             if self.stop.wait(delay):
                 raise _Stopped
-            if n_events > 1 and min(refusals, streak) >= _SPLIT_AFTER_429S:
-                return 429, text, generation
             attempt += 1
 
     def _unreachable(
@@ -888,26 +990,38 @@ class _Delivery:
         return response.status_code, response.text, retry_after, False
 
     def _retry_delay(
-        self, exponent: int, retry_after: float | None, deadline: float
+        self,
+        exponent: int,
+        retry_after: float | None,
+        deadline: float,
+        longest: float = math.inf,
     ) -> float | None:
-        """How long to wait before the next attempt, or None when the deadline forbids it."""
+        """How long to wait before the next attempt (none for a negative ``exponent``), or None
+        when the deadline forbids it."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
         if retry_after is not None:
             return retry_after if retry_after <= remaining else None
+        if exponent < 0:
+            return 0.0
         ceiling = min(
-            self.cfg.backoff_max_seconds, self.cfg.backoff_initial_seconds * 2 ** min(exponent, 60)
+            self.cfg.backoff_max_seconds,
+            longest,
+            self.cfg.backoff_initial_seconds * 2 ** min(exponent, 60),
         )
         return min(remaining, ceiling / 2 + random.uniform(0, ceiling / 2))
 
     def _pace(self, n_events: int) -> float:
-        """Wait for this request's slot under max_events_per_second; the seconds waited."""
-        if self.pacer is None:
-            return 0.0
-        wait_seconds, held = self.pacer.reserve(n_events)
-        with self.lock:
-            self.stats.paced_seconds += held
+        """Wait for this request's slot under max_events_per_second and under a rate limit met
+        in this run; the seconds waited. Only the first counts as paced_seconds."""
+        wait_seconds = 0.0
+        if self.pacer is not None:
+            wait_seconds, held = self.pacer.reserve(n_events)
+            with self.lock:
+                self.stats.paced_seconds += held
+        if self.throttle.rate is not None:
+            wait_seconds = max(wait_seconds, self.throttle.pacer.reserve(n_events)[0])
         if wait_seconds > 0 and self.stop.wait(wait_seconds):
             raise _Stopped
         return wait_seconds
@@ -916,52 +1030,42 @@ class _Delivery:
         with self.lock:
             self.stats.answers += 1
 
-    def _advanced(self, accepted: bool, generation: int) -> None:
-        """A request settled: restart the retry budget; after an acceptance of a request sent
-        since the last cut, grow back."""
+    def _advanced(self, accepted: int, round_: int) -> None:
+        """A request settled: restart the retry budget; after an acceptance (of ``accepted``
+        events), let a rate limit's pace grow."""
         with self.lock:
             self.last_advance = time.monotonic()
             if not accepted:
                 return
             self.streak = 0
-            if generation != self.generation:
-                return
-            if self.growth is not None and self.limit.events is not None:
-                grown = self.limit.events + self.growth
-                self.limit.events = min(grown, self.pace_cap) if self.pace_cap else grown
-            if self.in_flight < self.cfg.max_in_flight:
-                self.in_flight_credit += 1
-                if self.in_flight_credit >= self.in_flight:  # +1 per round of requests
-                    self.in_flight, self.in_flight_credit = self.in_flight + 1, 0
+        if round_ >= 0:
+            self.throttle.accepted(accepted, round_)
+            self._cap_events()
 
-    def _throttled(self, n_events: int, generation: int, adapt: bool) -> int:
-        """A 429; the 429s without Retry-After in a row. When those repeat (``adapt``), halve
-        the requests in flight and the events per request, once per round (a request sent
-        before the last cut does not cut again)."""
+    def _throttled(self, n_events: int, round_: int) -> int:
+        """A 429 without Retry-After of a request sent in ``round_``: slow the pace down (see
+        _Throttle); the 429s without Retry-After in a row."""
         with self.lock:
-            self.stats.throttled += 1
-            if not adapt:
-                return self.streak
             self.streak += 1
             streak = self.streak
-            if streak < _CUT_AFTER_429S or generation != self.generation:
-                return streak
-            self.generation += 1
-            cap = max(1, n_events // 2)
-            if self.limit.events is None or cap < self.limit.events:
-                self.limit.events = cap
-            self.growth = max(1, self.limit.events // 8)
-            self.in_flight = max(1, self.in_flight // 2)
-            self.in_flight_credit = 0
-            events, in_flight = self.limit.events, self.in_flight
-        if self.log is not None:
+        cut = self.throttle.throttled(n_events, round_)
+        if cut is None:
+            return streak
+        self._cap_events()
+        kind = cut.split(" ")[0]  # "pacing" or "at most": each is told once, then progress says
+        if self.log is not None and kind not in self.told_throttled:
+            self.told_throttled.add(kind)
             self.log.warning(
-                "rudderstack: rate limited (429 without Retry-After); now at most %s events per "
-                "request and %d in flight, growing back as requests get through",
-                f"{events:,}",
-                in_flight,
+                "rudderstack: rate limited (429 without Retry-After): now %s, growing back as "
+                "requests get through",
+                cut,
             )
         return streak
+
+    def _cap_events(self) -> None:
+        """Events per request: at most what pacing and a rate limit's pace allow."""
+        caps = [cap for cap in (self.pace_cap, self.throttle.events_per_request) if cap]
+        self.limit.events = min(caps) if caps else None
 
     def _auth_error(self, status: int, text: str) -> RudderstackAuthError:
         """Name the cause of a 401/404 in words; the key itself is never part of it."""
@@ -1044,6 +1148,8 @@ class _Delivery:
             text += f", {s.throttled:,} rate-limited (429)"
         if self.pacer is not None:
             text += f", paced {s.paced_seconds:.1f}s (max_events_per_second)"
+        if self.throttle.rate is not None:
+            text += f", pacing at {self.throttle.rate:,.0f} events/s for the rate limit"
         return text
 
     def _redact(self, text: str) -> str:
