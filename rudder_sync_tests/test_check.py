@@ -98,9 +98,11 @@ def test_unreadable_and_invalid_yaml_are_one_problem_each(tmp_path: Path) -> Non
     assert len(problems) == 1 and "not valid YAML" in problems[0] and "Fix:" in problems[0]
 
 
-def test_a_destination_variable_problem_is_found_without_connecting(tmp_path: Path) -> None:
+def test_a_destination_variable_problem_is_found_without_connecting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_config(tmp_path, {"syncs": {"users": IDENTIFY_SYNC}})
-    os.environ["RUDDERSTACK_DATA_PLANE_URL"] = "http://127.0.0.1:9"  # removed by _clean_env
+    monkeypatch.setenv("RUDDERSTACK_DATA_PLANE_URL", "http://127.0.0.1:9")
     problems = check(path).problems
     assert problems == [
         "RUDDERSTACK_DATA_PLANE_URL is set but RUDDERSTACK_WRITE_KEY is not. Fix: export the "
@@ -246,3 +248,13 @@ def test_the_command_in_a_subprocess(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == f"{good.config_path}: no problems."
+
+
+def test_without_a_config_the_packaged_demo_is_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RUDDER_SYNC_DEMO_DIR", str(tmp_path / "demo"))
+    assert cli_main(["check", "--connect"]) == 0
+    out = capsys.readouterr().out
+    assert "3 syncs (user_events, user_traits, plan_history)" in out
+    assert "sync 'plan_history': the model returns the 3 columns the sync names" in out
