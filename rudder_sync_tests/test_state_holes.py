@@ -219,6 +219,50 @@ def test_sigkill_mid_resync_then_the_same_command_sends_no_row_twice(tmp_path: P
         assert all(not resent[user] & baseline[user] for user in baseline)
 
 
+SALTED_WINDOWS: dict[str, Any] = {
+    "model": "select id, user_id, plan from users where updated_at < $partition_end",
+    "primary_key": "id",
+    "type": "identify",
+    "user_id": "user_id",
+    "mapping": {"plan": "plan"},
+    "partitions": {"start": "2024-05-01", "cadence": "daily"},
+    "message_id_salt": "resend-2024-06",
+}
+
+
+def test_a_salted_window_cut_short_and_run_again_sends_no_row_twice(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    """A window re-sent under a new message_id_salt, cut short, then re-executed with the same
+    config: its messageIds depend only on the salt and the model, so the re-run finishes it."""
+    project = write_project(tmp_path, {"daily": SALTED_WINDOWS}, users=11)
+    config = project.config()
+
+    def run_window(rudderstack: RudderstackResource) -> ExecuteInProcessResult:
+        return materialize(
+            build_sync_assets(config.syncs["daily"], config.state),
+            resources={
+                "warehouse": build_warehouse(config.warehouse),
+                "rudderstack": rudderstack,
+                IO_MANAGER_KEY: SyncOutputIOManager(directory=str(config.state / "outputs")),
+            },
+            instance=DagsterInstance.ephemeral(),
+            raise_on_error=False,
+            partition_key="2024-05-01",
+        )
+
+    small = {"max_request_kb": 1, "max_in_flight": 1}
+    gateway.delay_next(0.0, times=2)
+    gateway.fail_next(503, times=10_000)
+    assert not run_window(rudderstack_for(gateway.url, retry_max_seconds=0.3, **small)).success
+    gateway.clear_faults()
+    assert 0 < len(gateway.events) < 11
+    again = run_window(rudderstack_for(gateway.url, **small))
+    assert again.success, failure_text(again)
+    sent = ids_by_user(gateway.events)
+    assert len(sent) == 11 and all(len(ids) == 1 for ids in sent.values())
+
+
 # -- item 3: a lost state is refused when Dagster saw deliveries --------------------------------
 
 TRACK_NO_INITIAL = dict(TRACK_SYNC, send_initial_results=False)
@@ -403,6 +447,44 @@ def test_warehouse_state_of_another_sync_is_refused_naming_both(
     message = failure_text(refused)
     assert "sync 'traits'" in message and "belongs to sync 'geo'" in message
     assert len(gateway.events) == 2
+
+
+def test_a_renamed_sync_adopts_its_renamed_warehouse_tables(
+    tmp_path: Path, gateway: TestGateway, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg.seed_users(3)
+    old = write_pg_project(
+        tmp_path, pg, {"old_traits": IDENTIFY_SYNC}, monkeypatch, state_schema="rs_state"
+    )
+    instance = DagsterInstance.ephemeral()
+    assert run_on(old, "old_traits", rudderstack_for(gateway.url), instance).success
+    assert len(gateway.events) == 3
+    tables = pg.sql(
+        "select tablename from pg_tables where schemaname = 'rs_state' "
+        "and tablename like 'old\\_traits\\_\\_%'"
+    )
+    assert tables
+    pg.sql(
+        *(
+            f'alter table rs_state."{name}" rename to "{name.replace("old_traits", "traits", 1)}"'
+            for (name,) in tables
+        )
+    )
+    new = write_pg_project(
+        tmp_path, pg, {"traits": IDENTIFY_SYNC}, monkeypatch, state_schema="rs_state"
+    )
+    refused = run_on(new, "traits", rudderstack_for(gateway.url), instance)
+    assert not refused.success
+    assert "belongs to sync 'old_traits'" in failure_text(refused)
+
+    adopted = run_on(
+        new, "traits", rudderstack_for(gateway.url), instance, {"adopt_state_of": "old_traits"}
+    )
+    assert adopted.success, failure_text(adopted)
+    assert len(gateway.events) == 3, "nothing is sent again"
+    pg.sql("update users set plan = 'pro' where id = 2")
+    assert run_on(new, "traits", rudderstack_for(gateway.url), instance).success
+    assert [e["userId"] for e in gateway.events[3:]] == ["u2"]
 
 
 # -- item 7: the state's failures name the sync, the place and the fix --------------------------
