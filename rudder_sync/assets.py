@@ -37,6 +37,7 @@ from .config import IO_MANAGER_KEY as IO_MANAGER_KEY  # the default key, re-expo
 from .config import SyncConfig
 from .dbt import bind_dbt, check_dbt_upstream
 from .diff import DiffMode, sync_shape
+from .dry_runs import resource_for_run
 from .errors import RudderSyncError
 from .events import sample_payloads
 from .guard import evaluate_guard
@@ -166,7 +167,9 @@ def build_sync_assets(
     # The sync's resources, under the keys its project's definitions gave them (a named
     # destination is `rudderstack_<name>`; several projects in one location may suffix them).
     def rudderstack_of(context: AssetExecutionContext) -> RudderstackResource:
-        return getattr(context.resources, sync.rudderstack_key)
+        # A dry run when the YAML says so; a missing URL fails unless it is one (dry_runs.py).
+        resource = getattr(context.resources, sync.rudderstack_key)
+        return resource_for_run(sync, resource, context.run.run_config)
 
     def warehouse_of(context: AssetExecutionContext) -> WarehouseResource:
         return getattr(context.resources, sync.warehouse_key)
@@ -378,6 +381,8 @@ def _dry_run_reason(sync: SyncConfig, config: SyncRunConfig) -> tuple[str, str]:
     own destination's variables (RUDDERSTACK_* for the default destination)."""
     if config.dry_run:
         return "run config dry_run is true", ""
+    if sync.dry_run:
+        return "the config says dry_run: true", " Remove dry_run from the YAML to deliver."
     destination = sync.destination_config
     named = "" if destination.name is None else f" (destination '{destination.name}')"
     url = destination.url_env or "its data_plane_url"

@@ -126,11 +126,15 @@ class RudderstackDestination(BaseModel):
     model_config = ConfigDict(extra="forbid", title="RudderstackDestination")
 
     data_plane_url: str | EnvValue = Field(
-        description="The data plane URL, or {env: NAME} (unset or empty at load: its syncs are "
-        "dry runs)."
+        description="The data plane URL, or {env: NAME} (unset or empty at load: its syncs' runs "
+        "fail naming it, unless dry_run: true)."
     )
     write_key: EnvValue = Field(
         description="{env: NAME}: the variable holding the source's write key (never literal)."
+    )
+    dry_run: bool = Field(
+        default=False,
+        description="true: the destination's syncs build and validate events, sending nothing.",
     )
 
 
@@ -204,6 +208,11 @@ class RudderstackSyncAttributes(Model):
         "without it, it sends to RUDDERSTACK_DATA_PLANE_URL.",
         json_schema_extra={"propertyNames": {"pattern": SYNC_NAME_PATTERN.pattern}},
     )
+    dry_run: bool = Field(
+        default=False,
+        description="true: no sync sends anything (a dry run: events built and validated). "
+        "Without it, a destination whose URL variable is unset fails its syncs' runs.",
+    )
     alerts: AlertsAttribute = Field(
         default=None,
         description="Alerts, as the sync YAML's 'alerts': ui_url, channels (name -> {slack|"
@@ -231,7 +240,7 @@ class RudderstackSyncComponent(Component, Resolvable):
     checks, a job of the sync's name, and its schedule and trigger sensor when configured; the
     component adds the resources, the in-process executor and the failure sensor. Events go to
     `RUDDERSTACK_DATA_PLANE_URL` with `RUDDERSTACK_WRITE_KEY`, or to the sync's `destination`;
-    a destination without a URL is a dry run.
+    a destination without a URL fails its syncs' runs unless the config says `dry_run: true`.
     """
 
     syncs: Annotated[Mapping[str, Any], Resolver(_verbatim, inject_before_resolve=False)]
@@ -248,6 +257,7 @@ class RudderstackSyncComponent(Component, Resolvable):
     alerts: Annotated[
         Mapping[str, Any] | None, Resolver(_verbatim, inject_before_resolve=False)
     ] = None
+    dry_run: bool = False
     dbt: Annotated[Mapping[str, Any] | None, Resolver(_dbt, inject_before_resolve=False)] = None
 
     @classmethod
@@ -276,6 +286,8 @@ class RudderstackSyncComponent(Component, Resolvable):
             raw["destinations"] = dict(self.destinations)
         if self.alerts is not None:
             raw["alerts"] = dict(self.alerts)
+        if self.dry_run:
+            raw["dry_run"] = True
         if self.dbt is not None:
             raw["dbt"] = dict(self.dbt)
         return parse_config(raw, base_dir=base_dir.resolve(), source=source)

@@ -185,6 +185,9 @@ class SyncConfig(BaseModel):
     # Names of channels under the project's `alerts.channels`; None: all of them.
     alerts: list[str] | None = None
     freshness: FreshnessConfig | None = None
+    # Build and validate events without sending (also set by the destination's or the project's
+    # `dry_run: true`); without it, a destination without URL fails the run (dry_runs.py).
+    dry_run: bool = False
 
     # Not YAML keys: bound by `parse_config` (the destination) and by the definitions (resource
     # keys that differ from the plain ones when several projects share a code location).
@@ -198,6 +201,20 @@ class SyncConfig(BaseModel):
     _dbt_upstream: tuple[DbtUpstream, ...] | None = PrivateAttr(default=None)
     # The project's `alerts` section (bound by `parse_config`); None: no alerts.
     _alerts_config: AlertsConfig | None = PrivateAttr(default=None)
+    # The URL variable that was unset when the definitions loaded (bound by them): a run fails
+    # naming it unless it is a dry run. None: a URL, a dry run, the demo, or a resource passed in.
+    _url_required: str | None = PrivateAttr(default=None)
+
+    @property
+    def url_required(self) -> str | None:
+        """The unset URL variable that fails this sync's runs (see `_url_required`)."""
+        return self._url_required
+
+    def requiring_url(self, variable: str | None) -> SyncConfig:
+        """A copy whose runs fail naming `variable` unless they are dry runs."""
+        copy = self.model_copy()
+        copy._url_required = variable
+        return copy
 
     @property
     def alerts_config(self) -> AlertsConfig | None:
@@ -399,6 +416,7 @@ class DestinationConfig(BaseModel):
     name: str | None  # None: the default destination
     data_plane_url: str | EnvRef
     write_key: EnvRef
+    dry_run: bool = False  # its syncs build and validate events without sending them
 
     @property
     def resource_key(self) -> str:
@@ -446,7 +464,12 @@ class ProjectConfig(BaseModel):
     destinations: dict[str, DestinationConfig] = {}
     alerts: AlertsConfig | None = None
     dbt: DbtConfig | None = None
+    dry_run: bool = False  # every sync builds and validates events without sending them
     source: Path | None = None
+
+    # Not a YAML key: the packaged demo (bound by `definitions.load_project`), whose syncs are
+    # dry runs without a data plane URL although its YAML does not say `dry_run: true`.
+    _implicit_dry_run: bool = PrivateAttr(default=False)
 
 
 def default_config_path() -> Path:
@@ -515,7 +538,7 @@ def parse_config(
         )
     _check_keys(
         raw,
-        {"warehouse", "state", "syncs", "delivery", "destinations", "dbt", "alerts"},
+        {"warehouse", "state", "syncs", "delivery", "destinations", "dbt", "alerts", "dry_run"},
         f"{where}: top level",
         required=("syncs",),
     )
@@ -528,6 +551,12 @@ def parse_config(
 
     destinations = parse_destinations(raw.get("destinations"), where)
     alerts = parse_alerts(raw.get("alerts"), where)
+    dry_run = raw.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ConfigError(
+            f"{where}: key 'dry_run' must be true or false (got {dry_run!r}). Fix: 'dry_run: "
+            "true' makes every sync a dry run; remove it to deliver."
+        )
     dbt = parse_dbt(raw.get("dbt"), where, base)
     syncs_raw = raw["syncs"]
     if not isinstance(syncs_raw, Mapping) or not syncs_raw:
@@ -546,7 +575,10 @@ def parse_config(
                 "Fix: give every sync a unique name."
             )
         seen_lower[key] = sync.name
-        syncs[sync.name] = _bind_alerts(_bind_destination(sync, destinations), alerts)
+        sync = _bind_alerts(_bind_destination(sync, destinations), alerts)
+        if dry_run or sync.destination_config.dry_run:
+            sync = sync.model_copy(update={"dry_run": True})
+        syncs[sync.name] = sync
     _check_state_schema_names(warehouse, syncs)
     delivery_raw = raw.get("delivery") or {}
     if not isinstance(delivery_raw, Mapping):
@@ -569,6 +601,7 @@ def parse_config(
         destinations=destinations,
         alerts=alerts,
         dbt=dbt,
+        dry_run=dry_run,
         source=source,
     )
 
@@ -599,7 +632,12 @@ def parse_destinations(raw: Any, where: str = "sync config") -> dict[str, Destin
             )
         if not isinstance(body, Mapping):
             raise ConfigError(f"{prefix}: expected a mapping of keys. Fix: e.g. {example}.")
-        _check_keys(body, set(DESTINATION_KEYS), prefix, required=DESTINATION_KEYS)
+        _check_keys(body, {*DESTINATION_KEYS, "dry_run"}, prefix, required=DESTINATION_KEYS)
+        if not isinstance(body.get("dry_run", False), bool):
+            raise ConfigError(
+                f"{prefix}: key 'dry_run' must be true or false (got {body['dry_run']!r}). Fix: "
+                "'dry_run: true' makes the destination's syncs dry runs; remove it to deliver."
+            )
         env = f"RS_{name.upper()}"
         try:
             url = setting_value(
@@ -634,7 +672,9 @@ def parse_destinations(raw: Any, where: str = "sync config") -> dict[str, Destin
                 f"{prefix}: key 'write_key' must be {{env: NAME}} (got a {type(key).__name__}). "
                 f"Fix: write 'write_key: {{env: {env}_WRITE_KEY}}' and export {env}_WRITE_KEY."
             )
-        destinations[name] = DestinationConfig(name=name, data_plane_url=url, write_key=key)
+        destinations[name] = DestinationConfig(
+            name=name, data_plane_url=url, write_key=key, dry_run=body.get("dry_run", False)
+        )
     return destinations
 
 
@@ -994,6 +1034,7 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "destination": "name a destination under 'destinations' (or remove it for the default)",
         "alerts": "list channel names under 'alerts.channels', e.g. [pager]; [] sends none",
         "freshness": "e.g. 'freshness: {max_lag: 2h}' (a duration: 90s, 30m, 2h or 1d)",
+        "dry_run": "use true (build and validate events without sending) or false",
     }
     fix = fixes.get(key.split(".")[0], "see the YAML reference in the README")
     if error["type"] == "literal_error" and key.startswith("events."):

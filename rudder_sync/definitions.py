@@ -83,6 +83,7 @@ def load_project() -> ProjectConfig:
             "syncs": syncs,
         }
     )
+    project._implicit_dry_run = True  # the demo without a data plane URL: a dry run, as ever
     ensure_demo_warehouse(warehouse)
     return project
 
@@ -295,6 +296,17 @@ def build_definitions(
         for name, sender in senders.items()
         if name in used
     }
+
+    def url_required(sync: SyncConfig) -> str | None:
+        """The URL variable whose absence fails the sync's runs (the user's own config, a
+        destination read from the environment, no `dry_run: true`)."""
+        given = (
+            rudderstack if sync.destination is None else (destinations or {}).get(sync.destination)
+        )
+        if sync.dry_run or project._implicit_dry_run or given is not None:
+            return None
+        return sync.destination_config.url_env if senders[sync.destination].dry_run else None
+
     syncs = [
         sync.bound(
             resource_keys={
@@ -305,6 +317,7 @@ def build_definitions(
         ).with_dbt(upstream=bind_dbt(sync.dbt_models, dbt_translator))
         for sync in project.syncs.values()
     ]
+    syncs = [sync.requiring_url(url_required(sync)) for sync in syncs]
     return Definitions.merge(
         *(sync_definitions(sync, project.state, resources[warehouse_key]) for sync in syncs),
         Definitions(

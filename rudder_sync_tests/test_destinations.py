@@ -142,9 +142,11 @@ def test_a_destination_without_url_is_a_dry_run_while_the_other_delivers(
     tmp_path: Path, clean_env: pytest.MonkeyPatch, two_gateways: tuple[TestGateway, TestGateway]
 ) -> None:
     prod, eu = two_gateways
-    # RS_EU_URL set but empty: a dry run too
+    # RS_EU_URL set but empty: no URL; the destination says dry_run: true (without it, its
+    # syncs' runs fail naming RS_EU_URL: test_dry_runs.py)
     set_env(clean_env, RS_URL=prod.url, RS_KEY=PROD_KEY, RS_EU_URL="")
-    project = project_with(tmp_path, SYNCS)
+    destinations = {**DESTINATIONS, "eu": {**DESTINATIONS["eu"], "dry_run": True}}
+    project = project_with(tmp_path, SYNCS, destinations)
     defs = build_definitions(project.config())
     assert (defs.resources or {})["rudderstack_eu"].dry_run  # type: ignore[union-attr]
 
@@ -152,8 +154,8 @@ def test_a_destination_without_url_is_a_dry_run_while_the_other_delivers(
     assert dry.success
     logs = "\n".join(dry.run_logs)  # type: ignore[attr-defined]
     assert (
-        "DRY RUN for sync 'users_eu': RS_EU_URL is not set (destination 'eu'), so events are "
-        "built and validated but NOT sent. Set it and RS_EU_KEY to deliver." in logs
+        "DRY RUN for sync 'users_eu': the config says dry_run: true, so events are "
+        "built and validated but NOT sent. Remove dry_run from the YAML to deliver." in logs
     )
     assert "RUDDERSTACK_DATA_PLANE_URL" not in logs
     assert events_metadata(dry, "users_eu")["status"] == "dry_run"
