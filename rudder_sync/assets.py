@@ -33,6 +33,7 @@ from pydantic import Field
 
 from .alerts.freshness import freshness_policy
 from .alerts.hooks import alert_hooks
+from .anomaly import anomaly_checks
 from .config import IO_MANAGER_KEY as IO_MANAGER_KEY  # the default key, re-exported
 from .config import SyncConfig
 from .dbt import bind_dbt, check_dbt_upstream
@@ -373,7 +374,7 @@ def build_sync_assets(
         yield gateway_rejections_check(done.total, rejected)
         yield quarantined_rows_check(sync, done.quarantined, done.quarantine_sample)
 
-    return [snapshot, diff, events]
+    return [snapshot, diff, events, *anomaly_checks(sync, state_dir)]
 
 
 def _dry_run_reason(sync: SyncConfig, config: SyncRunConfig) -> tuple[str, str]:

@@ -145,6 +145,17 @@ class FreshnessConfig(BaseModel):
         return timedelta(seconds=seconds)
 
 
+class AnomalyConfig(BaseModel):
+    """Checks of each run against the sync's own history (anomaly.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: int = Field(default=20, ge=3)  # runs of history the median is taken over
+    max_deviation: float = Field(default=0.5, gt=0)  # the band: median * (1 +- max_deviation)
+    quiet_runs: int = Field(default=3, ge=1)  # runs without changes that make a feed "stopped"
+    min_history: int = Field(default=5, ge=1)  # runs of history before the checks judge
+
+
 class SyncConfig(BaseModel):
     """One sync: a model, its key, and how its rows become RudderStack events."""
 
@@ -185,6 +196,7 @@ class SyncConfig(BaseModel):
     # Names of channels under the project's `alerts.channels`; None: all of them.
     alerts: list[str] | None = None
     freshness: FreshnessConfig | None = None
+    anomaly: AnomalyConfig | None = None
     # Build and validate events without sending (also set by the destination's or the project's
     # `dry_run: true`); without it, a destination without URL fails the run (dry_runs.py).
     dry_run: bool = False
@@ -791,6 +803,11 @@ def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> 
                 "Fix: map each event field name to a column name."
             )
     _check_call_columns(prefix, sync, body)
+    if sync.anomaly is not None and sync.partitions is not None:
+        raise ConfigError(
+            f"{prefix}: key 'anomaly' is for unpartitioned syncs; a partitioned sync's runs "
+            "cover different windows, so they have no common history. Fix: remove it."
+        )
     if sync.message_id_salt is not None:
         if sync.partitions is None:
             raise ConfigError(
@@ -1035,6 +1052,8 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "alerts": "list channel names under 'alerts.channels', e.g. [pager]; [] sends none",
         "freshness": "e.g. 'freshness: {max_lag: 2h}' (a duration: 90s, 30m, 2h or 1d)",
         "dry_run": "use true (build and validate events without sending) or false",
+        "anomaly": "e.g. 'anomaly: {window: 20, max_deviation: 0.5, quiet_runs: 3}' (window at "
+        "least 3 runs, max_deviation above 0)",
     }
     fix = fixes.get(key.split(".")[0], "see the YAML reference in the README")
     if error["type"] == "literal_error" and key.startswith("events."):

@@ -3,7 +3,8 @@
 Dagster's default IO manager refuses an output that spans several partitions, which is exactly what
 a single-run backfill of a partitioned sync produces; this one stores what a run produced under
 the key range it covered. Nothing the next run needs lives here: the sync state is the source of
-truth, these files are only what the UI and downstream assets read.
+truth, these files are only what the UI and downstream assets read. So a file that cannot be
+written (disk full) is a warning, not a failed step (see `handle_output`).
 
 DataFrames of plain columns (text, numbers, booleans: the diff and events frames of most syncs)
 are written as Parquet, from their Arrow buffers, with no Python object per value: for 1M changes
@@ -14,8 +15,10 @@ different keys into one struct and so change them.
 
 from __future__ import annotations
 
+import errno
 import pickle
 import re
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +46,59 @@ class SyncOutputIOManager(ConfigurableIOManager):
         return Path(self.directory, *asset_path, safe)
 
     def handle_output(self, context: OutputContext, obj: Any) -> None:
+        """Store the value; a file system that refuses it (disk full, quota, permissions) costs
+        only the file.
+
+        The step's work is done by now (for `<sync>/events`: delivered and committed), and the
+        next run does not read this file. Failing the step would report a delivery that happened
+        as failed, and leave Dagster without the materialization and its counts. So the step
+        succeeds, with a warning, `output_file` metadata saying the file is missing, and no
+        earlier run's file left where readers would take it for this run's.
+        """
         stem = self._path(context)
+        try:
+            self._store(stem, obj)
+        except OSError as exc:
+            for suffix in FORMATS:
+                with suppress(OSError):
+                    stem.with_name(stem.name + suffix).unlink(missing_ok=True)
+            fix = (
+                "free space"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                else "make it writable"
+            )
+            asset = context.asset_key.to_user_string()
+            context.log.warning(
+                f"{asset}: the step's work is done and recorded (for an events asset: delivered "
+                f"and committed), but its DataFrame could not be stored at {stem}: {exc}. Nothing "
+                "is lost: the sync state is the source of truth and the next run stores its own "
+                f"frame; until then assets that read {asset} find no value. Fix: {fix} in "
+                f"{self.directory}."
+            )
+            context.add_output_metadata({"output_file": f"not stored: {exc}"})
+
+    def _store(self, stem: Path, obj: Any) -> None:
+        """Write through a temporary file, so a failed write leaves no half file (nor its space
+        taken)."""
         stem.parent.mkdir(parents=True, exist_ok=True)
         suffix = ".parquet" if _plain_frame(obj) else ".pkl"
         tmp = stem.with_name(stem.name + ".tmp")
-        if suffix == ".parquet":
-            try:
-                obj.to_parquet(tmp)
-            except (ValueError, TypeError, ArrowException):  # e.g. repeated column names
-                suffix = ".pkl"
-        if suffix == ".pkl":
-            with tmp.open("wb") as handle:
-                pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(stem.with_name(stem.name + suffix))
+        try:
+            if suffix == ".parquet":
+                try:
+                    obj.to_parquet(tmp)
+                except OSError:  # pyarrow's IO errors are ArrowExceptions too: not a format issue
+                    raise
+                except (ValueError, TypeError, ArrowException):  # e.g. repeated column names
+                    suffix = ".pkl"
+            if suffix == ".pkl":
+                with tmp.open("wb") as handle:
+                    pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp.replace(stem.with_name(stem.name + suffix))
+        except BaseException:
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
         for other in FORMATS:  # the value an earlier run stored in the other format
             if other != suffix:
                 stem.with_name(stem.name + other).unlink(missing_ok=True)
@@ -68,7 +111,8 @@ class SyncOutputIOManager(ConfigurableIOManager):
         if not pickled.exists():
             raise FileNotFoundError(
                 f"no stored value of {context.asset_key.to_user_string()} at {stem}.parquet; "
-                "materialize it first (for the same partitions)."
+                "materialize it first (for the same partitions), or, if the last run logged that "
+                "it could not store it, free space there and run again."
             )
         with pickled.open("rb") as handle:
             return pickle.load(handle)  # noqa: S301 - files this IO manager wrote itself

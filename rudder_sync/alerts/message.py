@@ -19,6 +19,7 @@ TITLES = {
     "rejected_rows": "rejected rows above the share",
     "quarantine": "quarantine grew",
     "freshness": "freshness missed",
+    "anomaly": "unusual run (anomaly checks)",
 }
 
 

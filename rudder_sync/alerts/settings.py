@@ -8,7 +8,7 @@ alerts:
     pager: {webhook: {url: {env: ALERT_WEBHOOK_URL}}}
     mail: {email: {smtp_host: smtp.example.com, smtp_port: 587, user: {env: SMTP_USER},
                    password: {env: SMTP_PASSWORD}, to: [data-team@example.com]}}
-  on: [run_failure, guard_tripped, rejected_rows, quarantine, freshness]
+  on: [run_failure, guard_tripped, rejected_rows, quarantine, freshness, anomaly]
 ```
 
 Every secret (a Slack token or webhook URL, a webhook URL, the SMTP password) is `{env: NAME}`
@@ -28,13 +28,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..errors import ConfigError, WarehouseSettingsError
 from ..warehouses.settings import EnvRef, setting_value
 
-Condition = Literal["run_failure", "guard_tripped", "rejected_rows", "quarantine", "freshness"]
+Condition = Literal[
+    "run_failure", "guard_tripped", "rejected_rows", "quarantine", "freshness", "anomaly"
+]
 CONDITIONS: tuple[str, ...] = (
     "run_failure",
     "guard_tripped",
     "rejected_rows",
     "quarantine",
     "freshness",
+    "anomaly",
 )
 EXAMPLE = (
     "'alerts: {channels: {pager: {webhook: {url: {env: ALERT_WEBHOOK_URL}}}}, "
