@@ -69,8 +69,8 @@ class SyncOutputIOManager(ConfigurableIOManager):
             )
             asset = context.asset_key.to_user_string()
             context.log.warning(
-                f"{asset}: the step's work is done and recorded (for an events asset: delivered "
-                f"and committed), but its DataFrame could not be stored at {stem}: {exc}. Nothing "
+                f"{asset}: the step's work is done and recorded (an events step's deliveries are "
+                f"committed), but its DataFrame could not be stored at {stem}: {exc}. Nothing "
                 "is lost: the sync state is the source of truth and the next run stores its own "
                 f"frame; until then assets that read {asset} find no value. Fix: {fix} in "
                 f"{self.directory}."

@@ -141,8 +141,8 @@ def test_a_full_disk_after_delivery_does_not_fail_the_run(
     assert metadata["events_accepted"] == 1
     logs = "\n".join(result.run_logs)
     assert (
-        "traits/events: the step's work is done and recorded (for an events asset: delivered "
-        "and committed), but its DataFrame could not be stored"
+        "traits/events: the step's work is done and recorded (an events step's deliveries are "
+        "committed), but its DataFrame could not be stored"
     ) in logs
     assert f"Fix: free space in {tmp_path / 'state' / 'outputs'}." in logs
     # the previous run's frame is not left for readers to take as this run's; no half file
