@@ -258,3 +258,12 @@ def test_without_a_config_the_packaged_demo_is_checked(
     out = capsys.readouterr().out
     assert "3 syncs (user_events, user_traits, plan_history)" in out
     assert "sync 'plan_history': the model returns the 3 columns the sync names" in out
+
+
+def test_every_misspelt_key_of_a_sync_is_shown(tmp_path: Path) -> None:
+    sync = dict(IDENTIFY_SYNC, mapingg={"email": "email"}, statik={"source": "x"})
+    problems = check(write_config(tmp_path, {"syncs": {"user_traits": sync}})).problems
+    assert problems == [
+        "sync 'user_traits': unknown key 'mapingg'. Fix: remove it (did you mean 'mapping'?).",
+        "sync 'user_traits': unknown key 'statik'. Fix: remove it (did you mean 'static'?).",
+    ]

@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,16 +153,19 @@ def load_checked(path: Path, report: Report) -> ProjectConfig | None:
         parse({**sound, "syncs": syncs})
     elif len(sound) == len(raw):
         for name, body in syncs.items():  # each sync within the (sound) project
-            parse({**raw, "syncs": {name: body}})
+            for line in _sync_problems(
+                name, body, lambda b, n=name: parse_config({**raw, "syncs": {n: b}}, base, path)
+            ):
+                report.problem(line)
     else:
         # A broken section (warehouse, destinations...) would fail every sync: check the syncs'
         # own keys only, in the warehouse's dialect when it is known.
         dialect = _dialect(raw.get("warehouse"))
         for name, body in syncs.items():
-            try:
-                parse_sync(str(name), body, dialect=dialect)
-            except RudderSyncError as exc:
-                report.problem(exc)
+            for line in _sync_problems(
+                name, body, lambda b, n=name: parse_sync(str(n), b, dialect=dialect)
+            ):
+                report.problem(line)
     before = len(report.problems)
     project = parse(raw)  # what the definitions load: anything the parts did not show
     if project is None or before:
@@ -174,6 +178,26 @@ def load_checked(path: Path, report: Report) -> ProjectConfig | None:
     syncs = f"{count} sync{'s' if count > 1 else ''} ({names})"
     report.ok(f"{path}: {syncs}, warehouse {_warehouse(project)}")
     return project
+
+
+def _sync_problems(name: Any, body: Any, attempt: Callable[[Any], Any]) -> list[str]:
+    """A sync's problems: after an unknown key, the sync is checked again without it, so that
+    every misspelt key shows; any other problem is the sync's last one shown."""
+    problems: list[str] = []
+    while True:
+        try:
+            attempt(body)
+        except RudderSyncError as exc:
+            problems.append(str(exc))
+            unknown = re.match(rf"sync '{re.escape(str(name))}': unknown key '(.+?)'\.", str(exc))
+            if unknown is None or not isinstance(body, Mapping):
+                return problems
+            rest = {key: value for key, value in body.items() if str(key) != unknown[1]}
+            if len(rest) == len(body):
+                return problems
+            body = rest
+        else:
+            return problems
 
 
 def _dialect(warehouse: Any) -> str:
