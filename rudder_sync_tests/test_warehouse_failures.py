@@ -22,6 +22,8 @@ from typing import Any
 import duckdb
 import pytest
 
+from rudder_sync.warehouses.base import connection_lost
+
 from .gateway import TestGateway
 from .helpers import IDENTIFY_SYNC, REPO, rudderstack_for, run_sync, write_project
 from .postgres import PgDatabase, execute, write_pg_project
@@ -161,3 +163,42 @@ def test_a_duckdb_model_whose_file_is_gone_says_check_the_file_and_run_again(
     (tmp_path / "moved.parquet").rename(parquet)
     assert run_sync(project, "traits", rudderstack_for(gateway.url)).success
     assert sorted(e["userId"] for e in gateway.events) == ["u1", "u2", "u3"]
+
+
+# What the real server and ADBC raised in the runs above (and while writing them), word for word:
+# the classification vendor modules share is checked on them without a server.
+LOST = [
+    OSError(
+        "[libpq] PQgetCopyData() failed: server closed the connection unexpectedly\n\tThis "
+        "probably means the server terminated abnormally\n\tbefore or while processing the request."
+    ),
+    OSError(
+        "[libpq] Execution error [PGRES_FATAL_ERROR]: FATAL:  terminating connection due to "
+        "administrator command\n"
+    ),
+    RuntimeError("IO: Failed to prepare query: no connection to the server\n\nQuery was: select 1"),
+    RuntimeError(
+        'IO: [libpq] Failed to connect: connection to server at "127.0.0.1", port 1 failed: '
+        "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?"
+    ),
+    ConnectionResetError(104, "Connection reset by peer"),
+]
+MODEL = [
+    OSError("[libpq] Execution error [PGRES_FATAL_ERROR]: ERROR:  division by zero\n"),
+    RuntimeError(
+        'NOT_FOUND: Failed to prepare query: ERROR:  relation "nope" does not exist\nLINE 1: '
+        "select * from nope\n\nQuery was: select * from nope. SQLSTATE: 42P01"
+    ),
+    OSError("ERROR:  canceling statement due to statement timeout"),
+]
+
+
+@pytest.mark.parametrize("error", LOST, ids=lambda e: str(e)[:40])
+def test_connection_failures_are_told_apart(error: BaseException) -> None:
+    assert connection_lost(error)
+
+
+@pytest.mark.parametrize("error", MODEL, ids=lambda e: str(e)[:40])
+def test_model_errors_are_not_connection_failures(error: BaseException) -> None:
+    assert not connection_lost(error)
+    assert connection_lost(error, words=["division by zero", "does not exist", "timeout"])
