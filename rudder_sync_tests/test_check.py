@@ -182,7 +182,8 @@ def test_connect_on_postgres_names_a_wrong_password_once_and_hides_it(
     monkeypatch.setenv("RUDDER_SYNC_TEST_DB_URL", urlunsplit(wrong))
     problems = check(project.config_path, connect=True).problems
     assert len(problems) == 1, problems  # one connection problem, not one per sync
-    assert "cannot connect to postgres" in problems[0] and "Fix:" in problems[0]
+    assert problems[0].startswith("warehouse: cannot connect to postgres") and "Fix:" in problems[0]
+    assert problems[0].endswith("(the warehouse settings read RUDDER_SYNC_TEST_DB_URL)")
     assert "s3cret-pw" not in problems[0]
 
 

@@ -38,6 +38,7 @@ from ..config import (
     read_config,
 )
 from ..errors import RudderSyncError
+from ..warehouses.settings import EnvRef
 
 # A sync that passes every check, put in place of the user's syncs while a section is checked.
 _PLACEHOLDER = {
@@ -271,7 +272,9 @@ def check_warehouse(project: ProjectConfig, report: Report) -> None:
         with warehouse.read_model("select 1 as connected") as reader:
             reader.read_all()
     except RudderSyncError as exc:
-        report.problem(exc)
+        variables = [value.env for _, value in project.warehouse if isinstance(value, EnvRef)]
+        read = f" (the warehouse settings read {', '.join(variables)})" if variables else ""
+        report.problem(f"warehouse: {exc}{read}")
         return
     report.ok(f"warehouse {warehouse.describe()}: connected")
     for sync in project.syncs.values():
