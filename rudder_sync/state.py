@@ -206,15 +206,7 @@ class SyncState:
         hash makes the rows changes, which the change guard weighs): it is recorded, not refused.
         """
         name, recorded_shape = self.get_meta(SYNC_NAME_KEY), self.get_meta(SYNC_SHAPE_KEY)
-        if adopt_from is not None and adopt_from not in (name, self.sync_name):
-            raise StateError(
-                f"sync '{self.sync_name}': run config adopt_state_of is '{adopt_from}', but "
-                f"the state in {self.path} is "
-                + (f"the state of sync '{name}'" if name else "not the state of another sync")
-                + f". Fix: move the state of '{adopt_from}' there first (local state: its file "
-                f"<state>/{adopt_from}.duckdb), or remove adopt_state_of."
-            )
-        if name is not None and name != self.sync_name and name != adopt_from:
+        if name not in (None, self.sync_name, adopt_from):
             kin = "the same" if recorded_shape == shape else "another"
             raise StateError(
                 f"sync '{self.sync_name}': the state in {self.path} belongs to sync '{name}' "
@@ -224,6 +216,13 @@ class SyncState:
                 f"{{adopt_state_of: {name}}}}}}}; otherwise put back the state of "
                 f"'{self.sync_name}' (or move this one away and run with resync or "
                 "reset_baseline)."
+            )
+        if adopt_from is not None and name is None and not self.initialized:
+            raise StateError(
+                f"sync '{self.sync_name}': run config adopt_state_of is '{adopt_from}', but "
+                f"{self.path} holds a new state, not that of '{adopt_from}'. Fix: move the state "
+                f"of '{adopt_from}' there first (local: the file <state>/{adopt_from}.duckdb; "
+                f"state_schema: its tables {adopt_from}__*), then run again."
             )
         if name == self.sync_name and recorded_shape == shape:
             return None

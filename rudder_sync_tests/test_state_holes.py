@@ -140,6 +140,29 @@ def test_a_resync_asked_for_again_after_being_cut_short_finishes_the_first(
     assert all(len(ids) == 1 and not ids & resync[u] for u, ids in third.items())
 
 
+def test_a_resync_asked_for_again_in_the_warehouse_finishes_the_first(
+    tmp_path: Path, gateway: TestGateway, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg.seed_users(20)
+    project = write_pg_project(
+        tmp_path, pg, {"traits": IDENTIFY_SYNC}, monkeypatch, state_schema="rs_state"
+    )
+    instance = DagsterInstance.ephemeral()
+    assert run_on(project, "traits", rudderstack_for(gateway.url), instance).success
+    small = {"max_request_kb": 1, "max_in_flight": 1}
+    gateway.delay_next(0.0, times=2)
+    gateway.fail_next(503, times=10_000)
+    slow = rudderstack_for(gateway.url, retry_max_seconds=0.3, **small)
+    assert not run_on(project, "traits", slow, instance, APPROVED_RESYNC).success
+    gateway.clear_faults()
+    assert 0 < len(gateway.events) - 20 < 20
+
+    again = run_on(project, "traits", rudderstack_for(gateway.url), instance, APPROVED_RESYNC)
+    assert again.success, failure_text(again)
+    resync = ids_by_user(gateway.events[20:])
+    assert len(resync) == 20 and all(len(ids) == 1 for ids in resync.values())
+
+
 RESYNC_ROWS = 6_000
 REQUEST_KB = 4  # ~12 events per request, ~500 requests for a resync
 FAST_REQUESTS = 240  # 0.06 s each, two at a time: past the first commit (every 5 s)
@@ -388,6 +411,10 @@ def test_a_renamed_sync_adopts_its_old_state_with_run_config(
     assert len(gateway.events) == 3
     # the rename: the config's key, and the state file moved to the new name
     project = write_project(tmp_path, {"traits": IDENTIFY_SYNC}, users=0)
+    adopt = {"adopt_state_of": "old_traits"}
+    unmoved = run_on(project, "traits", rudderstack_for(gateway.url), instance, adopt)
+    assert not unmoved.success
+    assert "holds a new state, not that of 'old_traits'" in failure_text(unmoved)
     gc.collect()
     state_path(project.state_dir, "old_traits", False).rename(
         state_path(project.state_dir, "traits", False)
@@ -399,11 +426,11 @@ def test_a_renamed_sync_adopts_its_old_state_with_run_config(
     assert "belongs to sync 'old_traits'" in message and "(the same type" in message
     assert "adopt_state_of: old_traits" in message
 
-    adopted = run_on(
-        project, "traits", rudderstack_for(gateway.url), instance, {"adopt_state_of": "old_traits"}
-    )
+    adopted = run_on(project, "traits", rudderstack_for(gateway.url), instance, adopt)
     assert adopted.success, failure_text(adopted)
     assert len(gateway.events) == 3, "nothing is sent again"
+    again = run_on(project, "traits", rudderstack_for(gateway.url), instance, adopt)
+    assert again.success, "re-executing the adopting run changes nothing"
     meta = state_meta(state_path(project.state_dir, "traits", False))
     assert meta[SYNC_NAME_KEY] == "traits"
     sql(project.warehouse, "update users set plan = 'pro' where id = 2")
