@@ -31,7 +31,17 @@ from rudder_sync.warehouses import build_warehouse
 
 from .alert_receivers import HttpReceiver, SmtpReceiver
 from .gateway import TestGateway
-from .helpers import IDENTIFY_SYNC, TRACK_SYNC, rudderstack_for, run_sync, sql, write_project
+from .helpers import (
+    IDENTIFY_SYNC,
+    TRACK_SYNC,
+    WRITE_KEY,
+    cli_env,
+    job_execute,
+    rudderstack_for,
+    run_sync,
+    sql,
+    write_project,
+)
 
 UI = "http://dagster.test:3000"
 SECRET_TOKEN = "s3cr3t-hook-T0KEN"
@@ -441,3 +451,30 @@ def test_the_component_takes_alerts_as_the_yaml_does_and_its_schema_mirrors_them
         jsonschema.validate({"syncs": syncs, "alerts": typo}, schema)
     with pytest.raises(jsonschema.ValidationError, match="'sometimes' is not one of"):
         jsonschema.validate({"syncs": syncs, "alerts": {**alerts, "on": ["sometimes"]}}, schema)
+
+
+@pytest.mark.slow  # dagster job execute in a subprocess
+def test_cron_style_runs_alert_once_without_a_daemon_or_a_dagster_home(
+    tmp_path: Path, gateway: TestGateway, http: HttpReceiver
+) -> None:
+    """`dagster job execute` from cron: a throwaway instance per run, no daemon. The step hooks
+    alert in the run; the state folder remembers the open condition between the processes."""
+    section = {"ui_url": UI, "channels": {"pager": {"webhook": {"url": {"env": "HOOK_URL"}}}}}
+    project = alerting_project(tmp_path, section, users=5)
+    env = cli_env(
+        RUDDER_SYNC_CONFIG=str(project.config_path),
+        RUDDERSTACK_DATA_PLANE_URL=gateway.url,
+        RUDDERSTACK_WRITE_KEY=WRITE_KEY,
+        HOOK_URL=f"{http.url}/hooks/{SECRET_TOKEN}",
+    )
+    sql(project.warehouse, "alter table users rename to users_moved")
+    for _ in range(2):
+        failed = job_execute("signups", env, tmp_path)
+        assert failed.returncode != 0
+    (alert,) = [r.json() for r in http.on("/hooks/")]
+    assert alert["condition"] == "run_failure" and alert["run_url"].startswith(f"{UI}/runs/")
+    assert SECRET_TOKEN not in failed.stdout + failed.stderr
+    sql(project.warehouse, "alter table users_moved rename to users")
+    done = job_execute("signups", env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r.json()["status"] for r in http.on("/hooks/")] == ["firing", "resolved"]

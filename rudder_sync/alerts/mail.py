@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import smtplib
 import ssl
+from email import policy
 from email.message import EmailMessage
 
 from ..warehouses.settings import EnvRef
@@ -16,8 +17,12 @@ def _text(value: str | EnvRef | None) -> str | None:
     return value.value() if isinstance(value, EnvRef) else value
 
 
+# Headers folded at 200 characters, not 78: the subject stays on its line in every client.
+POLICY = policy.SMTP.clone(max_line_length=200)
+
+
 def message(channel: EmailChannel, alert: Alert) -> EmailMessage:
-    mail = EmailMessage()
+    mail = EmailMessage(policy=POLICY)
     mail["Subject"] = alert.subject
     mail["From"] = channel.sender
     mail["To"] = ", ".join(channel.to)
