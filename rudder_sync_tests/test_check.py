@@ -52,6 +52,13 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+def dry_run(config: Path) -> Path:
+    """The config with `dry_run: true`: its syncs need no data plane URL."""
+    document = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**document, "dry_run": True}, sort_keys=False))
+    return config
+
+
 def write_config(root: Path, document: dict[str, Any]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / "rudder_sync.yaml"
@@ -114,13 +121,26 @@ def test_a_good_project_passes_and_says_what_it_checked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = write_project(tmp_path, {"user_traits": IDENTIFY_SYNC}, users=1)
-    assert cli_main(["check", str(project.config_path)]) == 0
+    assert cli_main(["check", str(dry_run(project.config_path))]) == 0
     out = capsys.readouterr().out
     assert "1 sync (user_traits)" in out
-    assert "default destination: dry run (RUDDERSTACK_DATA_PLANE_URL is not set)" in out
+    assert (
+        "default destination: no data plane URL (RUDDERSTACK_DATA_PLANE_URL is not set): its "
+        "syncs can only be dry runs" in out
+    )
     assert out.splitlines()[-1].endswith(
         "no problems. --connect also reaches the warehouse and destinations."
     )
+
+
+def test_a_sync_whose_runs_would_fail_without_a_url_is_a_problem(tmp_path: Path) -> None:
+    """Without `dry_run: true`, an unset data plane URL fails a run: check says so first."""
+    project = write_project(tmp_path, {"user_traits": IDENTIFY_SYNC}, users=1)
+    (problem,) = check(project.config_path).problems
+    assert problem.startswith(
+        "sync 'user_traits': RUDDERSTACK_DATA_PLANE_URL is not set, so nothing would be sent."
+    )
+    assert "Fix: export RUDDERSTACK_DATA_PLANE_URL and RUDDERSTACK_WRITE_KEY" in problem
 
 
 # -- --connect -----------------------------------------------------------------------------------
@@ -133,7 +153,7 @@ def test_connect_finds_a_missing_column_and_a_missing_table_in_duckdb(tmp_path: 
         "fine": IDENTIFY_SYNC,
     }
     project = write_project(tmp_path, syncs, users=2)
-    report = check(project.config_path, connect=True)
+    report = check(dry_run(project.config_path), connect=True)
     assert len(report.problems) == 2, report.problems
     table, missing = report.problems  # in the YAML's order (sorted by write_project)
     assert missing.startswith(
@@ -150,12 +170,12 @@ def test_connect_reads_no_rows_of_a_model(tmp_path: Path) -> None:
     model = IDENTIFY_SYNC["model"] + " where error('a row was read') is null"
     sync = dict(IDENTIFY_SYNC, model=model)
     project = write_project(tmp_path, {"user_traits": sync}, users=2)
-    assert check(project.config_path, connect=True).problems == []
+    assert check(dry_run(project.config_path), connect=True).problems == []
 
 
 def test_connect_names_a_missing_duckdb_file(tmp_path: Path) -> None:
     project = write_project(tmp_path, {"user_traits": IDENTIFY_SYNC}, users=0)
-    problems = check(project.config_path, connect=True).problems
+    problems = check(dry_run(project.config_path), connect=True).problems
     assert len(problems) == 1 and "does not exist" in problems[0] and "Fix:" in problems[0]
 
 
@@ -165,7 +185,7 @@ def test_connect_on_postgres_finds_a_missing_column(
     pg.seed_users(2)
     syncs = {"user_traits": dict(IDENTIFY_SYNC, mapping={"email": "email", "name": "full_name"})}
     project = write_pg_project(tmp_path, pg, syncs, monkeypatch)
-    problems = check(project.config_path, connect=True).problems
+    problems = check(dry_run(project.config_path), connect=True).problems
     assert len(problems) == 1, problems
     assert problems[0].startswith(
         "sync 'user_traits': the model does not return column 'full_name' (from 'mapping.name')"
@@ -180,7 +200,7 @@ def test_connect_on_postgres_names_a_wrong_password_once_and_hides_it(
     parts = urlsplit(pg.url)
     wrong = parts._replace(netloc=f"{parts.username}:s3cret-pw@{parts.hostname}:{parts.port}")
     monkeypatch.setenv("RUDDER_SYNC_TEST_DB_URL", urlunsplit(wrong))
-    problems = check(project.config_path, connect=True).problems
+    problems = check(dry_run(project.config_path), connect=True).problems
     assert len(problems) == 1, problems  # one connection problem, not one per sync
     assert problems[0].startswith("warehouse: cannot connect to postgres") and "Fix:" in problems[0]
     assert problems[0].endswith("(the warehouse settings read RUDDER_SYNC_TEST_DB_URL)")
@@ -243,7 +263,9 @@ def test_the_command_in_a_subprocess(tmp_path: Path) -> None:
     assert len(problems) == len(EXPECTED_PROBLEMS)
 
     good = write_project(tmp_path / "good", {"user_traits": IDENTIFY_SYNC}, users=1)
-    env = cli_env(RUDDER_SYNC_CONFIG=str(good.config_path))  # the config from the environment
+    env = cli_env(
+        RUDDER_SYNC_CONFIG=str(dry_run(good.config_path))
+    )  # the config from the environment
     result = subprocess.run(
         [*command, "--connect"], env=env, capture_output=True, text=True, timeout=120
     )

@@ -113,12 +113,13 @@ def check(path: Path, connect: bool = False) -> Report:
     project = load_checked(path, report)
     if project is None:
         return report
-    check_definitions(project, report)
-    if connect and not report.problems:
+    senders = check_definitions(project, report)
+    if connect:
         check_warehouse(project, report)
         used = {sync.destination for sync in project.syncs.values()}
         for destination in destinations_of(project):
-            if destination.name in used:
+            sender = senders.get(destination.name)
+            if destination.name in used and sender is not None and not sender.dry_run:
                 probe_destination(destination, project.delivery, report)
     return report
 
@@ -223,26 +224,45 @@ def destinations_of(project: ProjectConfig) -> list[DestinationConfig]:
     return [DEFAULT_DESTINATION, *project.destinations.values()]
 
 
-def check_definitions(project: ProjectConfig, report: Report) -> None:
-    """Each destination's variables, then the whole definitions, as `dagster dev` loads them."""
-    from ..definitions import build_definitions, destination_resource
+def check_definitions(project: ProjectConfig, report: Report) -> dict[str | None, Any]:
+    """Each destination's variables, each sync's runs (a URL that is not set fails them unless
+    they are dry runs), then the whole definitions, as `dagster dev` loads them. The destinations'
+    resources, by name (None: the default), those that could be built."""
+    from dagster import Failure
 
+    from ..definitions import build_definitions, destination_resource
+    from ..dry_runs import resource_for_run
+
+    senders: dict[str | None, Any] = {}
     for destination in destinations_of(project):
         try:
             resource = destination_resource(destination, project.delivery)
         except RudderSyncError as exc:
             report.problem(exc)
             continue
-        where = _label(destination)
-        report.ok(
-            f"{where}: {'dry run' if resource.dry_run else 'delivers'} ({_url_of(destination)})"
-        )
+        senders[destination.name] = resource
+        where, url = _label(destination), _url_of(destination)
+        if resource.dry_run:
+            report.ok(f"{where}: no data plane URL ({url}): its syncs can only be dry runs")
+        else:
+            report.ok(f"{where}: delivers ({url})")
+    implicit = project._implicit_dry_run  # the demo: a dry run without a URL
+    for sync in project.syncs.values():
+        sender = senders.get(sync.destination)
+        if sender is None:
+            continue
+        url_env = None if implicit else sync.destination_config.url_env
+        try:
+            resource_for_run(sync.requiring_url(url_env), sender, None)
+        except Failure as exc:
+            report.problem(exc.description or str(exc))
     if report.problems:
-        return
+        return senders
     try:
         build_definitions(project).get_repository_def()
     except RudderSyncError as exc:
         report.problem(exc)
+    return senders
 
 
 def _label(destination: DestinationConfig) -> str:
