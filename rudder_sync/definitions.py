@@ -24,6 +24,7 @@ from dagster import BetaWarning, Definitions, EnvVar, definitions, in_process_ex
 from pydantic import BaseModel
 
 from .alerts.freshness import freshness_sensor
+from .alerts.runs import run_failure_alerts
 from .assets import build_sync_assets, build_sync_job
 from .automation import build_failure_sensor, build_schedule, build_trigger_sensor
 from .config import (
@@ -318,10 +319,12 @@ def build_definitions(
         for sync in project.syncs.values()
     ]
     syncs = [sync.requiring_url(url_required(sync)) for sync in syncs]
+    sensors = [build_failure_sensor()] if shared.owns_failure_sensor(where) else []
+    alerts_sensor = run_failure_alerts(syncs, project.state, namespace)  # alerts/runs.py
     return Definitions.merge(
         *(sync_definitions(sync, project.state, resources[warehouse_key]) for sync in syncs),
         Definitions(
-            sensors=[build_failure_sensor()] if shared.owns_failure_sensor(where) else [],
+            sensors=sensors + ([alerts_sensor] if alerts_sensor else []),
             resources=resources,
             executor=in_process_executor,
         ),

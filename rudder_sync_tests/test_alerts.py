@@ -16,15 +16,22 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from dagster import DagsterInstance, build_sensor_context, materialize
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    build_run_status_sensor_context,
+    build_sensor_context,
+    materialize,
+)
 
 from rudder_sync import RudderstackSyncComponent
 from rudder_sync.alerts.dispatch import Dispatcher, Observation
 from rudder_sync.alerts.freshness import freshness_sensor
+from rudder_sync.alerts.runs import SENSOR_NAME as RUN_FAILURE_SENSOR
 from rudder_sync.assets import IO_MANAGER_KEY, asset_key, build_sync_assets
 from rudder_sync.component import RudderstackSyncAttributes
 from rudder_sync.config import load_config, parse_config
-from rudder_sync.definitions import sync_definitions
+from rudder_sync.definitions import build_definitions, sync_definitions
 from rudder_sync.errors import ConfigError
 from rudder_sync.io_manager import SyncOutputIOManager
 from rudder_sync.warehouses import build_warehouse
@@ -478,3 +485,45 @@ def test_cron_style_runs_alert_once_without_a_daemon_or_a_dagster_home(
     done = job_execute("signups", env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r.json()["status"] for r in http.on("/hooks/")] == ["firing", "resolved"]
+
+
+def test_a_run_that_fails_outside_its_steps_alerts_through_the_run_failure_sensor(
+    tmp_path: Path, gateway: TestGateway, http: HttpReceiver, smtp: SmtpReceiver, channels_env: Any
+) -> None:
+    """A run worker that dies fails the run with no step failure: the hooks cannot see it, the
+    run-failure sensor does (once); a failure the hooks reported is left to them."""
+    project = alerting_project(tmp_path, {**channels_env, "on": ["run_failure"]}, users=1)
+    defs = build_definitions(project.config(), rudderstack_for(gateway.url))
+    sensor = defs.resolve_sensor_def(RUN_FAILURE_SENSOR)
+    instance = DagsterInstance.ephemeral()
+
+    def evaluate(run_id: str) -> None:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        (failure,) = instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE)
+        assert failure.dagster_event is not None
+        context = build_run_status_sensor_context(
+            sensor_name=sensor.name,
+            dagster_event=failure.dagster_event,
+            dagster_instance=instance,
+            dagster_run=run,
+        ).for_run_failure()
+        sensor(context)
+
+    killed = instance.create_run_for_job(job_def=defs.resolve_job_def("signups"))
+    instance.report_run_failed(killed, "the run worker exited unexpectedly (signal 9)")
+    evaluate(killed.run_id)
+    evaluate(killed.run_id)  # evaluated again (or another such run): still open, no repeat
+    (alert,) = [r.json() for r in http.on("/hooks/")]
+    assert alert["condition"] == "run_failure" and alert["run_url"] == f"{UI}/runs/{killed.run_id}"
+    assert alert["what"] == (
+        "Sync 'signups': the run failed outside its steps: the run worker exited unexpectedly "
+        "(signal 9)"
+    )
+
+    sql(project.warehouse, "alter table users rename to users_moved")  # a step fails
+    failed = defs.resolve_job_def("signups").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    evaluate(failed.run_id)
+    assert len(http.on("/hooks/")) == 1  # the condition was open already; the hooks own it
