@@ -386,10 +386,11 @@ def check_relations(
             with warehouse.read_model(f"select * from {model.relation} where 1 = 0") as reader:
                 reader.read_all()
         except WarehouseError as exc:
+            detail = " ".join(str(exc).split()).rstrip(".")  # one line, whatever the driver says
             raise Failure(
                 f"sync '{sync_name}': dbt model '{model.name}' ({model.relation}, from "
-                f"{model.manifest}) cannot be read in the warehouse: {exc} The manifest may be "
-                f"stale or the model not built. Fix: run `dbt build --select {model.name}` "
+                f"{model.manifest}) cannot be read in the warehouse ({detail}): the manifest may "
+                f"be stale or the model not built. Fix: run `dbt build --select {model.name}` "
                 "(or `dbt parse` after renaming or moving it) and reload the definitions."
             ) from None
 

@@ -403,7 +403,9 @@ def test_stale_manifest_fails_with_the_fix(tmp_path: Path, gateway: TestGateway)
     result = run_job(shop, gateway, DagsterInstance.ephemeral())
     assert not result.success
     message = failure_text(result)
+    assert "\n" not in message.strip()  # one line, though DuckDB's message has several
     assert 'dbt model \'customers\' ("main"."customers"' in message
+    assert "Table with name customers does not exist" in message
     assert "run `dbt build --select customers`" in message and "dbt parse" in message
     assert gateway.events == []
 
