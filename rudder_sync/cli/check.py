@@ -2,8 +2,9 @@
 
 Loading the definitions stops at the first error. This command checks each top-level section of
 the YAML on its own and each sync on its own (through the same `parse_config` the definitions use),
-so one mistake does not hide the next; then the destinations' environment variables and the whole
-definitions, as `dagster dev` would load them. `--connect` also opens the warehouse and reads each
+so one mistake does not hide the next; then the destinations' environment variables, the syncs
+whose runs would fail for want of a data plane URL, and the whole definitions, as `dagster dev`
+would load them. `--connect` also opens the warehouse and reads each
 model's columns (a LIMIT 0 query: no rows), and asks each destination's data plane whether it
 accepts the write key with an empty batch, which the gateway refuses after checking the key: no
 event is sent, nothing runs.
