@@ -49,6 +49,8 @@ _REF = re.compile(
 )
 _STRING = re.compile(r"'([^']*)'|\"([^\"]*)\"")
 _JINJA = re.compile(r"\{\{|\{%")
+# What may hold `{{` without being Jinja: SQL string literals and comments.
+_LITERALS = re.compile(r"'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.DOTALL)
 
 
 class DbtConfig(BaseModel):
@@ -114,7 +116,12 @@ def parse_dbt(raw: Any, where: str, base: Path) -> DbtConfig | None:
 def uses_dbt(model: Any) -> bool:
     """Whether a sync's `model` value names a dbt model: `{dbt: name}` or `{{ ref(...) }}` (any
     Jinja, so that what is not a ref gets its own message)."""
-    return isinstance(model, Mapping) or (isinstance(model, str) and bool(_JINJA.search(model)))
+    return isinstance(model, Mapping) or (isinstance(model, str) and _jinja_at(model) is not None)
+
+
+def _jinja_at(sql: str) -> re.Match[str] | None:
+    """The first `{{` or `{%` outside string literals and comments."""
+    return _JINJA.search(_LITERALS.sub(lambda m: " " * len(m.group(0)), sql))
 
 
 def require_dagster_dbt(prefix: str) -> None:
@@ -166,7 +173,7 @@ def resolve_model(
 
 def _refuse_jinja(prefix: str, sql: str) -> None:
     """Jinja other than `{{ ref(...) }}` is not rendered: say so, rather than a parse error."""
-    leftover = _JINJA.search(sql)
+    leftover = _jinja_at(sql)
     if leftover:
         snippet = sql[leftover.start() : leftover.start() + 40].split("\n")[0]
         raise ConfigError(

@@ -218,6 +218,11 @@ def test_config_mistakes_around_dbt(parsed: DbtShop, monkeypatch: pytest.MonkeyP
     assert "key 'require_checks'" in checks
     typo = load_error(parsed, TRAITS, dbt={"project_dri": "analytics"})
     assert "did you mean 'project_dir'?" in typo
+    # Braces in a string literal or a comment are SQL, not Jinja: no dbt needed.
+    literal = "select 1 as id, 'u1' as user_id, '{{ name }}' as email, 'x' as plan -- {{ x }}"
+    parsed.write({"traits": dict(TRAITS, model=literal)})
+    assert parsed.config().syncs["traits"].model == literal
+    assert "did you mean 'project_dir'?" in typo
     # Without the extra (dagster_dbt not importable), the pip command.
     monkeypatch.setitem(sys.modules, "dagster_dbt", None)
     assert "pip install 'rudder_sync[dbt]'" in load_error(parsed, TRAITS)
