@@ -180,7 +180,14 @@ def databricks(spark_engine: Any) -> Iterator[Engine]:
     spark_engine.catalog.setCurrentDatabase("default")
 
 
-ENGINES = ["snowflake", "bigquery", "redshift", "databricks"]
+# Spark's first statements start its JVM (the session's fixture): more time than pytest's 300 s
+# default may pass on a loaded machine.
+ENGINES = [
+    "snowflake",
+    "bigquery",
+    "redshift",
+    pytest.param("databricks", marks=pytest.mark.timeout(900)),
+]
 
 
 @pytest.fixture(params=ENGINES)

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import duckdb
+import pytest
 
 from rudder_sync.jsonvalues import json_object_sql, quote_ident
 from rudder_sync.warehouses.base import stream
@@ -86,6 +87,7 @@ def test_redshift_types_through_redshift_connector(redshift_engine: Any, pg: Any
     assert f'"b":{DIGITS_38}' in text  # every digit on the wire
 
 
+@pytest.mark.timeout(900)  # the first test may start Spark's JVM
 def test_databricks_types_from_spark_sql(spark_engine: Any) -> None:
     from rudder_sync.warehouses.databricks import normalised_schema
 
