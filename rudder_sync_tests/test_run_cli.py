@@ -208,7 +208,7 @@ def test_a_failing_run_prints_its_reason_on_one_line_and_exits_1(tmp_path: Path)
 
 
 def test_due_runs_the_scheduled_syncs_once_per_tick_and_all_runs_every_sync(
-    tmp_path: Path,
+    tmp_path: Path, gateway: TestGateway
 ) -> None:
     syncs = {
         "user_events": dict(TRACK_SYNC, schedule="0 0 1 1 *"),  # ticked on January 1st
@@ -216,7 +216,7 @@ def test_due_runs_the_scheduled_syncs_once_per_tick_and_all_runs_every_sync(
     }
     project = write_project(tmp_path / "project", syncs, users=3)
     dagster_home = home(tmp_path)
-    env = env_for(project, dagster_home, None)
+    env = env_for(project, dagster_home, gateway)
 
     first = run_cli(env, tmp_path, "--due")
     assert first.returncode == 0, first.stderr[-3000:]
