@@ -34,6 +34,10 @@ from rudder_sync.warehouse_state.sql import Tables, fingerprint_sql, render, sta
 
 from .helpers import TRACK_SYNC
 
+# One xdist worker runs every test of the vendor engines (with --dist loadgroup), so that each
+# stand-in (rudder_sync_tests/engines/) starts once per run.
+pytestmark = pytest.mark.xdist_group("engines")
+
 SCHEMA = "rudder_sync"
 TABLES = Tables(schema=SCHEMA, prefix="orders")
 FIRST_WINDOW = TABLES.qualified(TABLES.window_name("2024-01-01"))

@@ -22,6 +22,10 @@ import yaml
 from .gateway import TestGateway
 from .helpers import SEEDED_SYNC, Project, rudderstack_for, run_sync, sql
 
+# One xdist worker runs every test of the vendor engines (with --dist loadgroup), so that each
+# stand-in (rudder_sync_tests/engines/) starts once per run.
+pytestmark = pytest.mark.xdist_group("engines")
+
 SECRET_ENV = "RUDDER_SYNC_TEST_ENGINE_SECRET"
 SECRET = "engine-Secret-31x"
 COLUMNS = ("id", "user_id", "anon_id", "email", "plan")

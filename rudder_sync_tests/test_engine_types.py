@@ -22,6 +22,10 @@ from rudder_sync.jsonvalues import json_object_sql, quote_ident
 from rudder_sync.warehouses.base import stream
 from rudder_sync.warehouses.vendor import batches_of
 
+# One xdist worker runs every test of the vendor engines (with --dist loadgroup), so that each
+# stand-in (rudder_sync_tests/engines/) starts once per run.
+pytestmark = pytest.mark.xdist_group("engines")
+
 DIGITS_38 = "12345678901234567890123456789012345678"
 
 

@@ -34,6 +34,10 @@ from rudder_sync.warehouses.base import stream
 from rudder_sync.warehouses.sql import bind
 from rudder_sync.warehouses.vendor import batches_of
 
+# One xdist worker runs every test of the vendor engines (with --dist loadgroup), so that each
+# stand-in (rudder_sync_tests/engines/) starts once per run.
+pytestmark = pytest.mark.xdist_group("engines")
+
 PASSWORD = "Fs-Secret-42x"
 TOKEN = "dapi-Secret-0123456789"
 
