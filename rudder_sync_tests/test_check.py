@@ -165,6 +165,19 @@ def test_connect_finds_a_missing_column_and_a_missing_table_in_duckdb(tmp_path: 
     assert "sync 'fine': the model returns the 5 columns the sync names" in report.passed
 
 
+def test_connect_runs_a_triggers_query_without_reading_rows(tmp_path: Path) -> None:
+    good = dict(IDENTIFY_SYNC, trigger={"sql": "select max(updated_at) from users"})
+    bad = dict(IDENTIFY_SYNC, trigger={"sql": "select max(updated_at) from user_changes"})
+    project = write_project(tmp_path, {"a_good": good, "b_bad": bad}, users=1)
+    report = check(dry_run(project.config_path), connect=True)
+    (problem,) = report.problems
+    assert (
+        problem.startswith("sync 'b_bad': key 'trigger.sql' failed: ") and "user_changes" in problem
+    )
+    assert problem.endswith("Fix: correct 'trigger.sql' (a SELECT the warehouse runs, read-only).")
+    assert "sync 'a_good': the trigger's query runs" in report.passed
+
+
 def test_connect_reads_no_rows_of_a_model(tmp_path: Path) -> None:
     """A model that fails on its first row (an error() per row) passes: LIMIT 0 reads none."""
     model = IDENTIFY_SYNC["model"] + " where error('a row was read') is null"

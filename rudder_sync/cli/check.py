@@ -284,9 +284,11 @@ def _url_of(destination: DestinationConfig) -> str:
 
 
 def check_warehouse(project: ProjectConfig, report: Report) -> None:
-    """Connect once, then read each model's columns with LIMIT 0 (no rows, nothing written)."""
+    """Connect once, then read each model's columns and run each trigger's query with LIMIT 0
+    (no rows, nothing written)."""
     from ..diff import check_model_columns
     from ..warehouses import build_warehouse
+    from ..warehouses.sql import statement_body
 
     warehouse = build_warehouse(project.warehouse).process_config_and_initialize()
     try:
@@ -307,15 +309,28 @@ def check_warehouse(project: ProjectConfig, report: Report) -> None:
             continue
         count = len(sync.required_columns)
         report.ok(f"sync '{sync.name}': the model returns the {count} columns the sync names")
+    for sync in project.syncs.values():
+        if sync.trigger is None:
+            continue
+        sql = f"select * from ({statement_body(sync.trigger.sql)}) as __rs_check limit 0"
+        try:
+            with warehouse.read_model(sql) as reader:
+                reader.read_all()
+        except RudderSyncError as exc:
+            report.problem(_model_problem(sync, exc, "key 'trigger.sql'"))
+            continue
+        report.ok(f"sync '{sync.name}': the trigger's query runs")
 
 
-def _model_problem(sync: SyncConfig, exc: RudderSyncError) -> str:
+def _model_problem(sync: SyncConfig, exc: RudderSyncError, what: str = "the model") -> str:
     """The sync's name first, and a fix where the driver's words have none (DuckDB's)."""
     text = str(exc).rstrip()
     if not text.startswith(f"sync '{sync.name}'"):
-        text = f"sync '{sync.name}': the model failed: {text}"
+        text = f"sync '{sync.name}': {what} failed: {text}"
     if "Fix:" not in text:
-        text += " Fix: correct the model (a SELECT the warehouse runs, read-only)."
+        text += (
+            f" Fix: correct {what.removeprefix('key ')} (a SELECT the warehouse runs, read-only)."
+        )
     return text
 
 
