@@ -11,7 +11,8 @@ runs, and carry that history in their metadata:
 - `feed_stopped`: no changes for `quiet_runs` runs in a row, when the runs before usually had some.
 
 The history is kept in the state folder (`<state>/history/<sync>.json`), so a throwaway Dagster
-instance per run still has it; it holds the last `window + quiet_runs` runs. With alerts whose
+instance per run still has it; it holds the last `window + quiet_runs` runs. A run that the run
+config makes a dry run is checked against it but neither recorded nor alerted on. With alerts whose
 `on` has `anomaly`, a failing check opens the `anomaly` condition and passing ones clear it.
 """
 
@@ -37,6 +38,7 @@ from dagster import (
 
 from .alerts.dispatch import Dispatcher, Observation
 from .config import SyncConfig
+from .dry_runs import run_asks_for_dry_run
 
 ROW_COUNT = "row_count_anomaly"
 CHANGE_COUNT = "change_count_anomaly"
@@ -164,9 +166,10 @@ def anomaly_checks(sync: SyncConfig, state_dir: Path) -> list[AssetChecksDefinit
             "model_rows": rows,
             "changes": changes,
         }
-        keep = settings.window + settings.quiet_runs
-        save_history(state_dir, sync.name, [*runs, this_run][-keep:])
-        _alert(context, sync, state_dir, verdicts)
+        if not run_asks_for_dry_run(context.run.run_config, sync):
+            keep = settings.window + settings.quiet_runs
+            save_history(state_dir, sync.name, [*runs, this_run][-keep:])
+            _alert(context, sync, state_dir, verdicts)
         for verdict in verdicts:
             yield AssetCheckResult(
                 asset_key=diff_key,

@@ -527,3 +527,20 @@ def test_a_run_that_fails_outside_its_steps_alerts_through_the_run_failure_senso
     )
     evaluate(failed.run_id)
     assert len(http.on("/hooks/")) == 1  # the condition was open already; the hooks own it
+
+
+def test_a_dry_run_asked_for_by_the_run_config_neither_opens_nor_clears_a_condition(
+    tmp_path: Path, gateway: TestGateway, http: HttpReceiver, smtp: SmtpReceiver, channels_env: Any
+) -> None:
+    project = alerting_project(tmp_path, channels_env, users=5, alerts=["pager"])
+    rudderstack = rudderstack_for(gateway.url)
+    sql(project.warehouse, "alter table users rename to users_moved")
+    run_sync(project, "signups", rudderstack, raise_on_error=False, dry_run=True)
+    assert http.requests == []  # a failing dry run: no alert
+    run_sync(project, "signups", rudderstack, raise_on_error=False)
+    assert len(http.on("/hooks/")) == 1
+    sql(project.warehouse, "alter table users_moved rename to users")
+    assert run_sync(project, "signups", rudderstack, dry_run=True).success
+    assert len(http.on("/hooks/")) == 1  # a dry run's success clears nothing
+    run_sync(project, "signups", rudderstack)
+    assert [r.json()["status"] for r in http.on("/hooks/")] == ["firing", "resolved"]

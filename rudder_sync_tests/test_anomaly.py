@@ -137,3 +137,14 @@ def test_anomaly_keys_are_checked_at_load(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="key 'anomaly' is for unpartitioned syncs"):
         parse_config({"syncs": {"t": partitioned}}, tmp_path)
+
+
+def test_a_dry_run_is_checked_but_not_recorded(
+    tmp_path: Path, gateway: TestGateway, http: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = project_with(tmp_path, http, monkeypatch)
+    rudderstack = rudderstack_for(gateway.url)
+    run_sync(project, "traits", rudderstack)
+    dry = run_sync(project, "traits", rudderstack, dry_run=True)
+    assert {ROW_COUNT, CHANGE_COUNT, FEED_STOPPED} <= set(checks(dry))
+    assert len(load_history(project.state_dir, "traits")) == 1

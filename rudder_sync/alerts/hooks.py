@@ -7,6 +7,9 @@ materialization), so they need no daemon.
 - the diff's `change_guard` check fails: `guard_tripped` opens; it passing clears it.
 - the diff leaves out more than `rejected_share` of the model's rows: `rejected_rows` opens.
 - the events step's quarantine count grew: `quarantine` opens; an empty quarantine clears it.
+
+A run that the run config makes a dry run neither opens nor clears anything: it works on the
+dry-run state, and its success says nothing about delivery.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from dagster import DagsterEventType, HookContext, HookDefinition, failure_hook, success_hook
 
 from ..config import SyncConfig
+from ..dry_runs import run_asks_for_dry_run
 from ..reporting import CHANGE_GUARD
 from .dispatch import Dispatcher, Observation
 from .status import load_status
@@ -43,6 +47,9 @@ def alert_hooks(sync: SyncConfig, state_dir: Path) -> set[HookDefinition]:
 def evaluate_step(context: HookContext, sync: SyncConfig, state_dir: Path, failed: bool) -> None:
     alerts = sync.alerts_config
     assert alerts is not None
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is not None and run_asks_for_dry_run(run.run_config, sync):
+        return
     dispatcher = Dispatcher(alerts, sync, state_dir, context.log)
     step = context.op.name.removeprefix(f"{sync.name}__")
     # The asset's own output is "result" (check results are outputs of their own).
