@@ -279,7 +279,7 @@ def test_slack_bot_token_mode_posts_to_the_channel_through_dagster_slack(
     assert sync.alerts_config is not None
     dispatcher = Dispatcher(sync.alerts_config, sync, tmp_path, _Log())
     seen = Observation(
-        "run_failure", True, "Sync 'signups': the diff step failed: boom", "fix it", {}
+        "run_failure", True, "Sync 'signups': the diff step failed: boom <b> & c", "fix it", {}
     )
     assert dispatcher.observe(seen, "run-1") is not None
     assert dispatcher.observe(seen, "run-2") is None  # still open: nothing
@@ -287,7 +287,8 @@ def test_slack_bot_token_mode_posts_to_the_channel_through_dagster_slack(
     assert request.headers["authorization"] == f"Bearer {BOT_TOKEN}"
     payload = request.json()
     assert payload["channel"] == "#data-alerts"
-    assert "the diff step failed: boom" in payload["text"] and f"{UI}/runs/run-1" in payload["text"]
+    assert "the diff step failed: boom &lt;b&gt; &amp; c" in payload["text"]  # Slack's escapes
+    assert f"{UI}/runs/run-1" in payload["text"]
     assert BOT_TOKEN not in payload["text"] + str(payload.get("blocks"))
 
 

@@ -13,9 +13,15 @@ from .message import Alert, AlertDeliveryError
 from .settings import SlackChannel
 
 
+def escape(text: str) -> str:
+    """Slack's mrkdwn reads <, > and & as markup: an error message must show them as written."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def blocks(alert: Alert) -> list[dict[str, Any]]:
     """Slack's layout of an alert: a header, what happened, the fix, the run's link."""
-    body = alert.what + (f"\n*Fix:* {alert.fix}" if alert.status == "firing" else f"\n{alert.fix}")
+    fix = f"\n*Fix:* {escape(alert.fix)}" if alert.status == "firing" else f"\n{escape(alert.fix)}"
+    body = escape(alert.what) + fix
     layout: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": alert.subject[:150]}},
         {"type": "section", "text": {"type": "mrkdwn", "text": body[:3000]}},
@@ -45,7 +51,7 @@ def _send_webhook(name: str, channel: SlackChannel, alert: Alert) -> None:
         raise AlertDeliveryError(f"channel '{name}': {env} is not set")
     client = WebhookClient(url, timeout=int(channel.timeout_seconds))
     try:
-        response = client.send(text=alert.text(), blocks=blocks(alert))
+        response = client.send(text=escape(alert.text()), blocks=blocks(alert))
     except OSError as exc:
         raise AlertDeliveryError(
             f"channel '{name}': the Slack webhook ({env}) did not answer: {type(exc).__name__}"
@@ -67,7 +73,9 @@ def _send_bot(name: str, channel: SlackChannel, alert: Alert) -> None:
     client.base_url = channel.api_url if channel.api_url.endswith("/") else channel.api_url + "/"
     client.timeout = int(channel.timeout_seconds)
     try:
-        client.chat_postMessage(channel=channel.channel, text=alert.text(), blocks=blocks(alert))
+        client.chat_postMessage(
+            channel=channel.channel, text=escape(alert.text()), blocks=blocks(alert)
+        )
     except SlackApiError as exc:
         raise AlertDeliveryError(
             f"channel '{name}': Slack refused the message to {channel.channel}: "
