@@ -294,6 +294,8 @@ def build_sync_assets(
             log_diff(context.log, sync, summary, key)
         metadata = diff_metadata(sync, result.summaries, result.frame)
         metadata.update(resync=mode.resync, reset_baseline=mode.reset_baseline)
+        if config.resync and not mode.resync:  # an earlier resync was finished instead
+            metadata["resync_finished_earlier_one"] = True
         metadata.update(result.transfer or {})
         if config.retry_quarantined:
             metadata["readmitted_quarantined"] = result.readmitted

@@ -43,6 +43,7 @@ from .helpers import (
     IDENTIFY_SYNC,
     TRACK_SYNC,
     WRITE_KEY,
+    asset_metadata,
     cli_env,
     failure_text,
     rudderstack_for,
@@ -130,6 +131,8 @@ def test_a_resync_asked_for_again_after_being_cut_short_finishes_the_first(
     assert all(not resync[user] & first[user] for user in first)
     logs = "\n".join(e.user_message for e in instance.all_logs(again.run_id))
     assert "finishes it under the same messageIds" in logs
+    diff = asset_metadata(again, "traits", "diff")
+    assert diff["resync_finished_earlier_one"] is True and diff["resync"] is False
 
     # finished: a resync asked for now is a new one, under new messageIds again
     before = len(gateway.events)
