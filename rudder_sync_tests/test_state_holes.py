@@ -331,8 +331,10 @@ def test_a_lost_state_accepted_with_reset_baseline_sends_only_later_changes(
     project = write_project(tmp_path, {"events": TRACK_NO_INITIAL}, users=3)
     instance = DagsterInstance.ephemeral()
     assert run_on(project, "events", rudderstack_for(gateway.url), instance).success
+    assert run_on(project, "events", rudderstack_for(None), instance).success  # the latest: dry
     state_path(project.state_dir, "events", dry_run=False).unlink()
-    assert not run_on(project, "events", rudderstack_for(gateway.url), instance).success
+    lost = run_on(project, "events", rudderstack_for(gateway.url), instance)
+    assert not lost.success and "lost" in failure_text(lost)
 
     reset = run_on(project, "events", rudderstack_for(gateway.url), instance, APPROVED_RESET)
     assert reset.success, failure_text(reset)
