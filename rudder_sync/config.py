@@ -457,6 +457,7 @@ class DeliveryConfig(BaseModel):
 
     max_in_flight: int = setting_field("max_in_flight")
     max_request_kb: int = setting_field("max_request_kb")
+    max_event_kb: int = setting_field("max_event_kb")  # larger events are rejected, not sent
     request_timeout_seconds: float = setting_field("request_timeout_seconds")
     retry_max_seconds: float = setting_field("retry_max_seconds")
     allow_insecure_http: bool = setting_field("allow_insecure_http")
@@ -1030,6 +1031,7 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "model": "write the SELECT query, or {dbt: <model name>}",
         "max_in_flight": "a number of concurrent requests from 1 to 64",
         "max_request_kb": "at most 4000 (the gateway's limit)",
+        "max_event_kb": "KiB per event from 1 to 4000; RudderStack documents 32",
         "request_timeout_seconds": "a number of seconds",
         "retry_max_seconds": "a number of seconds",
         "guard": "e.g. 'guard: {max_removed_fraction: 0.2, max_changed_fraction: 0.5, "

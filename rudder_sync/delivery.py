@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .config import CHANGE_TYPES, SyncConfig
+from .errors import RudderstackRefusedError
 from .events import iter_event_columns
 from .rudderstack import ChangeId, DeliveryStats, RudderstackResource
 from .state import SyncState
@@ -47,7 +48,7 @@ class DeliveryReport:
 
 
 class _Committer:
-    """Commits accepted changes, and records rejected ones, in the order they came back.
+    """Commits accepted changes in the order they came back, and records rejected ones.
 
     On a thread of its own: building and sending the next events does not wait for the state's
     disk (DuckDB releases the GIL while it writes). At most one commit runs while the next group
@@ -133,6 +134,9 @@ def deliver_pending(
     report.committed_without_event = state.commit_silent_changes(window)
 
     committer = _Committer(state, run_id, status, destination)
+    # Rejections count toward quarantine once the delivery is over: if the data plane turns out
+    # to refuse everything, the rows were not at fault and their attempt does not count.
+    failures: list[tuple[ChangeId, str]] = []
     # The outcomes are acyclic: keep the collector from walking Dagster's whole heap while
     # thousands of them come and go (it once took a third of the delivery's time).
     gc.freeze()
@@ -142,14 +146,20 @@ def deliver_pending(
                 report.accepted += len(outcome.accepted)
                 committer.accepted(outcome.accepted.ref_array())
             if outcome.rejected:
-                failures = [(e.ref, reason) for e, reason in outcome.rejected]
-                report.rejected.extend(failures)
-                committer.rejected(failures)
+                failures.extend((e.ref, reason) for e, reason in outcome.rejected)
+    except RudderstackRefusedError:
+        failures.clear()
+        raise
     finally:
         gc.unfreeze()
         events.close()
+        report.rejected.extend(failures)
         # Whatever happens (a 401, retries exhausted, a crash of our own), keep what was accepted.
-        committer.close()
+        try:
+            if failures:
+                committer.rejected(failures)
+        finally:
+            committer.close()
     return report
 
 

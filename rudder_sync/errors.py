@@ -14,6 +14,7 @@ catch a branch for one concern. Each class stays importable from the module that
     └── RudderstackError                     rudderstack: delivery to RudderStack failed
         ├── RudderstackAuthError             the write key or the source was refused
         ├── RudderstackConfigError           the resource cannot work as configured
+        ├── RudderstackRefusedError          the data plane refuses (nearly) every event
         ├── RudderstackUnavailableError      unreachable or overloaded for too long
         │   └── RudderstackUnreachableError  never reached at all in this run
         └── WindowFailedError                steps: delivery stopped inside one window of a run
@@ -84,6 +85,11 @@ class RudderstackUnreachableError(RudderstackUnavailableError):
 
 class RudderstackConfigError(RudderstackError):
     """The resource is configured in a way that cannot work (bad URL, missing key...)."""
+
+
+class RudderstackRefusedError(RudderstackError):
+    """The data plane refuses (nearly) every event for one reason: a problem of the data plane
+    or the source, not of the rows, so the attempt is not counted against them (quarantine)."""
 
 
 class WindowFailedError(RudderstackError):

@@ -21,11 +21,12 @@ import ipaddress
 import logging
 import math
 import operator
+import os
 import random
 import ssl
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
@@ -45,6 +46,7 @@ from .errors import (
     RudderstackAuthError,
     RudderstackConfigError,
     RudderstackError,
+    RudderstackRefusedError,
     RudderstackUnavailableError,
     RudderstackUnreachableError,
 )
@@ -59,6 +61,13 @@ _RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 _GZIP_LEVEL = 1
 _PROGRESS_INTERVAL_SECONDS = 5.0
 _MAX_BODY_IN_MESSAGE = 200
+# What rudder-server's gateway answers to an accepted request: 200 with "OK" (older versions)
+# or "ok" (v1.83, reference/rudder-gateway-cases.json). Any other 2xx is not its answer.
+_GATEWAY_OK = "ok"
+# The gateway refuses (400) every event, or nearly every one for one reason, once this many
+# events were refused one by one: stop bisecting, it is not the rows (see _Refusals).
+_SYSTEMATIC_REFUSALS = 20
+_SYSTEMATIC_SHARE = 0.9
 # Rate limits (429 without Retry-After), AIMD on the rate (see _Throttle). A 429 cuts the pace
 # to this share of the events accepted over the last _THROTTLE_MEASURE_SECONDS...
 _THROTTLE_CUT = 0.9
@@ -68,6 +77,11 @@ _THROTTLE_GROWTH = 0.1
 # ...and a request carries at most this many seconds' worth of it, so that a limit counted in
 # windows is filled to within a small request.
 _THROTTLE_REQUEST_SECONDS = 0.125
+# A 429 while nothing got through lately cuts the events per request to this fraction.
+_THROTTLE_SHRINK = 8
+# A request refused this many times in a row, and larger than requests now are, is split; until
+# then it is sent again as it was (a scattered 429 is no reason to change the request).
+_SPLIT_AFTER_429S = 3
 # Longest wait between 429s in a row while nothing gets through (a used-up window is waited out
 # at this pace, so that little of the next one is lost).
 _THROTTLE_BACKOFF_MAX = 4.0
@@ -321,6 +335,13 @@ class RudderstackResource(dg.ConfigurableResource):
         ge=1,
         le=4000,
     )
+    max_event_kb: int = _bounded(
+        32,
+        "Largest event, in KiB: RudderStack documents 32 KB per event and its SDKs drop larger "
+        "ones. A larger event is rejected here, by key with its size, and never sent.",
+        ge=1,
+        le=4000,
+    )
     max_in_flight: int = _bounded(4, "Concurrent requests.", ge=1, le=64)
     request_timeout_seconds: float = _bounded(30.0, "Timeout of one request.", gt=0)
     retry_max_seconds: float = _bounded(
@@ -370,13 +391,21 @@ class RudderstackResource(dg.ConfigurableResource):
         self._check_numbers()
         stats = stats if stats is not None else DeliveryStats()
         if self.dry_run:
-            yield from _dry_run(events, self.max_request_kb, stats, log)
+            yield from _dry_run(events, _Limit.of(self), stats, log)
             return
         delivery = _Delivery(self, stats, log)
         try:
             yield from delivery.run(events)
         finally:
             delivery.close()
+
+    def url_setting(self) -> str:
+        """Where data_plane_url was set, for the messages that ask to check it: the environment
+        variables that hold this URL (Dagster resolves an EnvVar before the run and leaves only
+        its value here), else the key itself."""
+        url = (self.data_plane_url or "").strip()
+        names = sorted(name for name, value in os.environ.items() if url and value.strip() == url)
+        return " or ".join(names) if names else "data_plane_url"
 
     def _check_numbers(self) -> None:
         """Refuse settings out of their bounds: they would hang, never send, or be refused."""
@@ -431,12 +460,34 @@ def _is_loopback(host: str) -> bool:
 
 @dataclass(slots=True)
 class _Limit:
-    """Body size limit, lowered for the rest of a delivery when the gateway answers 413; and
-    events per request, capped by pacing and by rate limiting (429)."""
+    """Body size limit, lowered for the rest of a delivery when the gateway answers 413; the
+    largest event; and events per request, capped by pacing and by rate limiting (429)."""
 
     configured: int
     current: int
+    event: int
     events: int | None = None
+
+    @classmethod
+    def of(cls, resource: "RudderstackResource") -> "_Limit":
+        body = resource.max_request_kb * 1024
+        return cls(body, body, resource.max_event_kb * 1024)
+
+    def refuses(self, sizes: np.ndarray) -> np.ndarray:
+        """Which of the events of these sizes (in bytes) may never be sent."""
+        return (sizes > self.event) | (sizes + _OVERHEAD > self.configured)
+
+    def reason(self, size: int) -> str:
+        """Why an event of ``size`` bytes is not sent: the tighter limit it is over."""
+        if size > self.event and self.event + _OVERHEAD <= self.configured:
+            return (
+                f"event is {size:,} bytes; RudderStack accepts at most {self.event // 1024:,} KB "
+                f"({self.event:,} bytes) per event, see max_event_kb"
+            )
+        return (
+            f"event is {size:,} bytes; a request body may be at most {self.configured:,} bytes "
+            f"({_OVERHEAD} of them for the batch envelope), see max_request_kb"
+        )
 
 
 def _pack(events: Events, limit: _Limit) -> Iterator[_Batch]:
@@ -452,7 +503,7 @@ def _pack(events: Events, limit: _Limit) -> Iterator[_Batch]:
         sizes = run.sizes()
         # ends[i]: the bytes of the run's first i events, a comma after each.
         ends = np.concatenate(([0], np.cumsum(sizes + 1)))
-        too_big = np.flatnonzero(sizes + _OVERHEAD > limit.configured).tolist()
+        too_big = np.flatnonzero(limit.refuses(sizes)).tolist()
         start = 0
         for stop in [*too_big, len(run)]:
             while start < stop:
@@ -466,8 +517,7 @@ def _pack(events: Events, limit: _Limit) -> Iterator[_Batch]:
                 batch.count += taken - start
                 start = taken
             if stop < len(run):
-                reason = _too_big_reason(int(sizes[stop]), limit.configured)
-                batch.rejected.append((run[stop], reason))
+                batch.rejected.append((run[stop], limit.reason(int(sizes[stop]))))
                 yield batch
                 batch = _Batch()
                 start = stop + 1
@@ -513,13 +563,6 @@ def _runs(events: Events, limit: _Limit) -> Iterator[EventColumns]:
         yield EventColumns.of(run)
 
 
-def _too_big_reason(size: int, limit: int) -> str:
-    return (
-        f"event is {size:,} bytes; a request body may be at most {limit:,} bytes "
-        f"({_OVERHEAD} of them for the batch envelope), see max_request_kb"
-    )
-
-
 def _gzip(data: bytes) -> bytes:
     """gzip with a zero mtime, so equal bodies compress to equal bytes."""
     compressor = isal_zlib.compressobj(_GZIP_LEVEL, isal_zlib.DEFLATED, 31)
@@ -528,14 +571,13 @@ def _gzip(data: bytes) -> bytes:
 
 def _dry_run(
     events: Events,
-    max_request_kb: int,
+    limit: _Limit,
     stats: DeliveryStats,
     log: logging.Logger | None,
 ) -> Iterator[BatchOutcome]:
     """Pack and check events as the gateway would, without sending anything."""
-    limit = max_request_kb * 1024
     started, base_seconds, before = time.monotonic(), stats.seconds, replace(stats)
-    for batch in _pack(events, _Limit(limit, limit)):
+    for batch in _pack(events, limit):
         packed = batch.events
         objections = [_gateway_objection(body) for body in packed.bodies.to_pylist()]
         outcome = BatchOutcome(
@@ -658,14 +700,14 @@ class _Throttle:
     is used up is waited out, not taken for a lower limit); acceptances grow it by a tenth of
     the cut rate per second. Requests carry an eighth of a second's worth, so that a limit
     counted in windows is filled to within a small request. When nothing got through lately,
-    the request may be larger than the limit lets through at once: a 429 halves the events per
-    request instead, and acceptances double them back.
+    the request may be larger than the limit lets through at once: a 429 cuts the events per
+    request to an eighth instead, and acceptances double them back.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.rate: float | None = None  # events/s; None: no 429 with anything accepted yet
-        self.size: int | None = None  # events per request, halved while nothing gets through
+        self.size: int | None = None  # events per request, cut while nothing gets through
         self.pacer = _Pacer(math.inf)
         self.round = 0  # cuts so far; a request remembers the round it was sent in
         self.through_since_cut = False
@@ -707,7 +749,7 @@ class _Throttle:
             self._forget(now)
             through = sum(events for _, events in self.recent)
             if not through:
-                self.size = max(1, n_events // 2)
+                self.size = max(1, n_events // _THROTTLE_SHRINK)
                 self._cut(now)
                 return f"at most {self.size:,} events per request"
             if self.rate is not None and not self.through_since_cut:
@@ -748,11 +790,10 @@ class _Delivery:
         self.cfg = resource
         self.stats = stats
         self.log = log
-        limit = resource.max_request_kb * 1024
         rate = resource.max_events_per_second
         # Paced, a request carries at most one second's worth of events.
         self.pace_cap = max(1, int(rate)) if rate else None
-        self.limit = _Limit(limit, limit, self.pace_cap)
+        self.limit = _Limit.of(resource)
         if rate and stats._pacer is None:
             stats._pacer = _Pacer(rate)
         self.pacer = stats._pacer if rate else None
@@ -771,6 +812,7 @@ class _Delivery:
         self.last_advance = self.started  # the last request that settled: retry budget's origin
         self.streak = 0  # 429s without Retry-After in a row, with nothing accepted between
         self.told_throttled: set[str] = set()  # kinds of cuts logged
+        self.refusals = _Refusals()
         self.client = httpx.Client(
             headers={
                 "Authorization": f"Basic {token}",
@@ -866,7 +908,10 @@ class _Delivery:
             body = events.request_body()
             status, text, round_ = self._post(body, len(events))
         if 200 <= status < 300:
+            if status != 200 or text.strip().lower() != _GATEWAY_OK:
+                raise RudderstackConfigError(self._not_a_gateway(status, text, len(events)))
             self._advanced(accepted=len(events), round_=round_)
+            self.refusals.accepted(len(events))
             accepted.append(events)
             return
         if status not in (400, 413, 429):
@@ -875,7 +920,11 @@ class _Delivery:
             )
         if len(events) == 1:
             self._advanced(accepted=0, round_=round_)
-            rejected.append((events[0], self._redact(f"gateway {status}: {_short(text)}")))
+            reason = self._redact(f"gateway {status}: {_short(text)}")
+            verdict = self.refusals.refused(reason) if status == 400 else None
+            if verdict is not None:
+                raise RudderstackRefusedError(self._systematic(verdict, reason))
+            rejected.append((events[0], reason))
             return
         if status == 413:
             self._lower_limit(len(body))
@@ -889,20 +938,20 @@ class _Delivery:
         The deadline is retry_max_seconds without progress (no request of this delivery
         settled, time held by pacing not counted), so a slow but moving sync never fails.
         Returns the first non-retryable status, body text and the rate-limit round the last
-        attempt was sent in, or 429 when a rate limit asks for smaller requests (after
-        waiting); raises on 401/404.
+        attempt was sent in, or 429 when a rate limit refused it _SPLIT_AFTER_429S times in a
+        row and requests are now smaller (the caller splits it); raises on 401/404.
         """
         payload = _gzip(body) if self.cfg.gzip else body
         headers = {"Content-Encoding": "gzip"} if self.cfg.gzip else {}
         started = origin = time.monotonic()
-        attempt = 0
+        attempt = refusals = 0
         while True:
             if self.stop.is_set():
                 raise _Stopped
             origin = max(origin, self.last_advance) + self._pace(n_events)
             round_ = self.throttle.round
             self._count_request(len(body), len(payload))
-            status, text, retry_after, unreached = self._attempt(payload, headers)
+            status, text, retry_after, failure = self._attempt(payload, headers)
             if status is not None:
                 self._answered()
             if status is not None and status in (401, 404):
@@ -911,16 +960,22 @@ class _Delivery:
                 return status, text, round_
             last_error = text if status is None else f"{status} {_short(text)}".strip()
             throttled = status == 429 and retry_after is None
+            refusals = refusals + 1 if throttled else 0
             streak = self._throttled(n_events, round_) if throttled else 0
             if status == 429:
                 with self.lock:
                     self.stats.throttled += 1
             cap = self.limit.events
-            if throttled and n_events > 1 and cap is not None and n_events > cap:
-                return 429, text, round_  # the caller splits it, and paces the halves
+            if (
+                refusals >= _SPLIT_AFTER_429S
+                and n_events > 1
+                and cap is not None
+                and n_events > cap
+            ):
+                return 429, text, round_  # the caller splits it
             origin = max(origin, self.last_advance)
             deadline = origin + self.cfg.retry_max_seconds
-            first_contact = unreached and self.stats.answers == 0
+            first_contact = failure == "unreached" and self.stats.answers == 0
             if first_contact:
                 deadline = min(deadline, self.started + self.cfg.first_contact_seconds)
             if throttled:  # paced from now on; back off only when nothing gets through
@@ -932,18 +987,48 @@ class _Delivery:
                 waited = time.monotonic() - origin
                 if first_contact:
                     raise self._unreachable(n_events, time.monotonic() - started, attempt, text)
+                fix = self._too_slow(n_events, len(body)) if failure == "timeout" else ""
                 raise RudderstackUnavailableError(
                     self._redact(
                         f"gave up on a request of {n_events:,} events after {waited:.1f}s "
                         f"without progress and {attempt + 1} attempts "
                         f"(retry_max_seconds={self.cfg.retry_max_seconds:g}); "
-                        f"last error: {last_error}"
+                        f"last error: {last_error}{fix}"
                     )
                 )
             self._log_retry(last_error, delay, attempt + 1, n_events)
             if self.stop.wait(delay):
                 raise _Stopped
             attempt += 1
+
+    def _not_a_gateway(self, status: int, text: str, n_events: int) -> str:
+        """A 2xx that is not RudderStack's answer: the URL points elsewhere, nothing was sent."""
+        return self._redact(
+            f"the server at {self.host_port} answered {status} with {_describe_answer(text)} to "
+            f"POST {BATCH_PATH}, where RudderStack's gateway answers 200 OK: this is not a "
+            f"RudderStack data plane, and the {n_events:,} events are not taken as delivered "
+            f"(they stay pending). Fix: check {self.cfg.url_setting()} (scheme, host, port and "
+            "path of the data plane)"
+        )
+
+    def _systematic(self, verdict: str, reason: str) -> str:
+        """The data plane refuses the events themselves (_Refusals): say so and stop."""
+        return self._redact(
+            f"the data plane at {self.host_port} refuses (nearly) every event, not a few bad "
+            f"ones: {verdict}; last answer: {reason}. Stopped early: the changes stay pending "
+            "and this attempt does not count toward quarantine (max_attempts). Fix: correct "
+            "what the answer names (the data plane, the source or the sync's events), then run "
+            "again"
+        )
+
+    def _too_slow(self, n_events: int, size: int) -> str:
+        """The fix for a data plane that does not answer within request_timeout_seconds."""
+        return (
+            f". The data plane takes longer than request_timeout_seconds="
+            f"{self.cfg.request_timeout_seconds:g} to answer a request of {n_events:,} events "
+            f"({size / 1024:,.0f} KB). Fix: raise delivery.request_timeout_seconds, or lower "
+            f"delivery.max_request_kb (now {self.cfg.max_request_kb:,}) for smaller requests"
+        )
 
     def _unreachable(
         self, n_events: int, elapsed: float, attempt: int, error: str
@@ -957,16 +1042,17 @@ class _Delivery:
                 f"{self.cfg.first_contact_seconds:g}, then retry_max_seconds="
                 f"{self.cfg.retry_max_seconds:g}); last error: "
                 f"{error}. Fix: check the data plane URL "
-                "(RUDDERSTACK_DATA_PLANE_URL: scheme, host and port); if the data plane is down, "
+                f"({self.cfg.url_setting()}: scheme, host and port); if the data plane is down, "
                 "run again once it is up"
             )
         )
 
     def _attempt(
         self, payload: bytes, headers: dict[str, str]
-    ) -> tuple[int | None, str, float | None, bool]:
-        """One POST: (status, body, Retry-After, False), or (None, error, None, unreached) when
-        no answer came back; ``unreached`` when not even a connection could be opened."""
+    ) -> tuple[int | None, str, float | None, str]:
+        """One POST: (status, body, Retry-After, ""), or (None, error, None, kind) when no answer
+        came back: kind "unreached" when not even a connection could be opened, "timeout" when
+        no answer came within request_timeout_seconds, "lost" otherwise."""
         try:
             response = self.client.post(self.url, content=payload, headers=headers)
         except httpx.ConnectError as exc:
@@ -977,17 +1063,20 @@ class _Delivery:
                         "the data plane's real https URL, or install its CA in the trust store."
                     )
                 ) from None
-            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None, True
+            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None, "unreached"
         except httpx.ConnectTimeout as exc:
-            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None, True
-        except httpx.TransportError as exc:  # read/write errors, timeouts, cuts
-            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None, False
+            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None, "unreached"
+        except httpx.TimeoutException as exc:  # read, write or pool
+            timeout = f"request_timeout_seconds={self.cfg.request_timeout_seconds:g}"
+            return None, f"no answer within {timeout} ({type(exc).__name__})", None, "timeout"
+        except httpx.TransportError as exc:  # read/write errors, cuts
+            return None, f"{type(exc).__name__}: {exc}".rstrip(": "), None, "lost"
         except httpx.HTTPError as exc:  # not worth retrying, e.g. an undecodable answer
             raise RudderstackError(
                 self._redact(f"request to {self.url} failed: {type(exc).__name__}: {exc}")
             ) from None
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-        return response.status_code, response.text, retry_after, False
+        return response.status_code, response.text, retry_after, ""
 
     def _retry_delay(
         self,
@@ -1157,6 +1246,60 @@ class _Delivery:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+class _Refusals:
+    """Events the gateway refused one by one (400) in a delivery, against those it accepted: to
+    tell a data plane that refuses everything (a misconfiguration: a bisection down to single
+    events would cost two requests per event, and every row would end up quarantined) from a
+    few bad events among good ones (bisected, rejected, counted toward quarantine)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reasons: Counter[str] = Counter()
+        self.refused_in_row = 0  # with nothing accepted in between
+        self.accepted_events = 0
+
+    def accepted(self, n_events: int) -> None:
+        with self.lock:
+            self.accepted_events += n_events
+            self.refused_in_row = 0
+
+    def refused(self, reason: str) -> str | None:
+        """One more event refused for ``reason``; when the refusals are systematic, why."""
+        with self.lock:
+            self.reasons[reason] += 1
+            self.refused_in_row += 1
+            refused = self.reasons.total()
+            if refused < _SYSTEMATIC_REFUSALS:
+                return None
+            if self.refused_in_row >= _SYSTEMATIC_REFUSALS:
+                return (
+                    f"the last {self.refused_in_row:,} events tried one by one were all refused, "
+                    "with nothing accepted in between"
+                )
+            same = self.reasons.most_common(1)[0][1]
+            answered = refused + self.accepted_events
+            if same >= _SYSTEMATIC_SHARE * answered:
+                return f"{same:,} of the {answered:,} events it answered for were refused alike"
+            return None
+
+
+def _describe_answer(text: str) -> str:
+    """What a body that is not the gateway's answer looks like, quoting little of it (an echo
+    server would send the events, and their row values, back)."""
+    body = text.strip()
+    if not body:
+        return "an empty body"
+    head = body[:512].lower()
+    if head.startswith("<"):
+        return "an HTML page" if "html" in head else "an XML document"
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        flat = " ".join(body.split())
+        return f"the text {flat[:40]!r}" + ("..." if len(flat) > 40 else "")
+    return "a JSON document"
 
 
 def _first_failure(pending: Iterable[Future[BatchOutcome]]) -> BaseException | None:

@@ -137,6 +137,7 @@ class TestGateway:
         self._rate: tuple[int, float] | None = None  # (events, window seconds)
         self._rate_window = -1
         self._rate_used = 0
+        self._impostor: _Answer | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -249,12 +250,23 @@ class TestGateway:
             self._rate = (events, window_seconds)
             self._rate_window, self._rate_used = -1, 0
 
+    def impersonate(
+        self, status: int, body: str, content_type: str = "text/plain; charset=utf-8"
+    ) -> None:
+        """Answer every POST with ``status`` and exactly ``body``, storing nothing: a server
+        that is not a RudderStack data plane (a web server's page, a health check, another API)
+        where the data plane URL points."""
+        with self._lock:
+            self._impostor = _Answer(status, body, {"Content-Type": content_type})
+
     def clear_faults(self) -> None:
-        """Forget scripted answers, rejection rules and the rate limit: a healthy gateway again."""
+        """Forget scripted answers, rejection rules, the rate limit and an impersonation: a
+        healthy gateway again."""
         with self._lock:
             self._faults.clear()
             self._rejections.clear()
             self._rate = None
+            self._impostor = None
 
     def _queue(self, fault: _Fault, times: int) -> None:
         with self._lock:
@@ -271,6 +283,15 @@ class TestGateway:
     def handle_post(self, handler: "_Handler") -> None:
         """Answer one POST like rudder-server: route, auth, body, JSON, events; store on success."""
         wire = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        with self._lock:
+            impostor, index = self._impostor, self._request_count
+            if impostor is not None:
+                self._request_count += 1
+        if impostor is not None:  # scripted faults stay queued for the gateway's return
+            payload = impostor.message.encode()
+            self._record(index, handler, wire, None, impostor.status, payload)
+            _reply(handler, impostor, payload)
+            return
         index, fault = self._next_fault()
         if fault is not None and fault.kind == "delay":
             time.sleep(fault.seconds)
@@ -472,10 +493,10 @@ def _render(answer: _Answer) -> bytes:
 
 def _reply(handler: BaseHTTPRequestHandler, answer: _Answer, payload: bytes) -> None:
     handler.send_response(answer.status)
-    handler.send_header("Content-Type", "text/plain; charset=utf-8")
+    headers = {"Content-Type": "text/plain; charset=utf-8", **answer.headers}
     if answer.status >= 400:
-        handler.send_header("X-Content-Type-Options", "nosniff")
-    for name, value in answer.headers.items():
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+    for name, value in headers.items():
         handler.send_header(name, value)
     handler.send_header("Content-Length", str(len(payload)))
     handler.end_headers()

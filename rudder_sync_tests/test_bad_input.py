@@ -45,7 +45,7 @@ BASE_SYNC: dict[str, Any] = {
 COLUMNS = "id integer, uid varchar, v varchar"
 CONTROLS = (("1", "'u1'", "'a'"), ("2", "'u2'", "'b'"), ("3", "'u3'", "'c'"))
 NULL_V_CONTROLS = (("1", "'u1'", "null"), ("2", "'u2'", "null"), ("3", "'u3'", "null"))
-TOO_BIG = 4_200_000  # characters in one value: the event exceeds the 4,000 KB body limit
+TOO_BIG = 40_000  # characters in one value: the event exceeds RudderStack's 32 KB per event
 
 
 @dataclass(frozen=True)
@@ -507,12 +507,12 @@ CASES: list[Case] = [
         trait="é 中 🙂 \u2028\u2029 עברית",
     ),
     Case(
-        "a single event over the 4,000 KB body limit",
+        "a single event over the 32 KB event limit",
         "data",
         "rejected",
         rows=(("100", "'u100'", f"repeat('x', {TOO_BIG})"),),
         rejected=("100",),
-        messages=("event is", "bytes; a request body may be at most", "max_request_kb"),
+        messages=("event is 40,", "RudderStack accepts at most 32 KB", "max_event_kb"),
     ),
     # -- call types (issue 11): their config rules, and rows without a name/groupId/previousId --
     Case(

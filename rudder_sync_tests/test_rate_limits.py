@@ -134,21 +134,23 @@ def test_rate_limited_gateway_gets_every_event_through(
     assert request_sizes(gateway, 429)[0] == 300
     assert stats.throttled == len(request_sizes(gateway, 429)) > 0
     assert elapsed > resource.retry_max_seconds  # slow, but never without progress for long
-    assert "rate limited (429 without Retry-After): now at most 150 events per request" in (
+    assert "rate limited (429 without Retry-After): now at most 37 events per request" in (
         caplog.text
     )
     assert "pacing at about" in caplog.text  # once something got through: a pace is learned
     assert gateway.schema_errors == []
 
 
-def test_429s_with_nothing_through_halve_the_requests_then_they_grow_back(
+def test_429s_with_nothing_through_shrink_the_requests_then_they_grow_back(
     gateway: TestGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A 429 while nothing gets through halves the events per request; acceptances double them
-    back to what the body size allows. No pace is learned from refusals alone."""
+    """A 429 while nothing gets through cuts the events per request to an eighth; the refused
+    request is sent again as it was, and split when refused three times in a row; acceptances
+    double the events per request back to what the body size allows. No pace is learned from
+    refusals alone."""
     resource = resource_for(gateway, max_request_kb=8, max_in_flight=1)
     full = len(list(_packed_sizes(resource)))  # events per 8 KB request
-    gateway.fail_next(429)
+    gateway.fail_next(429, times=3)
     with caplog.at_level(logging.WARNING, logger="test.rate"):
         outcomes = list(
             resource.deliver([outgoing(i) for i in range(2000)], log=logging.getLogger("test.rate"))
@@ -157,9 +159,11 @@ def test_429s_with_nothing_through_halve_the_requests_then_they_grow_back(
     assert sum(len(o.accepted) for o in outcomes) == 2000
     assert_each_event_once_or_repeated_as_is(gateway.events, {f"m-{i}" for i in range(2000)})
     cuts = re.findall(r"now at most (\d+) events per request", caplog.text)
-    assert cuts == [str(full // 2)], caplog.text
+    assert cuts == [str(full // 8)], caplog.text
+    refused = [r.body for r in gateway.requests if r.status == 429]
+    assert len(refused) == 3 and len(set(refused)) == 1  # sent again as it was, twice
     accepted_sizes = request_sizes(gateway, 200)
-    assert accepted_sizes[:2] == [full // 2, full - full // 2]  # the refused request, split
+    assert accepted_sizes[0] == full // 8  # refused three times: split
     # ...and back to what 8 KB holds later (a few events fewer as their numbers grow longer)
     assert sum(size >= full - 5 for size in accepted_sizes[-8:]) >= 6
     assert "pacing at" not in caplog.text

@@ -253,6 +253,12 @@ def test_usage_and_config_errors_are_one_line(tmp_path: Path) -> None:
     (line,) = broken.stderr.strip().splitlines()  # the definitions' own line, no traceback
     assert line.startswith("rudder_sync: sync 't': key 'events' is for track syncs only")
 
+    no_home = cli_env(RUDDER_SYNC_CONFIG=str(project.config_path), DAGSTER_HOME=str(tmp_path / "x"))
+    homeless = run_cli(no_home, tmp_path, "user_traits")
+    assert homeless.returncode == 1
+    (line,) = homeless.stderr.strip().splitlines()
+    assert line.startswith("error: the Dagster instance did not load: $DAGSTER_HOME")
+
     typo = tmp_path / "typo.yaml"
     typo.write_text("ops: {user_traits__events: {config: {dry_runn: true}}}\n")
     invalid = run_cli(env, tmp_path, "user_traits", "-c", str(typo))

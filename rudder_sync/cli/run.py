@@ -95,7 +95,11 @@ def _run(
 ) -> int:
     from dagster import DagsterInstance
 
-    instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
+    try:
+        instance = DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
+    except Exception as exc:  # e.g. DAGSTER_HOME is not a folder: Dagster's message says so
+        print(f"error: the Dagster instance did not load: {_one_line(exc)}", file=sys.stderr)
+        return 1
     with instance or DagsterInstance.ephemeral() as instance:
         try:
             repository, definition = _load_definitions()
