@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check a project's config (and with --connect its warehouse and data "
         "planes): every problem, one line each with its fix",
     ),
+    "lookup": ("lookup", "show one record's snapshot, pending changes and deliveries (one key)"),
     "run": ("run", "run syncs now, in this process, as `dagster job execute` does (fast)"),
 }
 
