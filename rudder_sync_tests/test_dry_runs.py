@@ -11,10 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
 
+from rudder_sync import RudderstackSyncComponent
+from rudder_sync.component import RudderstackSyncAttributes
 from rudder_sync.config import ConfigError, load_config
 from rudder_sync.definitions import build_definitions, load_project
 from rudder_sync.state import state_path
@@ -164,3 +167,17 @@ def test_a_forgotten_url_makes_dagster_job_execute_exit_non_zero(tmp_path: Path)
     done = job_execute("traits", cli_env(RUDDER_SYNC_CONFIG=str(project.config_path)), tmp_path)
     assert done.returncode != 0
     assert "RUDDERSTACK_DATA_PLANE_URL is not set, so nothing would be sent" in done.stderr
+
+
+def test_the_component_takes_dry_run_where_the_yaml_does(tmp_path: Path) -> None:
+    attributes = {"syncs": {"traits": IDENTIFY_SYNC}, "dry_run": True, "destinations": EU}
+    project = RudderstackSyncComponent.from_attributes_dict(attributes=attributes).project(tmp_path)
+    assert project.dry_run and project.syncs["traits"].dry_run
+    schema = RudderstackSyncAttributes.model_json_schema()
+    jsonschema.validate(
+        {**attributes, "destinations": {"eu": {**EU["eu"], "dry_run": True}}}, schema
+    )
+    with pytest.raises(jsonschema.ValidationError, match="'dry_rnu' was unexpected"):
+        jsonschema.validate(
+            {**attributes, "destinations": {"eu": {**EU["eu"], "dry_rnu": 1}}}, schema
+        )
