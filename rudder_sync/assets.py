@@ -43,6 +43,7 @@ from .errors import RudderSyncError
 from .events import sample_payloads
 from .guard import evaluate_guard
 from .partitions import WindowSpec, partitions_definition, windows_for
+from .redact import field_places, redaction_of
 from .reporting import (
     CHANGE_GUARD,
     GATEWAY_REJECTIONS,
@@ -58,6 +59,7 @@ from .reporting import (
     log_diff,
     log_quarantine,
     quarantined_rows_check,
+    redaction_metadata,
     rejected_rows_check,
     rejected_sample,
     snapshot_metadata,
@@ -161,6 +163,7 @@ def build_sync_assets(
     )
     diff_key = asset_key(sync, "diff")
     events_key = asset_key(sync, "events")
+    redaction = redaction_of(sync)  # `redact:` and `store_frames` (redact.py)
 
     def windows(context: AssetExecutionContext) -> list[WindowSpec]:
         return windows_for(partitions, context.partition_keys) if partitions else []
@@ -291,16 +294,16 @@ def build_sync_assets(
                 f"or rows re-admitted, each with max_attempts ({sync.max_attempts}) new attempts"
             )
         for key, summary in result.summaries.items():
-            log_diff(context.log, sync, summary, key)
-        metadata = diff_metadata(sync, result.summaries, result.frame)
+            log_diff(context.log, sync, summary, key, redaction)
+        metadata = diff_metadata(sync, result.summaries, result.frame, redaction)
         metadata.update(resync=mode.resync, reset_baseline=mode.reset_baseline)
         if config.resync and not mode.resync:  # an earlier resync was finished instead
             metadata["resync_finished_earlier_one"] = True
         metadata.update(result.transfer or {})
         if config.retry_quarantined:
             metadata["readmitted_quarantined"] = result.readmitted
-        yield Output(result.frame, metadata=metadata)
-        yield rejected_rows_check(result.summaries)
+        yield Output(redaction.stored(result.frame, field_places(sync)), metadata=metadata)
+        yield rejected_rows_check(result.summaries, redaction)
         verdict = evaluate_guard(sync.guard, result.summaries.values(), _deliberate(context, mode))
         yield change_guard_check(
             context.log,
@@ -347,7 +350,12 @@ def build_sync_assets(
         with _open_state(sync, state_dir, rudderstack, warehouse_of(context)) as state:
             state.check_identity(sync_shape(sync))
             moved_from = _settle_destination(context, sync, state, sender, config)
-            samples = sample_payloads(state, sync, specs[0].key if specs else None)
+            samples = {
+                change: redaction.payload(sync.type, payload)
+                for change, payload in sample_payloads(
+                    state, sync, specs[0].key if specs else None
+                ).items()
+            }
             if sender.dry_run:
                 announce_dry_run(context.log, sync, *_dry_run_reason(sync, config), samples)
             done = deliver_windows(
@@ -361,20 +369,22 @@ def build_sync_assets(
                 destination=destination_label(sender),
             )
         assert done.frame is not None
-        rejected = rejected_sample(sync, done.frame)
+        rejected = rejected_sample(sync, done.frame, redaction)
         log_delivery(context.log, sync, done.total, rejected)
         metadata = delivery_metadata(done.total, samples, rejected)
         metadata.update(destination=destination_label(sender), quarantined=done.quarantined)
-        if done.quarantine_sample:
-            metadata["quarantined_rows"] = MetadataValue.json(done.quarantine_sample)
-            log_quarantine(context.log, sync, done.quarantined, done.quarantine_sample)
+        metadata.update(redaction_metadata(redaction))
+        quarantine_sample = redaction.rows(done.quarantine_sample)
+        if quarantine_sample:
+            metadata["quarantined_rows"] = MetadataValue.json(quarantine_sample)
+            log_quarantine(context.log, sync, done.quarantined, quarantine_sample)
         if moved_from is not None:
             metadata["moved_destination_from"] = moved_from
         if done.per_window:
             metadata["windows"] = windows_metadata(done.per_window)
-        yield Output(done.frame, metadata=metadata)
+        yield Output(redaction.stored(done.frame, []), metadata=metadata)
         yield gateway_rejections_check(done.total, rejected)
-        yield quarantined_rows_check(sync, done.quarantined, done.quarantine_sample)
+        yield quarantined_rows_check(sync, done.quarantined, quarantine_sample)
 
     return [snapshot, diff, events, *anomaly_checks(sync, state_dir)]
 

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from dagster import (
@@ -213,6 +213,17 @@ class RudderstackSyncAttributes(Model):
         description="true: no sync sends anything (a dry run: events built and validated). "
         "Without it, a destination whose URL variable is unset fails its syncs' runs.",
     )
+    redact: list[str] | Literal["all"] | None = Field(
+        default=None,
+        description="Row values masked in Dagster metadata, logs and stored frames (not in the "
+        "events): event fields or model columns, e.g. [email, userId], or 'all'. Applies to "
+        "every sync that has the field; a sync's own 'redact' adds to it. See docs/semantics.md.",
+    )
+    store_frames: bool = Field(
+        default=True,
+        description="false: the diff and events frames the IO manager stores keep no rows "
+        "(counts only, in the metadata). A sync's own 'store_frames' overrides it.",
+    )
     alerts: AlertsAttribute = Field(
         default=None,
         description="Alerts, as the sync YAML's 'alerts': ui_url, channels (name -> {slack|"
@@ -258,6 +269,8 @@ class RudderstackSyncComponent(Component, Resolvable):
         Mapping[str, Any] | None, Resolver(_verbatim, inject_before_resolve=False)
     ] = None
     dry_run: bool = False
+    redact: list[str] | str | None = None
+    store_frames: bool = True
     dbt: Annotated[Mapping[str, Any] | None, Resolver(_dbt, inject_before_resolve=False)] = None
 
     @classmethod
@@ -288,6 +301,10 @@ class RudderstackSyncComponent(Component, Resolvable):
             raw["alerts"] = dict(self.alerts)
         if self.dry_run:
             raw["dry_run"] = True
+        if self.redact is not None:
+            raw["redact"] = self.redact if isinstance(self.redact, str) else list(self.redact)
+        if not self.store_frames:
+            raw["store_frames"] = False
         if self.dbt is not None:
             raw["dbt"] = dict(self.dbt)
         return parse_config(raw, base_dir=base_dir.resolve(), source=source)

@@ -31,6 +31,8 @@ from .dbt import (
     uses_dbt,
 )
 from .errors import ConfigError
+from .redact import ALL as ALL_FIELDS
+from .redact import redact_targets
 from .rudderstack import setting_field
 from .warehouses.settings import (
     EnvRef,
@@ -200,6 +202,12 @@ class SyncConfig(BaseModel):
     # Build and validate events without sending (also set by the destination's or the project's
     # `dry_run: true`); without it, a destination without URL fails the run (dry_runs.py).
     dry_run: bool = False
+    # Row values masked wherever they are shown outside RudderStack (redact.py): event field
+    # paths or model columns, or "all"; the project's `redact:` is merged in by `parse_config`.
+    redact: list[str] | Literal["all"] | None = None
+    # False: the IO manager stores no rows of the diff and events frames (counts only); None:
+    # the project's `store_frames` (default true).
+    store_frames: bool | None = None
 
     # Not YAML keys: bound by `parse_config` (the destination) and by the definitions (resource
     # keys that differ from the plain ones when several projects share a code location).
@@ -478,6 +486,9 @@ class ProjectConfig(BaseModel):
     alerts: AlertsConfig | None = None
     dbt: DbtConfig | None = None
     dry_run: bool = False  # every sync builds and validates events without sending them
+    # Masked values and stored frames for every sync (merged into each sync's own keys).
+    redact: list[str] | Literal["all"] | None = None
+    store_frames: bool = True
     source: Path | None = None
 
     # Not a YAML key: the packaged demo (bound by `definitions.load_project`), whose syncs are
@@ -551,7 +562,18 @@ def parse_config(
         )
     _check_keys(
         raw,
-        {"warehouse", "state", "syncs", "delivery", "destinations", "dbt", "alerts", "dry_run"},
+        {
+            "warehouse",
+            "state",
+            "syncs",
+            "delivery",
+            "destinations",
+            "dbt",
+            "alerts",
+            "dry_run",
+            "redact",
+            "store_frames",
+        },
         f"{where}: top level",
         required=("syncs",),
     )
@@ -571,6 +593,13 @@ def parse_config(
             "true' makes every sync a dry run; remove it to deliver."
         )
     dbt = parse_dbt(raw.get("dbt"), where, base)
+    redact = _redact_value(where, raw.get("redact"))
+    store_frames = raw.get("store_frames", True)
+    if not isinstance(store_frames, bool):
+        raise ConfigError(
+            f"{where}: key 'store_frames' must be true or false (got {store_frames!r}). Fix: "
+            "'store_frames: false' keeps only counts of the diff and events frames."
+        )
     syncs_raw = raw["syncs"]
     if not isinstance(syncs_raw, Mapping) or not syncs_raw:
         raise ConfigError(
@@ -592,6 +621,7 @@ def parse_config(
         if dry_run or sync.destination_config.dry_run:
             sync = sync.model_copy(update={"dry_run": True})
         syncs[sync.name] = sync
+    syncs = _merge_redaction(where, redact, store_frames, syncs)
     _check_state_schema_names(warehouse, syncs)
     delivery_raw = raw.get("delivery") or {}
     if not isinstance(delivery_raw, Mapping):
@@ -615,6 +645,8 @@ def parse_config(
         alerts=alerts,
         dbt=dbt,
         dry_run=dry_run,
+        redact=redact,
+        store_frames=store_frames,
         source=source,
     )
 
@@ -761,6 +793,7 @@ def parse_sync(
         raise ConfigError(f"{prefix}: expected a mapping of keys. Fix: see the YAML reference.")
     allowed = set(SyncConfig.model_fields) - {"name"}
     _check_keys(body, allowed, prefix, required=("model", "primary_key", "type"))
+    _redact_value(prefix, body.get("redact"))  # its own message, before pydantic's
     models: tuple[DbtModel, ...] = ()
     if uses_dbt(body.get("model")):
         require_dagster_dbt(prefix)
@@ -781,6 +814,7 @@ def parse_sync(
     sync = sync.with_dbt(models=models) if models else sync
     _check_semantics(prefix, sync, body)
     check_model_sql(prefix, sync.model, partitioned=sync.partitions is not None, dialect=dialect)
+    sync = _check_redact(prefix, sync, body.get("redact"))
     if sync.trigger is not None:
         check_model_sql(prefix, sync.trigger.sql, key="trigger.sql", dialect=dialect)
     return sync
@@ -1000,6 +1034,71 @@ def _check_parameters(prefix: str, key: str, used: set[str], partitioned: bool) 
         )
 
 
+def _redact_value(prefix: str, value: Any) -> list[str] | Literal["all"] | None:
+    """`redact:` as written: a list of names or `all` (a list holding 'all' is `all`)."""
+    if value is None:
+        return None
+    if value == ALL_FIELDS:
+        return ALL_FIELDS
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(
+            f"{prefix}: key 'redact' must be a list of event fields or model columns, or 'all' "
+            f"(got {value!r}). Fix: e.g. 'redact: [email, userId]' or 'redact: all'."
+        )
+    return ALL_FIELDS if ALL_FIELDS in value else list(dict.fromkeys(value))
+
+
+def _check_redact(prefix: str, sync: SyncConfig, raw: Any) -> SyncConfig:
+    """The sync's `redact:` names must each be an event field or a column of the sync."""
+    names = _redact_value(prefix, raw)
+    if isinstance(names, list):
+        known = redact_targets(sync)
+        for name in names:
+            if name not in known:
+                raise ConfigError(f"{prefix}: key 'redact' {_unknown_redact(name, known)}")
+    return sync.model_copy(update={"redact": names})
+
+
+def _unknown_redact(name: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return (
+        f"names '{name}', which is no event field or model column of the sync{hint}. Fix: use "
+        f"one of {', '.join(sorted(known))}, or 'all'."
+    )
+
+
+def _merge_redaction(
+    where: str,
+    redact: list[str] | Literal["all"] | None,
+    store_frames: bool,
+    syncs: dict[str, SyncConfig],
+) -> dict[str, SyncConfig]:
+    """The project's `redact:` and `store_frames` merged into each sync: a sync masks its own
+    names and the project's names it has (a project name must belong to some sync); `all` at
+    either level wins; a sync's `store_frames` overrides the project's."""
+    targets = {name: redact_targets(sync) for name, sync in syncs.items()}
+    if isinstance(redact, list):
+        known: dict[str, Any] = {}
+        for found in targets.values():
+            known.update(found)
+        for name in redact:
+            if name not in known:
+                detail = _unknown_redact(name, known).replace("of the sync", "of any sync")
+                raise ConfigError(f"{where}: key 'redact' {detail}")
+    merged = {}
+    for name, sync in syncs.items():
+        own = sync.redact
+        if own == ALL_FIELDS or redact == ALL_FIELDS:
+            names: list[str] | Literal["all"] | None = ALL_FIELDS
+        else:
+            extra = [n for n in redact or [] if n in targets[name]]
+            names = list(dict.fromkeys([*(own or []), *extra])) or own
+        stores = store_frames if sync.store_frames is None else sync.store_frames
+        merged[name] = sync.model_copy(update={"redact": names, "store_frames": stores})
+    return merged
+
+
 def _check_keys(
     body: Mapping[str, Any], allowed: set[str], prefix: str, required: tuple[str, ...]
 ) -> None:
@@ -1056,6 +1155,8 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "dry_run": "use true (build and validate events without sending) or false",
         "anomaly": "e.g. 'anomaly: {window: 20, max_deviation: 0.5, quiet_runs: 3}' (window at "
         "least 3 runs, max_deviation above 0)",
+        "redact": "list event fields or model columns, e.g. [email, userId], or write 'all'",
+        "store_frames": "use true or false (false: the diff and events frames keep no rows)",
     }
     fix = fixes.get(key.split(".")[0], "see the YAML reference in the README")
     if error["type"] == "literal_error" and key.startswith("events."):

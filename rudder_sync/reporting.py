@@ -1,5 +1,7 @@
 """What a run tells its user: log lines, materialization metadata and check results.
 
+Row values shown here (keys, IDs, fields) go through the sync's `Redaction` (redact.py) first.
+
 Built from the figures the steps return (`steps.py`), so that what a step does and how it is shown
 in the Dagster UI change independently. Nothing here reads the state or talks to RudderStack.
 """
@@ -24,6 +26,7 @@ from .config import CALL_COLUMN_KEYS, CHANGE_TYPES, SyncConfig
 from .delivery import DeliveryReport
 from .diff import REJECTED_SAMPLE, DiffSummary
 from .guard import GuardVerdict
+from .redact import NO_REDACTION, Redaction, field_places
 
 PREVIEW_ROWS = 10
 # The diff's preview fits the Dagster UI at 1400 px: a few fields, and no cell longer than this
@@ -78,7 +81,13 @@ def snapshot_metadata(
 # -- diff ----------------------------------------------------------------------------------------
 
 
-def log_diff(log: Any, sync: SyncConfig, summary: DiffSummary, window: str) -> None:
+def log_diff(
+    log: Any,
+    sync: SyncConfig,
+    summary: DiffSummary,
+    window: str,
+    redaction: Redaction = NO_REDACTION,
+) -> None:
     name = f"sync '{sync.name}'{in_window(window)}"
     counts = ", ".join(f"{k} {v} (send {summary.to_send[k]})" for k, v in summary.counts.items())
     first = " (first run)" if summary.first_run and not window else ""
@@ -92,14 +101,18 @@ def log_diff(log: Any, sync: SyncConfig, summary: DiffSummary, window: str) -> N
     for pk, reason in dict.fromkeys(summary.rejected_sample):
         why = sync.rejected_on_purpose.get(pk)
         note = f"; {why}" if why else ""
-        log.warning(f"{name}: row {sync.primary_key}={pk} not sent: {reason}{note}")
+        shown = redaction.key(pk)
+        log.warning(f"{name}: row {sync.primary_key}={shown} not sent: {reason}{note}")
     if summary.rejected_count > len(summary.rejected_sample):
         more = summary.rejected_count - len(summary.rejected_sample)
         log.warning(f"{name}: ... and {more} more rejected rows")
 
 
 def diff_metadata(
-    sync: SyncConfig, summaries: dict[str, DiffSummary], frame: pd.DataFrame
+    sync: SyncConfig,
+    summaries: dict[str, DiffSummary],
+    frame: pd.DataFrame,
+    redaction: Redaction = NO_REDACTION,
 ) -> dict[str, Any]:
     values = list(summaries.values())
     # The UI lists metadata in this order: the counts first, the preview after them.
@@ -112,9 +125,12 @@ def diff_metadata(
         model_rows=sum(s.model_rows for s in values),
         first_run=any(s.first_run for s in values),
         rejected_rows=sum(s.rejected_count for s in values),
-        preview=table_metadata(preview_frame(sync, frame)),
+        preview=table_metadata(
+            preview_frame(sync, redaction.frame(frame.head(PREVIEW_ROWS), field_places(sync)))
+        ),
     )
-    sample = _rejected_rows_sample(summaries)
+    metadata.update(redaction_metadata(redaction))
+    sample = _rejected_rows_sample(summaries, redaction)
     if sample:
         metadata["rejected_sample"] = MetadataValue.json(sample)
     if len(summaries) > 1 or sync.partitions:
@@ -204,14 +220,19 @@ def _width(name: str, values: list[Any]) -> int:
     return max([len(name), *words]) + 2
 
 
-def rejected_rows_check(summaries: dict[str, DiffSummary]) -> AssetCheckResult:
+def rejected_rows_check(
+    summaries: dict[str, DiffSummary], redaction: Redaction = NO_REDACTION
+) -> AssetCheckResult:
     count = sum(s.rejected_count for s in summaries.values())
-    return _warning_check(REJECTED_ROWS, "rejected", count, _rejected_rows_sample(summaries))
+    sample = _rejected_rows_sample(summaries, redaction)
+    return _warning_check(REJECTED_ROWS, "rejected", count, sample)
 
 
-def _rejected_rows_sample(summaries: dict[str, DiffSummary]) -> list[dict[str, Any]]:
+def _rejected_rows_sample(
+    summaries: dict[str, DiffSummary], redaction: Redaction
+) -> list[dict[str, Any]]:
     return [
-        {"key": pk, "reason": reason, **({"window": key} if key else {})}
+        {"key": redaction.key(pk), "reason": reason, **({"window": key} if key else {})}
         for key, summary in summaries.items()
         for pk, reason in dict.fromkeys(summary.rejected_sample)
     ][:REJECTED_SAMPLE]
@@ -277,11 +298,13 @@ def log_window_done(
     )
 
 
-def rejected_sample(sync: SyncConfig, frame: pd.DataFrame) -> list[dict[str, Any]]:
+def rejected_sample(
+    sync: SyncConfig, frame: pd.DataFrame, redaction: Redaction = NO_REDACTION
+) -> list[dict[str, Any]]:
     """The first events of a run's delivery frame that the gateway (or the dry run) rejected."""
     rejected = frame[frame["status"] == "rejected"].head(REJECTED_SAMPLE)
     return [
-        {"key": str(key), "change_type": change, "message_id": mid, "reason": reason}
+        {"key": redaction.key(str(key)), "change_type": change, "message_id": mid, "reason": reason}
         for key, change, mid, reason in zip(
             rejected[sync.primary_key],
             rejected["change_type"],
@@ -369,6 +392,16 @@ def _warning_check(
         severity=AssetCheckSeverity.WARN,
         metadata={counted: count, **figures, "sample": MetadataValue.json(sample)},
     )
+
+
+def redaction_metadata(redaction: Redaction) -> dict[str, Any]:
+    """Says on an asset that its shown values are masked, and when its frame keeps no rows."""
+    metadata: dict[str, Any] = {}
+    if redaction.active:
+        metadata["redacted"] = redaction.listed
+    if not redaction.store_frames:
+        metadata["output_frame"] = "no rows stored (store_frames: false): counts only"
+    return metadata
 
 
 # -- tables the UI renders inline ------------------------------------------------------------------

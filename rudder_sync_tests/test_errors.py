@@ -14,6 +14,7 @@ from rudder_sync.rudderstack import (
     RudderstackAuthError,
     RudderstackConfigError,
     RudderstackError,
+    RudderstackRefusedError,
     RudderstackUnavailableError,
     RudderstackUnreachableError,
 )
@@ -36,6 +37,7 @@ TREE = [
     (RudderstackError, Exception),
     (RudderstackAuthError, RudderstackError),
     (RudderstackConfigError, RudderstackError),
+    (RudderstackRefusedError, RudderstackError),
     (RudderstackUnavailableError, RudderstackError),
     (RudderstackUnreachableError, RudderstackUnavailableError),
     (WindowFailedError, RudderstackError),
