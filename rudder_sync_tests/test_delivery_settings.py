@@ -27,6 +27,7 @@ def test_the_yaml_settings_take_the_resources_defaults_and_bounds(name: str) -> 
         ({"max_in_flight": 0}, "max_in_flight must be >= 1 and <= 64"),
         ({"max_in_flight": 65}, "max_in_flight must be >= 1 and <= 64"),
         ({"max_request_kb": 4001}, "max_request_kb must be >= 1 and <= 4000"),
+        ({"max_event_kb": 0}, "max_event_kb must be >= 1 and <= 4000"),
         ({"request_timeout_seconds": 0}, "request_timeout_seconds must be > 0"),
         ({"retry_max_seconds": -1}, "retry_max_seconds must be >= 0"),
         ({"first_contact_seconds": 0}, "first_contact_seconds must be > 0"),
