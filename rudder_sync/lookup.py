@@ -25,8 +25,6 @@ from .errors import StateError
 from .jsonvalues import quote_ident, quote_literal
 from .state import MOVED_KEY, SCHEMA_VERSION, state_path
 
-# The roles of a state's tables this reads (local: the table names themselves).
-_ROLES = ("meta", "snapshot", "pending", "rejected_rows", "delivery_log")
 # The model's copy in an in-warehouse state carries its fingerprint: not the user's columns.
 _FINGERPRINT_COLUMNS = ("__rs_wpk", "__rs_whash")
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import adbc_driver_postgresql.dbapi as adbc
 import pytest
 import yaml
 
@@ -39,6 +40,7 @@ from .helpers import (
 from .postgres import PgDatabase, write_pg_project
 from .test_quarantine import REASON, bad_plan, project_with_a_bad_row
 from .test_resync import run_with
+from .test_warehouse_state import HISTORY_ROWS
 
 SYNC = dict(copy.deepcopy(TRACK_SYNC), send_initial_results=True)
 # Between the runs: user 2 changes plan, user 3 is deleted, user 6 arrives without any ID.
@@ -373,10 +375,58 @@ def test_in_warehouse_state_on_postgresql(
     assert "user_id" in rejected["reason"]
     code, out, err = lookup(capsys, "events", "99", config)
     assert code == 1 and "was never seen" in out
+    # a run holding the sync's lock does not hold the lookup up (nor is it disturbed by it)
+    with adbc.connect(pg.url) as holder, holder.cursor() as cursor:
+        cursor.execute(
+            "select pg_advisory_lock(hashtextextended('rudder_sync/rudder_state/events', 0))"
+        )
+        cursor.fetchall()
+        assert lookup_json(capsys, "events", "2", config)["snapshot"]["version"] == 2
     password = pg.url.split("@")[0].rsplit(":", 1)[-1]
     for key in ("1", "2", "99"):
         _, out, err = lookup(capsys, "events", key, config)
         assert pg.url not in out + err and (len(password) < 4 or password not in out + err)
+
+
+def test_a_partitioned_sync_with_its_state_in_postgresql(
+    tmp_path: Path,
+    pg: PgDatabase,
+    gateway: TestGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pg.sql(
+        "create table users_history (id int, user_id text, email text, plan text, "
+        "valid_from timestamptz, valid_to timestamptz)",
+        HISTORY_ROWS,
+    )
+    project = write_pg_project(
+        tmp_path, pg, {"history": HISTORY_SYNC}, monkeypatch, state_schema="rudder_state"
+    )
+    week = ("2024-01-01", "2024-01-07")
+    result = run_sync(project, "history", rudderstack_for(gateway.url), partition_range=week)  # type: ignore[arg-type]
+    assert result.success
+    config = str(project.config_path)
+
+    doc = lookup_json(capsys, "history", "1", config)
+    assert doc["state"]["kind"] == "warehouse" and doc["snapshot"] is None
+    assert [(d["window"], d["event"]) for d in doc["deliveries"]] == [
+        ("2024-01-01", "Signed Up"),
+        ("2024-01-05", "Plan Changed"),
+    ]
+    assert [d["message_id"] for d in doc["deliveries"]] == sent_ids(gateway, "u1")
+    plans = {row["window"]: row["values"]["plan"] for row in doc["model_rows"]}
+    assert plans["2024-01-04"] == "free" and plans["2024-01-05"] == "pro" and len(plans) == 7
+    assert all("__rs_wpk" not in row["values"] for row in doc["model_rows"])
+
+    one = lookup_json(capsys, "history", "1", config, "--window", "2024-01-05")
+    assert [d["event"] for d in one["deliveries"]] == ["Plan Changed"]
+    assert [row["window"] for row in one["model_rows"]] == ["2024-01-05"]
+
+    # the row without a user ID is rejected in every window of the run
+    rejected = lookup_json(capsys, "history", "5", config)["rejected"]
+    assert [row["window"] for row in rejected] == [f"2024-01-0{day}" for day in range(1, 8)]
+    assert all("user_id" in row["reason"] for row in rejected)
 
 
 # -- the command itself ---------------------------------------------------------------------------
