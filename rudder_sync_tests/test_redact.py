@@ -26,6 +26,7 @@ from dagster import DagsterInstance, materialize
 from dagster._core.instance.ref import InstanceRef
 
 from rudder_sync.assets import IO_MANAGER_KEY, build_sync_assets
+from rudder_sync.component import RudderstackSyncAttributes, RudderstackSyncComponent
 from rudder_sync.config import ConfigError, parse_config
 from rudder_sync.io_manager import SyncOutputIOManager
 from rudder_sync.redact import BLANK, redaction_of
@@ -308,3 +309,16 @@ def test_names_are_fields_or_columns_and_masks_are_stable() -> None:
     assert redaction.mask(None, "email") is None and redaction.mask("x", "plan") == "x"
     other = parse_config({"syncs": {"other": _sync(redact=["email"])}}).syncs["other"]
     assert redaction_of(other).mask("a@b.c", "email") != redaction.mask("a@b.c", "email")
+
+
+def test_component_takes_redact_and_store_frames(tmp_path: Path) -> None:
+    """The Component's top level takes the keys as the sync YAML does, and its schema has them."""
+    component = RudderstackSyncComponent(
+        syncs={SYNC: _sync(redact=["id"])}, redact=["email"], store_frames=False
+    )
+    sync = component.project(tmp_path).syncs[SYNC]
+    assert (sync.redact, sync.store_frames) == (["id", "email"], False)
+    properties = RudderstackSyncAttributes.model_json_schema()["properties"]
+    assert {"redact", "store_frames"} <= set(properties)
+    with pytest.raises(ConfigError, match="did you mean 'email'"):
+        RudderstackSyncComponent(syncs={SYNC: _sync()}, redact=["emails"]).project(tmp_path)
