@@ -542,7 +542,7 @@ def render(result: RecordLookup) -> str:
     lines += _model_block(result)
     lines += _changes_block(result)
     lines += _deliveries_block(result)
-    lines += ["not kept:", *(f"  {note}" for note in result.notes)]
+    lines += ["what the state keeps:", *(f"  {note}" for note in result.notes)]
     return "\n".join(lines)
 
 
