@@ -732,8 +732,8 @@ class _Throttle:
             self._forget(now)
             if round_ == self.round:
                 self.through_since_cut = True
-            if self.size is not None:
-                self.size *= 2
+            if self.size is not None:  # no cap once it is beyond any request body
+                self.size = self.size * 2 if self.size < 1 << 20 else None
             if self.rate is not None:
                 self.rate += self.step * (now - self.grown_at)
                 self.grown_at = now
@@ -750,7 +750,7 @@ class _Throttle:
             through = sum(events for _, events in self.recent)
             if not through:
                 self.size = max(1, n_events // _THROTTLE_SHRINK)
-                self._cut(now)
+                self._cut()
                 return f"at most {self.size:,} events per request"
             if self.rate is not None and not self.through_since_cut:
                 return None
@@ -763,10 +763,10 @@ class _Throttle:
             self.step = self.rate * _THROTTLE_GROWTH
             self.grown_at = now
             self.pacer.set_rate(self.rate)
-            self._cut(now)
+            self._cut()
             return f"pacing at about {self.rate:,.0f} events/s"
 
-    def _cut(self, now: float) -> None:
+    def _cut(self) -> None:
         self.round += 1
         self.through_since_cut = False
 

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+from rudder_sync.definitions import build_definitions
 from rudder_sync.rudderstack import (
     BatchOutcome,
     OutgoingEvent,
@@ -40,6 +41,7 @@ from .helpers import (
     run_sync,
     write_project,
 )
+from .test_destinations import EU_KEY, PROD_KEY, project_with, run_job
 from .test_resync import check_results, state_rows
 
 NGINX_PAGE = (
@@ -141,6 +143,28 @@ def test_the_message_names_the_variable_the_url_came_from(
     gateway.impersonate(200, NGINX_PAGE, "text/html")
     _, error = deliver_until_raised(resource_for(gateway.url), [outgoing(1)])
     assert "Fix: check RS_EU_URL (scheme, host, port and path" in str(error)
+
+
+def test_a_named_destination_pointed_at_another_server_names_its_own_variable(
+    tmp_path: Path, gateway: TestGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the YAML's destinations, through the definitions and the job, as in production."""
+    for name in ("RUDDERSTACK_DATA_PLANE_URL", "RUDDERSTACK_WRITE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    project = project_with(tmp_path, {"users_eu": dict(IDENTIFY_SYNC, destination="eu")})
+    gateway.impersonate(200, NGINX_PAGE, "text/html")
+    monkeypatch.setenv("RS_URL", "http://127.0.0.1:9")  # the other destination, unused
+    monkeypatch.setenv("RS_KEY", PROD_KEY)
+    monkeypatch.setenv("RS_EU_URL", gateway.url)
+    monkeypatch.setenv("RS_EU_KEY", EU_KEY)
+
+    result = run_job(build_definitions(project.config()), "users_eu")
+
+    assert not result.success
+    message = failure_text(result)
+    assert f"the server at 127.0.0.1:{gateway.port} answered 200 with an HTML page" in message
+    assert "Fix: check RS_EU_URL (scheme, host, port and path" in message
+    assert "RUDDERSTACK_DATA_PLANE_URL" not in message and EU_KEY not in message
 
 
 @pytest.mark.parametrize("kind", list(NOT_THE_GATEWAY))
