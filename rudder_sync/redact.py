@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -32,6 +33,9 @@ ALL = "all"
 HASH_PREFIX = "sha256:"
 HASH_HEX_CHARS = 12
 BLANK = "<redacted>"
+# Columns at least this long are hashed by DuckDB (`Redaction._masked_column`); shorter ones (a
+# preview, a sample) in Python, which costs less than a DuckDB connection.
+VECTORIZED_ROWS = 1_000
 # Where a masked value sits: the primary key, the two IDs, or a field column of the diff (the
 # names `diff.pending_frame` gives them: mapping keys, "event", "name", "groupId",
 # "previousId", "context.<key>").
@@ -160,11 +164,41 @@ class Redaction:
         masked = frame.copy()
         for column, place in columns.items():
             if column in masked.columns and self.masks(place):
-                values = [self.mask(value, place) for value in masked[column]]
+                values = self._masked_column(masked[column], place)
                 masked[column] = pd.Series(
-                    values, index=masked.index, dtype=pd.ArrowDtype(pa.string())
+                    pd.arrays.ArrowExtensionArray(values), index=masked.index
                 )
         return masked
+
+    def _masked_column(self, series: pd.Series, place: str) -> pa.Array:
+        """A column masked as `mask` masks each value. Long text and integer columns (nearly
+        all) are hashed by DuckDB, vectorized (3 columns of 1M values: 10 s where Python took 51 s,
+        both on 2 busy cores); other columns go through `mask` value by value."""
+        if self.every and place != PRIMARY_KEY:
+            return pa.array(
+                [None if v is None else BLANK for v in map(_plain, series)], pa.string()
+            )
+        kind = series.dtype
+        if (
+            len(series) < VECTORIZED_ROWS
+            or pd.api.types.is_bool_dtype(kind)
+            or not (pd.api.types.is_string_dtype(kind) or pd.api.types.is_integer_dtype(kind))
+        ):
+            return pa.array([self.mask(value, place) for value in series], pa.string())
+        try:
+            values = pa.table({"v": pa.array(series, from_pandas=True)})
+        except (pa.ArrowException, TypeError, ValueError):  # an object column of mixed values
+            return pa.array([self.mask(value, place) for value in series], pa.string())
+        if not (pa.types.is_string(values["v"].type) or pa.types.is_integer(values["v"].type)):
+            return pa.array([self.mask(value, place) for value in series], pa.string())
+        salt = self.sync_name.replace("'", "''")
+        query = (
+            f"select '{HASH_PREFIX}' || left(sha256('{salt}' || chr(0) || v::varchar), "
+            f"{HASH_HEX_CHARS}) as m from values_"
+        )
+        values_ = values  # noqa: F841 - read by DuckDB's replacement scan
+        with duckdb.connect() as conn:
+            return conn.sql(query).to_arrow_table().column("m").combine_chunks()
 
     def stored(self, frame: pd.DataFrame, fields: list[str]) -> pd.DataFrame:
         """What the IO manager stores: the masked frame, or (`store_frames: false`) none of its

@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 from dagster import DagsterInstance, materialize
@@ -29,7 +30,7 @@ from rudder_sync.assets import IO_MANAGER_KEY, build_sync_assets
 from rudder_sync.component import RudderstackSyncAttributes, RudderstackSyncComponent
 from rudder_sync.config import ConfigError, parse_config
 from rudder_sync.io_manager import SyncOutputIOManager
-from rudder_sync.redact import BLANK, redaction_of
+from rudder_sync.redact import BLANK, VECTORIZED_ROWS, redaction_of
 from rudder_sync.warehouses import build_warehouse
 
 from .gateway import TestGateway
@@ -322,3 +323,31 @@ def test_component_takes_redact_and_store_frames(tmp_path: Path) -> None:
     assert {"redact", "store_frames"} <= set(properties)
     with pytest.raises(ConfigError, match="did you mean 'email'"):
         RudderstackSyncComponent(syncs={SYNC: _sync()}, redact=["emails"]).project(tmp_path)
+
+
+def test_long_columns_are_masked_as_each_value_is() -> None:
+    """DuckDB hashes long text and integer columns: the same masks as `mask` gives one value."""
+    sync = parse_config({"syncs": {SYNC: _sync(redact=["email", "id", "plan"])}}).syncs[SYNC]
+    redaction = redaction_of(sync)
+    rows = VECTORIZED_ROWS + 5
+    emails = [None if i % 7 == 0 else f"é{i}@x.org" for i in range(rows)]
+    frame = pd.DataFrame(
+        {
+            "id": pd.Series(range(rows), dtype="int64"),
+            "change_type": "added",
+            "will_send": True,
+            "message_id": "m",
+            "timestamp": "t",
+            "user_id": "u",
+            "anonymous_id": "a",
+            "email": pd.Series(emails, dtype=pd.ArrowDtype(pa.string())),
+            "plan": [True] * rows,
+        }
+    )
+    masked = redaction.frame(frame, ["email", "plan"])
+    shown = [None if pd.isna(v) else v for v in masked["email"]]
+    assert shown == [redaction.mask(v, "email") for v in emails]
+    assert not pd.api.types.is_object_dtype(masked["email"].dtype)  # still stored as Parquet
+    assert list(masked["id"]) == [redaction.key(i) for i in range(rows)]
+    assert set(masked["plan"]) == {redaction.mask(True, "plan")}
+    assert [None if pd.isna(v) else v for v in frame["email"]] == emails  # input as it was
