@@ -2,7 +2,9 @@
 
 Dagster's default IO manager refuses an output that spans several partitions, which is exactly what
 a single-run backfill of a partitioned sync produces; this one stores what a run produced under
-the key range it covered. Nothing the next run needs lives here: the sync state is the source of
+the key range it covered. It stores what the asset gives it: with the sync's `redact:` the frames
+arrive with their listed columns masked, with `store_frames: false` without rows (`redact.py`).
+Nothing the next run needs lives here: the sync state is the source of
 truth, these files are only what the UI and downstream assets read. So a file that cannot be
 written (disk full) is a warning, not a failed step (see `handle_output`).
 
