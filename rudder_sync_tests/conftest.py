@@ -6,6 +6,16 @@ import pytest
 
 from rudder_sync_tests.gateway import TestGateway
 
+# Stand-ins that start a process of their own (Spark's JVM, the BigQuery emulator) make a test
+# slow: `-m "not slow"` leaves their tests out of the inner loop.
+SLOW_FIXTURES = {"spark_engine", "bigquery_engine"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def gateway() -> Iterator[TestGateway]:

@@ -186,11 +186,12 @@ def databricks(spark_engine: Any) -> Iterator[Engine]:
 
 # Spark's first statements start its JVM (the session's fixture): more time than pytest's 300 s
 # default may pass on a loaded machine.
+# The BigQuery emulator and Spark start processes of their own: slow, out of the inner loop.
 ENGINES = [
     "snowflake",
-    "bigquery",
+    pytest.param("bigquery", marks=pytest.mark.slow),
     "redshift",
-    pytest.param("databricks", marks=pytest.mark.timeout(900)),
+    pytest.param("databricks", marks=[pytest.mark.timeout(900), pytest.mark.slow]),
 ]
 
 

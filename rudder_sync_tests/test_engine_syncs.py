@@ -134,7 +134,9 @@ def on_redshift(
     return project, lambda step: pg.sql(step.format(users="users"))
 
 
-@pytest.mark.parametrize("engine", ["snowflake", "bigquery", "redshift"])
+@pytest.mark.parametrize(
+    "engine", ["snowflake", pytest.param("bigquery", marks=pytest.mark.slow), "redshift"]
+)
 def test_a_sync_on_the_engine_sends_what_duckdb_sends(
     engine: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
