@@ -72,6 +72,8 @@ _SYSTEMATIC_SHARE = 0.9
 # to this share of the events accepted over the last _THROTTLE_MEASURE_SECONDS...
 _THROTTLE_CUT = 0.9
 _THROTTLE_MEASURE_SECONDS = 2.0
+# (over at least this span: a shorter one takes a window's burst for its rate)
+_THROTTLE_MEASURE_FLOOR = 0.5
 # ...acceptances grow it by this share of the cut rate per second...
 _THROTTLE_GROWTH = 0.1
 # ...and a request carries at most this many seconds' worth of it, so that a limit counted in
@@ -756,7 +758,7 @@ class _Throttle:
                 return None
             lately = through / max(
                 min(_THROTTLE_MEASURE_SECONDS, now - self.recent[0][0]),
-                2 * _THROTTLE_REQUEST_SECONDS,
+                _THROTTLE_MEASURE_FLOOR,
             )
             rate = _THROTTLE_CUT * (lately if self.rate is None else min(self.rate, lately))
             self.rate = max(rate, 1 / _THROTTLE_REQUEST_SECONDS)  # at least one event a request
