@@ -66,11 +66,9 @@ from .reporting import (
     windows_metadata,
 )
 from .rudderstack import RudderstackError, RudderstackResource
-from .state import SyncState, open_state
-from .steps import deliver_windows, run_diff, settle_diff, take_snapshot
-from .warehouse_state import state_in_warehouse
-from .warehouse_state.state import WarehouseSyncState, open_warehouse_state
-from .warehouse_state.steps import run_diff_in_warehouse, take_snapshot_in_warehouse
+from .state import SyncState
+from .state_backend import StateBackend, state_backend
+from .steps import deliver_windows, settle_diff
 from .warehouses import WarehouseError, WarehouseResource
 
 if TYPE_CHECKING:
@@ -138,7 +136,10 @@ def build_sync_assets(
     in the assets' kinds: the model runs there, and the diff too when the state lives there.
     """
     engine = warehouse.kind if warehouse is not None else "duckdb"
-    diff_engine = engine if warehouse is not None and state_in_warehouse(warehouse) else "duckdb"
+    # Where the diff runs: the warehouse when the state lives there (`state_schema`).
+    diff_engine = (
+        "duckdb" if warehouse is None else state_backend(sync, warehouse, state_dir).engine
+    )
     partitions = partitions_definition(sync.partitions) if sync.partitions else None
     common: dict[str, Any] = {
         "group_name": sync.name,
@@ -199,23 +200,12 @@ def build_sync_assets(
                 context.instance,
                 warehouse,
             )
-        with _open_state(sync, state_dir, rudderstack_of(context), warehouse) as state:
-            if isinstance(state, WarehouseSyncState):
-                taken = take_snapshot_in_warehouse(
-                    state,
-                    sync,
-                    warehouse,  # type: ignore[arg-type]
-                    partitions,
-                    windows(context),
-                )
-            else:
-                taken = take_snapshot(state, sync, warehouse, partitions, windows(context))
+        backend = state_backend(sync, warehouse, state_dir)
+        with _open_state(sync, backend, rudderstack_of(context)) as state:
+            taken = backend.take_snapshot(state, partitions, windows(context))
         for key, rows in taken.rows_by_window.items():
             context.log.info(f"sync '{sync.name}'{in_window(key)}: model returned {rows} rows")
-        where: Path | str = state_dir
-        moved = None
-        if isinstance(state, WarehouseSyncState):  # `state_schema`: where, and a move just made
-            where, moved = state.path, state.notice
+        where, moved = backend.location(state), state.notice  # a local state moved in, if any
         if moved:
             context.log.info(f"sync '{sync.name}': {moved} (the warehouse sets 'state_schema')")
         return MaterializeResult(
@@ -259,7 +249,8 @@ def build_sync_assets(
         mode = _diff_mode(sync, config)
         warehouse = warehouse_of(context)
         rudderstack = rudderstack_of(context)
-        with _open_state(sync, state_dir, rudderstack, warehouse) as state:
+        backend = state_backend(sync, warehouse, state_dir)
+        with _open_state(sync, backend, rudderstack) as state:
             mode = settle_diff(
                 state,
                 sync,
@@ -268,26 +259,9 @@ def build_sync_assets(
                 config.adopt_state_of,
                 context.log,
             )
-            if isinstance(state, WarehouseSyncState):
-                result = run_diff_in_warehouse(
-                    state,
-                    sync,
-                    warehouse,  # type: ignore[arg-type]
-                    mode,
-                    datetime.now(UTC),
-                    config.retry_quarantined,
-                    windows(context),
-                )
-            else:
-                result = run_diff(
-                    state,
-                    sync,
-                    warehouse,
-                    windows(context),
-                    mode,
-                    datetime.now(UTC),
-                    config.retry_quarantined,
-                )
+            result = backend.run_diff(
+                state, windows(context), mode, datetime.now(UTC), config.retry_quarantined
+            )
         if config.retry_quarantined:
             context.log.info(
                 f"sync '{sync.name}': retry_quarantined: {result.readmitted} quarantined changes "
@@ -347,7 +321,8 @@ def build_sync_assets(
             else rudderstack
         )
         specs = windows(context)
-        with _open_state(sync, state_dir, rudderstack, warehouse_of(context)) as state:
+        backend = state_backend(sync, warehouse_of(context), state_dir)
+        with _open_state(sync, backend, rudderstack) as state:
             state.check_identity(sync_shape(sync))
             moved_from = _settle_destination(context, sync, state, sender, config)
             samples = {
@@ -509,26 +484,12 @@ def build_sync_job(sync: SyncConfig) -> "UnresolvedAssetJobDefinition":
 
 @contextmanager
 def _open_state(
-    sync: SyncConfig,
-    state_dir: Path,
-    rudderstack: RudderstackResource,
-    warehouse: WarehouseResource,
+    sync: SyncConfig, backend: StateBackend, rudderstack: RudderstackResource
 ) -> Iterator[SyncState]:
-    """The sync's state (the dry-run one when nothing is sent), with errors named for the UI:
-    in its DuckDB file, or in the warehouse's `state_schema`."""
-    with failures_named(sync):
-        if state_in_warehouse(warehouse):
-            opened = open_warehouse_state(
-                warehouse,  # type: ignore[arg-type]
-                sync.name,
-                sync.primary_key,
-                rudderstack.dry_run,
-                state_dir=state_dir,
-            )
-        else:
-            opened = open_state(state_dir, sync.name, rudderstack.dry_run, in_use=True)
-        with opened as state:
-            yield state
+    """The sync's state (the dry-run one when nothing is sent), wherever it lives
+    (`state_backend`), with errors named for the UI."""
+    with failures_named(sync), backend.open(rudderstack.dry_run) as state:
+        yield state
 
 
 @contextmanager

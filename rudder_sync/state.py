@@ -150,6 +150,8 @@ class SyncState:
         self.conn = conn
         self.path = path
         self.sync_name = sync_name
+        # What opening did that the run should log (a local state moved into the warehouse).
+        self.notice: str | None = None
 
     # -- meta -----------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:

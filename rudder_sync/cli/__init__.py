@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "lookup": ("lookup", "show one record's snapshot, pending changes and deliveries (one key)"),
     "run": ("run", "run syncs now, in this process, as `dagster job execute` does (fast)"),
+    "state": ("state", "move a sync's in-warehouse state to its local file, or drop its tables"),
 }
 
 

@@ -4,15 +4,19 @@ warehouse").
 
 `sql` holds the diff's SQL, rendered per dialect; `store` the warehouse tables and their lock;
 `state` the scratch copy the local code runs on, mirrored into the warehouse; `steps` the snapshot
-and diff steps; `move` switches a sync's state between local files and the warehouse.
+and diff steps; `backend` puts them behind `state_backend.StateBackend`, the protocol the assets
+call; `move` switches a sync's state between local files and the warehouse (its command:
+`python -m rudder_sync state`, in `cli/state.py`).
 """
 
 from __future__ import annotations
+
+from typing import TypeGuard
 
 from ..warehouses.base import WarehouseResource
 from ..warehouses.postgres import PostgresWarehouse
 
 
-def state_in_warehouse(warehouse: WarehouseResource) -> bool:
+def state_in_warehouse(warehouse: WarehouseResource) -> TypeGuard[PostgresWarehouse]:
     """Whether this sync keeps its state in the warehouse (`state_schema` is set)."""
     return isinstance(warehouse, PostgresWarehouse) and bool(warehouse.state_schema)

@@ -1,37 +1,29 @@
 """Moving a sync's state between its local DuckDB file and the warehouse, without losing a change.
 
-Turning `state_schema` on moves a local state into the warehouse at the sync's next run (its
-snapshot, pending changes with their messageIds, rejected rows, delivery log and salt), and marks
-the local file as moved so that it is never used again by mistake. Turning it off is a command,
-because local mode does not know the warehouse:
+Turning `state_schema` on moves a local state into the warehouse at the sync's next run
+(`settle_local_state`: its snapshot, pending changes with their messageIds, rejected rows,
+delivery log and salt), and marks the local file as moved so that it is never used again by
+mistake. Turning it off is a command, because local mode does not know the warehouse:
+`python -m rudder_sync state to-local SYNC` (`cli/state.py`) copies the warehouse state into the
+local file (`copy_warehouse_into_local`) and marks the warehouse state as moved; turning
+`state_schema` on again moves it back. `python -m rudder_sync state drop SYNC` drops a removed
+sync's tables. A state marked as moved refuses to run, naming where the state went. The first
+in-warehouse diff after a move reads every row once (the snapshot has no warehouse hashes yet) and
+sends only what changed.
 
-    python -m rudder_sync.warehouse_state.move to-local SYNC [--dry-run-state]
-
-copies the warehouse state into the local file and marks the warehouse state as moved; turning
-`state_schema` on again moves it back. A sync removed from the config leaves its tables until
-
-    python -m rudder_sync.warehouse_state.move drop SYNC [--yes]
-
-drops them (without --yes it lists them). A state marked as moved refuses to run, naming where the
-state went. The first in-warehouse diff after a move reads every row once (the snapshot has no
-warehouse hashes yet) and sends only what changed.
+`python -m rudder_sync.warehouse_state.move to-local|drop SYNC` is the same command under its
+former name.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from ..errors import RudderSyncError, StateError
-from ..state import LOCK_WAIT_SECONDS, MOVED_KEY, SALT_KEY, SyncState, open_state, run, state_path
-from ..warehouses.postgres import PostgresWarehouse
-from ..warehouses.settings import PostgresSettings
-from .sql import TABLE_ROLES, WINDOW_INFIX, Tables
+from ..errors import StateError
+from ..state import MOVED_KEY, SALT_KEY, SyncState, open_state, run
 from .state import DROP_COST, WarehouseSyncState
-from .store import WarehouseStore
 
 IMPORTED_KEY = "imported_from"
 # What a local table gives the warehouse: hashes as text (the warehouse has no unsigned
@@ -137,90 +129,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m rudder_sync.warehouse_state.move to-local|drop SYNC`: see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m rudder_sync.warehouse_state.move")
-    parser.add_argument("command", choices=["to-local", "drop"])
-    parser.add_argument("sync")
-    parser.add_argument("--dry-run-state", action="store_true", help="the dry runs' own state")
-    parser.add_argument("--yes", action="store_true", help="drop: really drop the tables")
-    args = parser.parse_args(argv)
-    try:
-        message = _to_local(args) if args.command == "to-local" else _drop(args)
-    except RudderSyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(message)
-    return 0
+if __name__ == "__main__":  # the command's former name, kept working
+    from ..cli.state import main
 
-
-def _warehouse(name: str) -> tuple[Any, PostgresWarehouse]:
-    """The project (RUDDER_SYNC_CONFIG) and its warehouse with its state_schema."""
-    from ..definitions import load_project
-
-    project = load_project()
-    settings = project.warehouse
-    schema = getattr(settings, "state_schema", None)
-    if not isinstance(settings, PostgresSettings) or not schema:
-        raise StateError(
-            f"sync '{name}': the config's warehouse has no state_schema, so this command cannot "
-            "find the warehouse state. Fix: run it while state_schema is still set."
-        )
-    url = settings.url if isinstance(settings.url, str) else settings.url.value()
-    return project, PostgresWarehouse(url=url, state_schema=schema)
-
-
-def _to_local(args: argparse.Namespace) -> str:
-    from .state import open_warehouse_state
-
-    project, warehouse = _warehouse(args.sync)
-    sync = project.syncs.get(args.sync)
-    if sync is None:
-        raise StateError(f"no sync '{args.sync}' in the config: {', '.join(project.syncs)}")
-    local = state_path(project.state, sync.name, args.dry_run_state)
-    with open_warehouse_state(
-        warehouse, sync.name, sync.primary_key, args.dry_run_state, settle=False
-    ) as state:
-        if MOVED_KEY in state.store.get_meta():
-            raise StateError(f"sync '{sync.name}': its warehouse state was moved already.")
-        copy_warehouse_into_local(state, local)
-    return f"sync '{sync.name}': state copied into {local}; remove state_schema to use it."
-
-
-def _drop(args: argparse.Namespace) -> str:
-    """Drop a removed sync's tables (its dry-run state's too), under its lock."""
-    project, warehouse = _warehouse(args.sync)
-    if args.sync in project.syncs:
-        raise StateError(
-            f"sync '{args.sync}' is still in the config. Fix: remove it from the config first "
-            "(its state is dropped only for a sync that no longer runs)."
-        )
-    assert warehouse.state_schema is not None
-    dropped: list[str] = []
-    for prefix in (args.sync, f"{args.sync}__dry_run"):
-        store = WarehouseStore(warehouse, Tables(warehouse.state_schema, prefix), args.sync)
-        try:
-            store.lock(LOCK_WAIT_SECONDS)
-            names = [
-                name
-                for (name,) in store.rows(
-                    "select tablename from pg_tables where schemaname = $1",
-                    [warehouse.state_schema],
-                )
-                if name in {store.tables.name(role) for role in TABLE_ROLES}
-                or name.startswith(prefix + WINDOW_INFIX)
-            ]
-            if args.yes:
-                with store.transaction():
-                    for name in names:
-                        store.execute(f"drop table {store.tables.qualified(name)}")
-            dropped += names
-        finally:
-            store.close()
-    if not args.yes:
-        return f"would drop {len(dropped)} tables: {', '.join(dropped) or '(none)'}; add --yes."
-    return f"sync '{args.sync}': dropped {len(dropped)} tables: {', '.join(dropped) or '(none)'}."
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m rudder_sync.warehouse_state.move"))

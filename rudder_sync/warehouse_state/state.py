@@ -32,7 +32,6 @@ from ..state import (
     _hash_probe,
     new_salt,
     run,
-    state_path,
 )
 from ..warehouses.postgres import PostgresWarehouse
 from .sql import Tables
@@ -63,7 +62,6 @@ class WarehouseSyncState(SyncState):
         super().__init__(conn, store.where, store.sync_name)
         self.store = store
         self.primary_key = primary_key
-        self.notice: str | None = None  # what opening did that the run should log
 
     @property
     def tables(self) -> Tables:
@@ -276,13 +274,12 @@ def open_warehouse_state(
     sync_name: str,
     primary_key: str,
     dry_run: bool,
-    state_dir: Path | None = None,
     lock_wait_seconds: float | None = None,
-    settle: bool = True,
 ) -> Iterator[WarehouseSyncState]:
     """Lock the sync's state in the warehouse, create it if new, and load a scratch copy.
 
-    With ``settle``, a local state in ``state_dir`` is moved in first (`move`)."""
+    A local state to move in is the backend's business (`backend`, `move.settle_local_state`),
+    inside this context, so that a lost connection there is named as here."""
     assert warehouse.state_schema is not None
     tables = Tables(warehouse.state_schema, f"{sync_name}__dry_run" if dry_run else sync_name)
     store = WarehouseStore(warehouse, tables, sync_name)
@@ -297,10 +294,6 @@ def open_warehouse_state(
         state = WarehouseSyncState(conn, store, primary_key)
         state.load()
         _ensure_meta(state)
-        if settle and state_dir is not None:
-            from .move import settle_local_state
-
-            state.notice = settle_local_state(state, state_path(state_dir, sync_name, dry_run))
         yield state
     except store.error_types as exc:
         if store.alive():
