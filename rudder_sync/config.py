@@ -31,8 +31,6 @@ from .dbt import (
     uses_dbt,
 )
 from .errors import ConfigError
-from .redact import ALL as ALL_FIELDS
-from .redact import redact_targets
 from .rudderstack import setting_field
 from .warehouses.settings import (
     EnvRef,
@@ -48,6 +46,13 @@ CHANGE_TYPES: tuple[str, ...] = ("added", "changed", "removed")
 SYNC_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 ChangeType = Literal["added", "changed", "removed"]
+# `redact:` (redact.py masks): every value from a column, and where a masked value sits besides
+# the diff's field columns (`diff.pending_frame` names those: mapping keys, "event", "name",
+# "groupId", "previousId", "context.<key>").
+REDACT_ALL = "all"
+REDACT_PRIMARY_KEY = "__primary_key"
+REDACT_USER_ID = "userId"
+REDACT_ANONYMOUS_ID = "anonymousId"
 CallType = Literal["track", "identify", "page", "screen", "group", "alias"]
 CALL_TYPES: tuple[str, ...] = ("track", "identify", "page", "screen", "group", "alias")
 # Which change types send a call when `send_on` is not given (track uses `events` instead).
@@ -1034,18 +1039,50 @@ def _check_parameters(prefix: str, key: str, used: set[str], partitioned: bool) 
         )
 
 
+def redact_targets(sync: SyncConfig) -> dict[str, set[str]]:
+    """Every name `redact:` accepts for this sync -> the places it masks.
+
+    A name is an event field path (`email`, `properties.email`, `traits.email`, `context.ip`,
+    `userId`, `anonymousId`, `event`, `name`, `groupId`, `previousId`) or the model column that
+    fills it. A name that is both (a field of one column and the column of another field) masks
+    both: masking more never shows a value.
+    """
+    targets: dict[str, set[str]] = {}
+
+    def add(place: str, *names: str | None) -> None:
+        for name in names:
+            if name:
+                targets.setdefault(name, set()).add(place)
+
+    add(REDACT_PRIMARY_KEY, sync.primary_key)
+    if sync.user_id:
+        add(REDACT_USER_ID, REDACT_USER_ID, sync.user_id)
+    if sync.anonymous_id:
+        add(REDACT_ANONYMOUS_ID, REDACT_ANONYMOUS_ID, sync.anonymous_id)
+    container = {"identify": "traits", "group": "traits"}.get(sync.type, "properties")
+    for field, column in sync.mapping.items():
+        add(field, field, f"{container}.{field}", column)
+    for column in sync.event_columns.values():
+        add("event", "event", column)
+    if sync.call_column:
+        add(CALL_COLUMN_KEYS[sync.type][1], CALL_COLUMN_KEYS[sync.type][1], sync.call_column)
+    for field, column in sync.context.items():
+        add(f"context.{field}", f"context.{field}", column)
+    return targets
+
+
 def _redact_value(prefix: str, value: Any) -> list[str] | Literal["all"] | None:
     """`redact:` as written: a list of names or `all` (a list holding 'all' is `all`)."""
     if value is None:
         return None
-    if value == ALL_FIELDS:
-        return ALL_FIELDS
+    if value == REDACT_ALL:
+        return REDACT_ALL
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise ConfigError(
             f"{prefix}: key 'redact' must be a list of event fields or model columns, or 'all' "
             f"(got {value!r}). Fix: e.g. 'redact: [email, userId]' or 'redact: all'."
         )
-    return ALL_FIELDS if ALL_FIELDS in value else list(dict.fromkeys(value))
+    return REDACT_ALL if REDACT_ALL in value else list(dict.fromkeys(value))
 
 
 def _check_redact(prefix: str, sync: SyncConfig, raw: Any) -> SyncConfig:
@@ -1089,8 +1126,8 @@ def _merge_redaction(
     merged = {}
     for name, sync in syncs.items():
         own = sync.redact
-        if own == ALL_FIELDS or redact == ALL_FIELDS:
-            names: list[str] | Literal["all"] | None = ALL_FIELDS
+        if own == REDACT_ALL or redact == REDACT_ALL:
+            names: list[str] | Literal["all"] | None = REDACT_ALL
         else:
             extra = [n for n in redact or [] if n in targets[name]]
             names = list(dict.fromkeys([*(own or []), *extra])) or own

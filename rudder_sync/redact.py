@@ -19,69 +19,30 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import duckdb
 import orjson
 import pandas as pd
 import pyarrow as pa
 
-if TYPE_CHECKING:
-    from .config import SyncConfig
+from .config import REDACT_ALL as ALL
+from .config import REDACT_ANONYMOUS_ID as ANONYMOUS_ID
+from .config import REDACT_PRIMARY_KEY as PRIMARY_KEY
+from .config import REDACT_USER_ID as USER_ID
+from .config import SyncConfig, redact_targets
+from .diff import _frame_fields  # the diff names its field columns
 
-ALL = "all"
 HASH_PREFIX = "sha256:"
 HASH_HEX_CHARS = 12
 BLANK = "<redacted>"
 # Columns at least this long are hashed by DuckDB (`Redaction._masked_column`); shorter ones (a
 # preview, a sample) in Python, which costs less than a DuckDB connection.
 VECTORIZED_ROWS = 1_000
-# Where a masked value sits: the primary key, the two IDs, or a field column of the diff (the
-# names `diff.pending_frame` gives them: mapping keys, "event", "name", "groupId",
-# "previousId", "context.<key>").
-PRIMARY_KEY = "__primary_key"
-USER_ID = "userId"
-ANONYMOUS_ID = "anonymousId"
-
-
-def redact_targets(sync: SyncConfig) -> dict[str, set[str]]:
-    """Every name `redact:` accepts for this sync -> the places it masks.
-
-    A name is an event field path (`email`, `properties.email`, `traits.email`, `context.ip`,
-    `userId`, `anonymousId`, `event`, `name`, `groupId`, `previousId`) or the model column that
-    fills it. A name that is both (a field of one column and the column of another field) masks
-    both: masking more never shows a value.
-    """
-    targets: dict[str, set[str]] = {}
-
-    def add(place: str, *names: str | None) -> None:
-        for name in names:
-            if name:
-                targets.setdefault(name, set()).add(place)
-
-    add(PRIMARY_KEY, sync.primary_key)
-    if sync.user_id:
-        add(USER_ID, USER_ID, sync.user_id)
-    if sync.anonymous_id:
-        add(ANONYMOUS_ID, ANONYMOUS_ID, sync.anonymous_id)
-    container = {"identify": "traits", "group": "traits"}.get(sync.type, "properties")
-    for field, column in sync.mapping.items():
-        add(field, field, f"{container}.{field}", column)
-    for column in sync.event_columns.values():
-        add("event", "event", column)
-    if sync.call_column:
-        from .config import CALL_COLUMN_KEYS  # a cycle at import time otherwise
-
-        add(CALL_COLUMN_KEYS[sync.type][1], CALL_COLUMN_KEYS[sync.type][1], sync.call_column)
-    for field, column in sync.context.items():
-        add(f"context.{field}", f"context.{field}", column)
-    return targets
 
 
 def field_places(sync: SyncConfig) -> list[str]:
     """The diff frame's field columns, in its order (`diff._frame_fields`)."""
-    from .diff import _frame_fields  # the diff names its columns; a cycle at import time otherwise
-
     return [name for name, _ in _frame_fields(sync)]
 
 

@@ -19,12 +19,6 @@ ALLOWED_LAZY = {
     # `import rudder_sync` stays light: the Component (and with it the definitions) is imported
     # on first use of `rudder_sync.RudderstackSyncComponent` (`__getattr__`).
     ("rudder_sync", "rudder_sync.component"),
-    # Not on purpose: redact.py reads config's and diff's names inside functions because config
-    # imports redact ("a cycle at import time otherwise"). To break: move what both need
-    # (CALL_COLUMN_KEYS, the frame's field names) below both. Listed so that no other cycle
-    # comes in unseen.
-    ("rudder_sync.redact", "rudder_sync.config"),
-    ("rudder_sync.redact", "rudder_sync.diff"),
 }
 # The Dagster assembly: only these may import `rudder_sync.definitions`, which imports everything.
 ASSEMBLY = ("rudder_sync.definitions", "rudder_sync.component", "rudder_sync.cli")
