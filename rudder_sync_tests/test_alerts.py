@@ -545,3 +545,23 @@ def test_a_dry_run_asked_for_by_the_run_config_neither_opens_nor_clears_a_condit
     assert len(http.on("/hooks/")) == 1  # a dry run's success clears nothing
     run_sync(project, "signups", rudderstack)
     assert [r.json()["status"] for r in http.on("/hooks/")] == ["firing", "resolved"]
+
+
+def test_the_key_on_written_in_a_yaml_file_is_read_as_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """YAML 1.1 reads a bare `on:` as the boolean true; the documented key must still work."""
+    monkeypatch.setenv("ALERT_WEBHOOK_URL", "http://127.0.0.1:9/alerts")
+    path = tmp_path / "rudder_sync.yaml"
+    path.write_text(
+        "alerts:\n"
+        "  channels:\n"
+        "    pager: {webhook: {url: {env: ALERT_WEBHOOK_URL}}}\n"
+        "  on: [run_failure, quarantine]\n"
+        "syncs:\n"
+        "  users: {model: 'select id, user_id from users', primary_key: id, type: identify,\n"
+        "          user_id: user_id}\n"
+    )
+    config = load_config(path)
+    assert config.alerts is not None
+    assert config.alerts.on == ("run_failure", "quarantine")

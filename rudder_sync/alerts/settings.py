@@ -139,6 +139,9 @@ def parse_alerts(raw: Any, where: str) -> AlertsConfig | None:
     prefix = f"{where}: alerts"
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{prefix}: expected a mapping. Fix: e.g. {EXAMPLE}.")
+    if True in raw and "on" not in raw:
+        # YAML 1.1 loaders (PyYAML's, Dagster's for a Component) read the key `on:` as true.
+        raw = {("on" if key is True else key): value for key, value in raw.items()}
     unknown_key(raw, ALERTS_KEYS, prefix)
     channels_raw = raw.get("channels")
     if not isinstance(channels_raw, Mapping) or not channels_raw:
