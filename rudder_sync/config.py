@@ -563,7 +563,7 @@ def parse_config(
     if not isinstance(raw, Mapping):
         raise ConfigError(
             f"{where}: expected a mapping with keys 'warehouse', 'state' and 'syncs'. "
-            "Fix: see the YAML reference in the README."
+            "Fix: see the YAML reference, docs/configuration.md."
         )
     _check_keys(
         raw,
@@ -630,7 +630,7 @@ def parse_config(
     _check_state_schema_names(warehouse, syncs)
     delivery_raw = raw.get("delivery") or {}
     if not isinstance(delivery_raw, Mapping):
-        raise ConfigError(f"{where}: key 'delivery' must be a mapping. Fix: see the README.")
+        raise ConfigError(f"{where}: key 'delivery' must be a mapping. Fix: see docs/configuration.md.")
     _check_keys(delivery_raw, set(DeliveryConfig.model_fields), f"{where}: delivery", ())
     try:
         delivery = DeliveryConfig(**delivery_raw)
@@ -1195,7 +1195,7 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "redact": "list event fields or model columns, e.g. [email, userId], or write 'all'",
         "store_frames": "use true or false (false: the diff and events frames keep no rows)",
     }
-    fix = fixes.get(key.split(".")[0], "see the YAML reference in the README")
+    fix = fixes.get(key.split(".")[0], "see the YAML reference, docs/configuration.md")
     if error["type"] == "literal_error" and key.startswith("events."):
         fix = "use only the change types added, changed and removed"
     shown = "" if isinstance(given, Mapping) else f" (got {given!r})"

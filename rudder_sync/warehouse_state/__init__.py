@@ -1,6 +1,5 @@
 """In-warehouse state: a sync's snapshot, pending changes and delivery log as tables in the
-warehouse's `state_schema`, and the diff computed there (README: "Large models: diff in the
-warehouse").
+warehouse's `state_schema`, and the diff computed there (docs/large-models.md).
 
 `sql` holds the diff's SQL, rendered per dialect; `store` the warehouse tables and their lock;
 `state` the scratch copy the local code runs on, mirrored into the warehouse; `steps` the snapshot

@@ -63,7 +63,7 @@ class PostgresWarehouse(WarehouseResource):
     state_schema: str | None = Field(
         default=None,
         description="Keep each unpartitioned sync's state in this schema and diff there: only "
-        "changed rows leave the warehouse (README: 'Large models: diff in the warehouse').",
+        "changed rows leave the warehouse (docs/large-models.md).",
     )
 
     def describe(self) -> str:

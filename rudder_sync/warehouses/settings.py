@@ -292,7 +292,7 @@ def parse_warehouse(raw: Any, where: str, base: Path) -> WarehouseSettings:
         why = (
             "a DuckDB warehouse is local already"
             if kind == "duckdb"
-            else f"its SQL for {kind} is generated and checked (README: 'Large models') but "
+            else f"its SQL for {kind} is generated and checked (docs/large-models.md) but "
             "not executed yet"
         )
         raise WarehouseSettingsError(
