@@ -214,7 +214,11 @@ def _dialect(warehouse: Any) -> str:
 def _warehouse(project: ProjectConfig) -> str:
     from ..warehouses import build_warehouse
 
-    return build_warehouse(project.warehouse).describe()
+    warehouse = build_warehouse(project.warehouse)
+    try:  # {env: NAME} values resolved, so the description names the host, not the variable
+        return warehouse.process_config_and_initialize().describe()
+    except Exception:  # an unset variable is reported as a problem of its own
+        return warehouse.describe()
 
 
 # -- what the definitions check when they load ---------------------------------------------------
