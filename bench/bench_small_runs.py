@@ -272,6 +272,10 @@ def first_run(dataset: Dataset, gateway: Any) -> None:
     and a state on disk it catches up instead: whatever an interrupted run left is sent."""
     dagster_home(dataset.root)
     command = [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", SYNC_NAME]
+    if (dataset.root / "state").exists():  # --reuse: the gateway's port differs from last time
+        move = dataset.root / "move_destination.yaml"
+        move.write_text(f"ops: {{{SYNC_NAME}__events: {{config: {{move_destination: true}}}}}}\n")
+        command += ["-c", str(move)]
     run = common.run_child(
         command, env=env_of(dataset.root, dataset, gateway.url), cwd=dataset.root
     )
