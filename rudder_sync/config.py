@@ -12,12 +12,21 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from ._compat import is_valid_cron_string
 from .alerts.settings import AlertsConfig, parse_alerts
@@ -133,6 +142,25 @@ DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def _retention(value: Any) -> Any:
+    """A delivery log retention: a duration such as 30d or 12h; null keeps the log forever."""
+    if value is None or isinstance(value, timedelta):
+        return value
+    match = DURATION.match(value) if isinstance(value, str) else None
+    if match is None or float(match[1]) <= 0:
+        raise ValueError("must be a duration such as 30d or 12h, or null to keep the log forever")
+    return timedelta(seconds=float(match[1]) * DURATION_UNITS[match[2]])
+
+
+# How long the delivery log keeps a row (state.py `prune_delivery_log`); None: forever.
+Retention = Annotated[timedelta | None, BeforeValidator(_retention)]
+DEFAULT_DELIVERY_LOG_RETENTION = timedelta(days=30)
+_RETENTION_FIX = (
+    "a duration such as 30d or 12h (the delivery log's rows older than that are pruned), "
+    "or null to keep it forever"
+)
+
+
 class FreshnessConfig(BaseModel):
     """How stale the sync's events may get: Dagster's freshness policy on `<sync>/events`."""
 
@@ -213,6 +241,9 @@ class SyncConfig(BaseModel):
     # False: the IO manager stores no rows of the diff and events frames (counts only); None:
     # the project's `store_frames` (default true).
     store_frames: bool | None = None
+    # Delivery log rows older than this are pruned after each events step (state.py); None:
+    # kept forever. Unset: the project's `delivery_log_retention` (merged by `parse_config`).
+    delivery_log_retention: Retention = DEFAULT_DELIVERY_LOG_RETENTION
 
     # Not YAML keys: bound by `parse_config` (the destination) and by the definitions (resource
     # keys that differ from the plain ones when several projects share a code location).
@@ -494,6 +525,8 @@ class ProjectConfig(BaseModel):
     # Masked values and stored frames for every sync (merged into each sync's own keys).
     redact: list[str] | Literal["all"] | None = None
     store_frames: bool = True
+    # The syncs' default `delivery_log_retention` (merged into each sync by `parse_config`).
+    delivery_log_retention: Retention = DEFAULT_DELIVERY_LOG_RETENTION
     source: Path | None = None
 
     # Not a YAML key: the packaged demo (bound by `definitions.load_project`), whose syncs are
@@ -578,6 +611,7 @@ def parse_config(
             "dry_run",
             "redact",
             "store_frames",
+            "delivery_log_retention",
         },
         f"{where}: top level",
         required=("syncs",),
@@ -605,6 +639,7 @@ def parse_config(
             f"{where}: key 'store_frames' must be true or false (got {store_frames!r}). Fix: "
             "'store_frames: false' keeps only counts of the diff and events frames."
         )
+    retention = _project_retention(where, raw)
     syncs_raw = raw["syncs"]
     if not isinstance(syncs_raw, Mapping) or not syncs_raw:
         raise ConfigError(
@@ -625,6 +660,8 @@ def parse_config(
         sync = _bind_alerts(_bind_destination(sync, destinations), alerts)
         if dry_run or sync.destination_config.dry_run:
             sync = sync.model_copy(update={"dry_run": True})
+        if "delivery_log_retention" not in body:
+            sync = sync.model_copy(update={"delivery_log_retention": retention})
         syncs[sync.name] = sync
     syncs = _merge_redaction(where, redact, store_frames, syncs)
     _check_state_schema_names(warehouse, syncs)
@@ -652,8 +689,21 @@ def parse_config(
         dry_run=dry_run,
         redact=redact,
         store_frames=store_frames,
+        delivery_log_retention=retention,
         source=source,
     )
+
+
+def _project_retention(where: str, raw: Mapping[str, Any]) -> timedelta | None:
+    """The project's `delivery_log_retention` (default 30 days), the syncs' default."""
+    value = raw.get("delivery_log_retention", DEFAULT_DELIVERY_LOG_RETENTION)
+    try:
+        return TypeAdapter(Retention).validate_python(value)
+    except ValidationError:
+        raise ConfigError(
+            f"{where}: key 'delivery_log_retention' must be {_RETENTION_FIX} (got {value!r}). "
+            "Fix: e.g. 'delivery_log_retention: 30d'."
+        ) from None
 
 
 def parse_destinations(raw: Any, where: str = "sync config") -> dict[str, DestinationConfig]:
@@ -1194,6 +1244,8 @@ def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
         "least 3 runs, max_deviation above 0)",
         "redact": "list event fields or model columns, e.g. [email, userId], or write 'all'",
         "store_frames": "use true or false (false: the diff and events frames keep no rows)",
+        "delivery_log_retention": "e.g. 'delivery_log_retention: 30d' (units s, m, h, d), or null "
+        "to keep the delivery log forever",
     }
     fix = fixes.get(key.split(".")[0], "see the YAML reference, docs/configuration.md")
     if error["type"] == "literal_error" and key.startswith("events."):

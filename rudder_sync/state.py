@@ -37,8 +37,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -46,10 +46,6 @@ import pyarrow as pa
 
 from .errors import StateError
 from .jsonvalues import quote_ident, quote_literal
-
-if TYPE_CHECKING:
-    from datetime import datetime
-
 
 # 2: the snapshot's row hash is DuckDB's hash() as UBIGINT (1 was an md5 as UHUGEINT).
 # 3: meta message_id_salt; pending.__rs_origin; rejected_rows' hash, attempts and first sighting.
@@ -317,6 +313,27 @@ class SyncState:
 
     def _mirror_end(self, commit: bool) -> None:
         """The transaction ends: commit (or roll back) what was mirrored."""
+
+    def _mirror_prune(self, cutoff: datetime) -> int | None:
+        """`prune_delivery_log` ran with ``cutoff``; the rows it removed there (None: no mirror)."""
+        return None
+
+    def prune_delivery_log(self, retention: timedelta | None, now: datetime | None = None) -> int:
+        """Delete the delivery log's rows older than ``retention`` (None keeps them all), except
+        those of a key that still has a pending (rejected, quarantined) change or a rejected row:
+        their history stays while they exist. How many rows went.
+
+        One DELETE on `logged_at`: rows are appended in time order, so the old ones fill whole
+        row groups that DuckDB's min/max skip (and reclaims); the key checks are anti-joins
+        against the small pending and rejected tables.
+        """
+        if retention is None:
+            return 0
+        cutoff = (now or datetime.now(UTC)) - retention
+        with self.transaction():
+            deleted = run(self.conn, PRUNE_SQL, [cutoff])
+            mirrored = self._mirror_prune(cutoff)
+        return int(deleted[0][0]) if mirrored is None else mirrored
 
     def commit_changes(
         self,
@@ -723,6 +740,18 @@ class SyncState:
 
 
 MAX_COMMIT_RANGES = 32
+# The delivery log's rows before a cutoff of keys with nothing pending or rejected; `{log}`,
+# `{pending}`, `{rejected_rows}`: the tables, `{cutoff}`: the parameter's placeholder (the same
+# statement runs in the warehouse).
+PRUNE_DELIVERY_LOG_SQL = """
+delete from {log}
+where logged_at < {cutoff}
+  and not exists (select 1 from {pending} p where p.__rs_pk = {log}.pk)
+  and not exists (select 1 from {rejected_rows} r where r.__rs_pk = {log}.pk)
+"""
+PRUNE_SQL = PRUNE_DELIVERY_LOG_SQL.format(
+    log="delivery_log", pending="pending", rejected_rows="rejected_rows", cutoff="?"
+)
 _ID_LIST_FILTER = "__rs_change_id in (select unnest(?::bigint[]))"
 # Each chunk's query costs ~17 ms to plan (the event's SQL); 100,000 cost 10 % more CPU at 1M.
 SENDABLE_CHUNK_ROWS = 250_000

@@ -195,6 +195,7 @@ class Delivery:
     frame: pd.DataFrame | None = None  # one row per event this run tried
     quarantined: int = 0
     quarantine_sample: list[dict[str, Any]] = field(default_factory=list)
+    pruned: int = 0  # delivery log rows older than the sync's retention, deleted after delivery
 
 
 def deliver_windows(
@@ -243,4 +244,11 @@ def deliver_windows(
     result.quarantined, result.quarantine_sample = state.quarantined(
         sync.max_attempts, REJECTED_SAMPLE
     )
+    if commit:  # the state stays bounded: one DELETE, after this run's commits
+        result.pruned = state.prune_delivery_log(sync.delivery_log_retention)
+        if result.pruned:
+            log.info(
+                f"sync '{sync.name}': pruned {result.pruned} delivery log rows older than "
+                f"{sync.delivery_log_retention} (delivery_log_retention)"
+            )
     return result

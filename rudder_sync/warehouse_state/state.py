@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -25,6 +26,7 @@ from ..jsonvalues import quote_ident
 from ..state import (
     _SCHEMA,
     LOCK_WAIT_SECONDS,
+    PRUNE_DELIVERY_LOG_SQL,
     SALT_KEY,
     SCHEMA_VERSION,
     SyncState,
@@ -160,6 +162,13 @@ class WarehouseSyncState(SyncState):
             """,
             [run_id],
         )
+
+    def _mirror_prune(self, cutoff: datetime) -> int:
+        t = self.tables
+        sql = PRUNE_DELIVERY_LOG_SQL.format(
+            log=t.delivery_log, pending=t.pending, rejected_rows=t.rejected_rows, cutoff="$1"
+        )
+        return self.store.execute(sql, [cutoff])
 
     def _mirror_end(self, commit: bool) -> None:
         if commit:

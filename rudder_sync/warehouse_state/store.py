@@ -76,6 +76,7 @@ create table if not exists {delivery_log} (
     attempt integer,
     logged_at timestamptz
 );
+create index if not exists {delivery_log_time_index} on {delivery_log} (logged_at);
 """
 
 
@@ -168,10 +169,14 @@ class WarehouseStore:
         schema = self.tables.schema
         names = {role: getattr(self.tables, role) for role in _roles()}
         index = self.tables.qualified(self.tables.name("snapshot_wpk"))
+        # The delivery log's pruning (`SyncState.prune_delivery_log`) deletes by time; a state
+        # created before it gets the index at its next opening (the probe misses it).
+        time_index = self.tables.qualified(self.tables.name("delivery_log_time"))
         # One round trip when everything exists (every run but the first): a remote warehouse
         # charges one per statement.
         probe = ", ".join(
-            f"to_regclass({quote_literal(n)}) is not null" for n in (*names.values(), index)
+            f"to_regclass({quote_literal(n)}) is not null"
+            for n in (*names.values(), index, time_index)
         )
         try:
             with self.transaction():
@@ -186,7 +191,9 @@ class WarehouseStore:
                     self.execute(f"create schema if not exists {quote_ident(schema)}")
                 existed = bool(meta_found)
                 ddl = _DDL.format(
-                    snapshot_wpk_index=quote_ident(self.tables.name("snapshot_wpk")), **names
+                    snapshot_wpk_index=quote_ident(self.tables.name("snapshot_wpk")),
+                    delivery_log_time_index=quote_ident(self.tables.name("delivery_log_time")),
+                    **names,
                 )
                 for statement in ddl.split(";"):
                     if statement.strip():
