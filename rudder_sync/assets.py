@@ -125,6 +125,13 @@ class SyncRunConfig(Config):
         "one its state was delivered to, without resending anything: for a new URL of the same "
         "data plane (a custom domain, a proxy).",
     )
+    only_keys: list[Any] | None = Field(
+        default=None,
+        description="Send only the pending changes of these rows (primary keys, as strings or "
+        "numbers), committed as usual with the messageIds they would have had; the other "
+        "changes stay pending for the next run. A key without a pending change to send fails "
+        "the run before anything is sent.",
+    )
 
 
 def build_sync_assets(
@@ -321,6 +328,7 @@ def build_sync_assets(
             else rudderstack
         )
         specs = windows(context)
+        only_keys = _only_keys(sync, config)
         backend = state_backend(sync, warehouse_of(context), state_dir)
         with _open_state(sync, backend, rudderstack) as state:
             state.check_identity(sync_shape(sync))
@@ -328,7 +336,7 @@ def build_sync_assets(
             samples = {
                 change: redaction.payload(sync.type, payload)
                 for change, payload in sample_payloads(
-                    state, sync, specs[0].key if specs else None
+                    state, sync, specs[0].key if specs else None, only_keys
                 ).items()
             }
             if sender.dry_run:
@@ -342,6 +350,7 @@ def build_sync_assets(
                 specs,
                 commit=not config.dry_run,
                 destination=destination_label(sender),
+                only_keys=only_keys,
             )
         assert done.frame is not None
         rejected = rejected_sample(sync, done.frame, redaction)
@@ -355,6 +364,14 @@ def build_sync_assets(
             log_quarantine(context.log, sync, done.quarantined, quarantine_sample)
         if moved_from is not None:
             metadata["moved_destination_from"] = moved_from
+        if only_keys is not None:
+            # Keys are what the user typed; the held-back count is the other rows' changes.
+            metadata.update(only_keys=MetadataValue.json(only_keys), held_back=done.held_back)
+            context.log.info(
+                f"sync '{sync.name}': only_keys: {done.total.accepted} events of "
+                f"{len(only_keys)} row(s) {'accepted' if not sender.dry_run else 'built'}; "
+                f"{done.held_back} changes of other rows left pending for the next run"
+            )
         if done.per_window:
             metadata["windows"] = windows_metadata(done.per_window)
         yield Output(redaction.stored(done.frame, []), metadata=metadata)
@@ -362,6 +379,22 @@ def build_sync_assets(
         yield quarantined_rows_check(sync, done.quarantined, quarantine_sample)
 
     return [snapshot, diff, events, *anomaly_checks(sync, state_dir)]
+
+
+def _only_keys(sync: SyncConfig, config: SyncRunConfig) -> list[str] | None:
+    """Run config only_keys as the state stores primary keys (text), without repeats; a key
+    that is neither a string nor a whole number fails here, before the state is opened."""
+    if config.only_keys is None:
+        return None
+    fix = f"Fix: run config ops: {{{sync.name}__events: {{config: {{only_keys: ['42', ...]}}}}}}"
+    bad = [k for k in config.only_keys if isinstance(k, bool) or not isinstance(k, str | int)]
+    if bad or not config.only_keys:
+        what = f"values that are not keys: {bad!r}" if bad else "no key"
+        raise Failure(
+            f"sync '{sync.name}': run config only_keys has {what}; it takes the primary keys "
+            f"({sync.primary_key}) of the rows to send, as strings or whole numbers. {fix}."
+        )
+    return list(dict.fromkeys(str(key) for key in config.only_keys))
 
 
 def _dry_run_reason(sync: SyncConfig, config: SyncRunConfig) -> tuple[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -111,17 +111,21 @@ def deliver_pending(
     commit: bool = True,
     stats: DeliveryStats | None = None,
     destination: str | None = None,
+    keys: Sequence[str] | None = None,
 ) -> DeliveryReport:
     """Commit the changes that send nothing, then deliver the rest and commit what was accepted.
 
     The first accepted commit records ``destination`` as the state's destination. With
-    commit=False (a run-config dry run) nothing is sent and the state does not move.
+    commit=False (a run-config dry run) nothing is sent and the state does not move. With
+    ``keys`` (run config only_keys) only those rows' changes are sent; the others stay pending
+    as they are (the changes that send nothing are committed all the same: they are the
+    baseline's, and a first run must record it whole).
     """
     status = "dry_run" if rudderstack.dry_run else "delivered"
     report = DeliveryReport(status=status, stats=stats or DeliveryStats())
     # Closed explicitly: its cursor keeps the state file open (and locked against other
     # processes), and after a failure only the cyclic garbage collector would free it.
-    events = iter_event_columns(state, sync, window)
+    events = iter_event_columns(state, sync, window, keys)
     if not commit:
         try:
             for outcome in rudderstack.deliver(events, stats=report.stats, log=log):
@@ -164,13 +168,17 @@ def deliver_pending(
 
 
 def pending_counts(
-    state: SyncState, window: str | None, sync: SyncConfig | None = None
+    state: SyncState,
+    window: str | None,
+    sync: SyncConfig | None = None,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, int]:
-    """Changes to send per change type (of one window), before delivery starts.
+    """Changes to send per change type (of one window; of these primary ``keys``, if given),
+    before delivery starts.
 
     With ``sync``, quarantined changes are not counted: they are not sent.
     """
-    by_change = state.change_counts(window, sync.max_attempts if sync else None)
+    by_change = state.change_counts(window, sync.max_attempts if sync else None, keys)
     return {change: by_change.get(change, (0, 0))[1] for change in CHANGE_TYPES}
 
 

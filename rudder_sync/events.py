@@ -11,7 +11,7 @@ Events are streamed from the state in Arrow batches: memory is bounded by a batc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -128,10 +128,14 @@ def _context(sync: SyncConfig, fields: str, props_text: str) -> Any:
 
 
 def iter_event_columns(
-    state: SyncState, sync: SyncConfig, window: str | None = None
+    state: SyncState,
+    sync: SyncConfig,
+    window: str | None = None,
+    keys: Sequence[str] | None = None,
 ) -> Iterator[EventColumns]:
-    """Every pending change (of one window) that sends an event, serialized, in change order,
-    as runs of Arrow columns: no Python object per event.
+    """Every pending change (of one window; of these primary ``keys`` only, if given) that
+    sends an event, serialized, in change order, as runs of Arrow columns: no Python object per
+    event.
 
     Quarantined changes (failed `max_attempts` times) are left out. DuckDB renders the bodies
     (`body_sql`); the rare row it leaves to Python (a per-row name that is neither text, an
@@ -142,7 +146,7 @@ def iter_event_columns(
     # row to Python: without one, the fallback columns are not even selected.
     fallback = sync.has_extras and bool(sync.event_columns or sync.call_column)
     with state.sendable_changes(
-        window, sync.max_attempts, READ_BATCH_ROWS, body, fallback
+        window, sync.max_attempts, READ_BATCH_ROWS, body, fallback, keys
     ) as reader:
         for batch in reader:
             bodies = batch.column("__rs_body")
@@ -265,11 +269,15 @@ def _json_string(column: str) -> str:
 
 
 def sample_payloads(
-    state: SyncState, sync: SyncConfig, window: str | None = None
+    state: SyncState,
+    sync: SyncConfig,
+    window: str | None = None,
+    keys: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One payload per change type that sends, as users see it in the UI and logs."""
+    """One payload per change type that sends (of these primary ``keys``, if given), as users
+    see it in the UI and logs."""
     samples = {}
-    rows = state.first_sendable_by_change(window, sync.max_attempts)
+    rows = state.first_sendable_by_change(window, sync.max_attempts, keys)
     for _, change, message_id, timestamp, user_id, anonymous_id, props in rows:
         event = build_event(sync, change, message_id, timestamp, user_id, anonymous_id, props)
         samples[change] = orjson.loads(orjson.dumps(event))

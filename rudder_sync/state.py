@@ -624,15 +624,18 @@ class SyncState:
 
     # -- reading pending changes and rejected rows ----------------------------------------------
     def change_counts(
-        self, window: str | None, max_attempts: int | None = None
+        self,
+        window: str | None,
+        max_attempts: int | None = None,
+        keys: Sequence[str] | None = None,
     ) -> dict[str, tuple[int, int]]:
-        """One window's pending changes by change type: (all, to send); quarantined ones (failed
-        ``max_attempts`` times) are not sent."""
+        """One window's pending changes (of these primary ``keys`` only, if given) by change
+        type: (all, to send); quarantined ones (failed ``max_attempts`` times) are not sent."""
         sending = f"__rs_send and not {_quarantined_sql(max_attempts)}"
         rows = run(
             self.conn,
             f"select __rs_change, count(*), count(*) filter (where {sending}) from pending "
-            f"where {in_window(window)} group by 1",
+            f"where {in_window(window)} and {_keys_sql(keys)} group by 1",
         )
         return {change: (int(total), int(sent)) for change, total, sent in rows}
 
@@ -655,10 +658,11 @@ class SyncState:
         batch_rows: int,
         body_sql: str,
         fallback: bool = False,
+        keys: Sequence[str] | None = None,
     ) -> Iterator[Iterator[pa.RecordBatch]]:
         """The changes of one window that send an event, in change order, in Arrow batches of
         ID, messageId, ``body_sql`` as `__rs_body` and (``fallback``) `EVENT_FALLBACK_COLUMNS`
-        where it is NULL. Quarantined ones are left out.
+        where it is NULL. Quarantined ones are left out; with ``keys``, those of other rows too.
 
         Read in chunks of SENDABLE_CHUNK_ROWS consecutive changes, each sorted on its own, so
         DuckDB sorts one chunk of rendered events at a time and the first events leave before the
@@ -666,7 +670,7 @@ class SyncState:
         twice the CPU (1M: 0.76 s against 0.27 s, the same CPU). On a cursor of its own, so the
         caller can commit on the state's connection while it reads.
         """
-        sendable = _sendable_sql(window, max_attempts)
+        sendable = _sendable_sql(window, max_attempts, keys)
         columns = "".join(
             f", case when __rs_body is null then {c} end as {c}"
             for c in (EVENT_FALLBACK_COLUMNS if fallback else ())
@@ -689,16 +693,36 @@ class SyncState:
         finally:
             cursor.close()
 
-    def first_sendable_by_change(self, window: str | None, max_attempts: int | None) -> list[tuple]:
-        """The first change of each change type that sends an event (`_EVENT_COLUMNS`)."""
+    def first_sendable_by_change(
+        self, window: str | None, max_attempts: int | None, keys: Sequence[str] | None = None
+    ) -> list[tuple]:
+        """The first change of each change type that sends an event (`_EVENT_COLUMNS`), of
+        these primary ``keys`` only if given."""
         return run(
             self.conn,
             f"""
-            select {_EVENT_COLUMNS} from pending where {_sendable_sql(window, max_attempts)}
+            select {_EVENT_COLUMNS} from pending where {_sendable_sql(window, max_attempts, keys)}
             qualify row_number() over (partition by __rs_change order by __rs_change_id) = 1
             order by __rs_change_id
             """,
         )
+
+    def keys_without_sendable(
+        self, keys: Sequence[str], windows: Sequence[str | None], max_attempts: int | None
+    ) -> list[str]:
+        """Those of ``keys`` with no pending change that sends an event in any of ``windows``
+        (run config only_keys: a typo must not pass as "nothing to send")."""
+        sendable = " or ".join(f"({_sendable_sql(window, max_attempts)})" for window in windows)
+        rows = run(
+            self.conn,
+            f"""
+            select k from unnest(?::varchar[]) with ordinality t(k, i)
+            where k not in (select __rs_pk from pending where ({sendable}) and __rs_pk is not null)
+            order by i
+            """,
+            [list(keys)],
+        )
+        return [str(key) for (key,) in rows]
 
     def store_pending_rows(
         self, table: str, windows: Sequence[str], fields: Sequence[tuple[str, str]] = ()
@@ -793,9 +817,21 @@ def in_window(window: str | None) -> str:
     return f"__rs_window is not distinct from {'null' if window is None else quote_literal(window)}"
 
 
-def _sendable_sql(window: str | None, max_attempts: int | None) -> str:
-    """SQL choosing the pending changes of one window that are sent: not the quarantined ones."""
-    return f"__rs_send and {in_window(window)} and not {_quarantined_sql(max_attempts)}"
+def _sendable_sql(
+    window: str | None, max_attempts: int | None, keys: Sequence[str] | None = None
+) -> str:
+    """SQL choosing the pending changes of one window that are sent: not the quarantined ones
+    (and with ``keys``, only those of these primary keys: run config only_keys)."""
+    quarantined = _quarantined_sql(max_attempts)
+    return f"__rs_send and {in_window(window)} and not {quarantined} and {_keys_sql(keys)}"
+
+
+def _keys_sql(keys: Sequence[str] | None) -> str:
+    """SQL choosing the rows of these primary keys (as the state stores them: text); None: all.
+    Literals, as in `in_window`, so the chunked reads of `sendable_changes` take no parameters."""
+    if keys is None:
+        return "true"
+    return f"__rs_pk in ({', '.join(quote_literal(str(key)) for key in keys) or 'null'})"
 
 
 def _quarantined_sql(max_attempts: int | None) -> str:

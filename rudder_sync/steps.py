@@ -5,7 +5,7 @@ for logs, metadata and checks. Nothing here needs a Dagster run: `log` is any lo
 windows are the run's partitions in chronological order (none for an unpartitioned sync).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ from .diff import (
     pending_frame,
     sync_shape,
 )
-from .errors import WindowFailedError
+from .errors import ConfigError, WindowFailedError
 from .jsonvalues import column_types
 from .partitions import WindowSpec, diff_window, store_window_rows, window_table
 from .reporting import log_window_done
@@ -188,6 +188,30 @@ def run_diff(
     return DiffResult(summaries, frame, readmitted)
 
 
+def _check_only_keys(
+    state: SyncState, sync: SyncConfig, windows: list[str | None], only_keys: Sequence[str]
+) -> int:
+    """Refuse keys without a pending change to send (in any of the run's windows); how many
+    changes of other rows are held back."""
+    missing = state.keys_without_sendable(only_keys, windows, sync.max_attempts)
+    if missing:
+        named = ", ".join(repr(key) for key in missing[:20])
+        more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        scope = " in the run's windows" if windows != [None] else ""
+        raise ConfigError(
+            f"sync '{sync.name}': run config only_keys names {len(missing)} key(s) with no "
+            f"pending change to send{scope}: {named}{more}; nothing was sent. Fix: name rows "
+            f"of the {sync.primary_key} column with pending changes (the {sync.name}/diff "
+            "asset lists them; a quarantined change needs retry_quarantined first), or drop "
+            "those keys."
+        )
+    return sum(
+        sum(pending_counts(state, window, sync).values())
+        - sum(pending_counts(state, window, sync, only_keys).values())
+        for window in windows
+    )
+
+
 @dataclass
 class Delivery:
     total: DeliveryReport
@@ -195,6 +219,7 @@ class Delivery:
     frame: pd.DataFrame | None = None  # one row per event this run tried
     quarantined: int = 0
     quarantine_sample: list[dict[str, Any]] = field(default_factory=list)
+    held_back: int = 0  # run config only_keys: other rows' changes left pending, to send later
     pruned: int = 0  # delivery log rows older than the sync's retention, deleted after delivery
 
 
@@ -207,12 +232,19 @@ def deliver_windows(
     windows: list[WindowSpec],
     commit: bool,
     destination: str,
+    only_keys: Sequence[str] | None = None,
 ) -> Delivery:
-    """Deliver the pending changes, window by window in order, committing what was accepted."""
+    """Deliver the pending changes, window by window in order, committing what was accepted.
+
+    ``only_keys`` (run config): send only these rows' changes, committed as usual; the others
+    stay pending, untouched, for the next run. A key without a change to send fails the run
+    before anything is sent, so that a typo does not pass as "nothing to send"."""
     keys: list[str | None] = [spec.key for spec in windows] or [None]
     result = Delivery(total=DeliveryReport(status="dry_run" if sender.dry_run else "delivered"))
+    if only_keys is not None:
+        result.held_back = _check_only_keys(state, sync, keys, only_keys)
     for number, key in enumerate(keys, start=1):
-        to_send = pending_counts(state, key, sync) if key is not None else {}
+        to_send = pending_counts(state, key, sync, only_keys) if key is not None else {}
         try:
             report = deliver_pending(
                 state,
@@ -224,6 +256,7 @@ def deliver_windows(
                 commit=commit,
                 stats=result.total.stats,
                 destination=destination,
+                keys=only_keys,
             )
         except RudderstackError as exc:
             if key is None:
