@@ -130,6 +130,20 @@ def test_an_unknown_key_fails_naming_it_and_sends_nothing(changed: tuple[Any, An
     assert pending_attempts(project.state_dir) == {str(i): 0 for i in range(1, 6)}
 
 
+@pytest.mark.parametrize("keys", [[], [1.5], [True], [["1"]]])
+def test_only_keys_that_are_not_keys_fail_before_the_state_is_read(
+    changed: tuple[Any, Any], keys: list[Any]
+) -> None:
+    project, _ = changed
+    with TestGateway() as gateway:
+        result = run_events(project, rudderstack_for(gateway.url), {"only_keys": keys})
+        assert not result.success
+        message = failure_text(result)
+        assert "sync 'users': run config only_keys has" in message and "Fix:" in message
+        assert gateway.events == []
+    assert pending_attempts(project.state_dir) == {str(i): 0 for i in range(1, 6)}
+
+
 def test_dry_run_with_only_keys_previews_those_rows(changed: tuple[Any, Any]) -> None:
     project, _ = changed
     with TestGateway() as gateway:
@@ -184,6 +198,10 @@ def test_in_warehouse_state_sends_only_those_keys(
         assert result.success, failure_text(result)
         assert set(ids_by_user(gateway.events)) == {"u5"}
         assert asset_metadata(result, SYNC, "events")["held_back"] == 4
+        # The other four stay pending in the warehouse's table, no attempt counted.
+        assert pg.sql(
+            "select count(*), max(__rs_attempts) from rudder_sync.users__pending where __rs_send"
+        ) == [(4, 0)]
         result = run_events(project, rudderstack_for(gateway.url), {"only_keys": ["nope"]})
         assert not result.success and "'nope'" in failure_text(result)
         assert len(gateway.events) == 1
