@@ -224,6 +224,12 @@ class RudderstackSyncAttributes(Model):
         description="false: the diff and events frames the IO manager stores keep no rows "
         "(counts only, in the metadata). A sync's own 'store_frames' overrides it.",
     )
+    delivery_log_retention: str | None = Field(
+        default="30d",
+        description="How long each sync's delivery log keeps a row (30d, 12h; units s, m, h, d); "
+        "null keeps it forever. Older rows are pruned after each events step, except those of "
+        "keys with a pending or rejected change. A sync's own key overrides it.",
+    )
     alerts: AlertsAttribute = Field(
         default=None,
         description="Alerts, as the sync YAML's 'alerts': ui_url, channels (name -> {slack|"
@@ -271,6 +277,7 @@ class RudderstackSyncComponent(Component, Resolvable):
     dry_run: bool = False
     redact: list[str] | str | None = None
     store_frames: bool = True
+    delivery_log_retention: str | None = "30d"
     dbt: Annotated[Mapping[str, Any] | None, Resolver(_dbt, inject_before_resolve=False)] = None
 
     @classmethod
@@ -305,6 +312,7 @@ class RudderstackSyncComponent(Component, Resolvable):
             raw["redact"] = self.redact if isinstance(self.redact, str) else list(self.redact)
         if not self.store_frames:
             raw["store_frames"] = False
+        raw["delivery_log_retention"] = self.delivery_log_retention
         if self.dbt is not None:
             raw["dbt"] = dict(self.dbt)
         return parse_config(raw, base_dir=base_dir.resolve(), source=source)

@@ -8,6 +8,7 @@ its key's history.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import duckdb
 import pytest
 import yaml
 
+from rudder_sync.component import RudderstackSyncAttributes, RudderstackSyncComponent
 from rudder_sync.config import ConfigError, load_config
 from rudder_sync.state import state_path
 
@@ -148,3 +150,20 @@ def test_in_warehouse_state_is_pruned_too(
     assert pg.sql(log) == [("1", "delivered"), ("2", "rejected"), ("2", "rejected")]
     indexes = pg.sql("select indexname from pg_indexes where tablename = 'traits__delivery_log'")
     assert indexes == [("traits__delivery_log_time",)]
+
+
+def test_the_component_takes_the_key_at_both_levels(tmp_path: Path) -> None:
+    """The Component's top level takes it as the sync YAML does; its schema has it (a sync's
+    own key comes from `SyncConfig`)."""
+    syncs = {
+        "traits": dict(IDENTIFY_SYNC),
+        "kept": dict(IDENTIFY_SYNC, delivery_log_retention=None),
+    }
+    project = RudderstackSyncComponent(syncs=syncs, delivery_log_retention="12h").project(tmp_path)
+    assert project.syncs["traits"].delivery_log_retention == timedelta(hours=12)
+    assert project.syncs["kept"].delivery_log_retention is None
+    default = RudderstackSyncComponent(syncs={"traits": dict(IDENTIFY_SYNC)}).project(tmp_path)
+    assert default.syncs["traits"].delivery_log_retention == timedelta(days=30)
+    assert "delivery_log_retention" in RudderstackSyncAttributes.model_json_schema()["properties"]
+    with pytest.raises(ConfigError, match="delivery_log_retention"):
+        RudderstackSyncComponent(syncs=syncs, delivery_log_retention="soon").project(tmp_path)
