@@ -667,7 +667,9 @@ def parse_config(
     _check_state_schema_names(warehouse, syncs)
     delivery_raw = raw.get("delivery") or {}
     if not isinstance(delivery_raw, Mapping):
-        raise ConfigError(f"{where}: key 'delivery' must be a mapping. Fix: see docs/configuration.md.")
+        raise ConfigError(
+            f"{where}: key 'delivery' must be a mapping. Fix: see docs/configuration.md."
+        )
     _check_keys(delivery_raw, set(DeliveryConfig.model_fields), f"{where}: delivery", ())
     try:
         delivery = DeliveryConfig(**delivery_raw)
