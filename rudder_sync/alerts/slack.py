@@ -1,13 +1,13 @@
 """The Slack channel, through dagster-slack: a bot token (`SlackResource`, chat.postMessage to a
-channel) or an incoming webhook (slack_sdk's `WebhookClient`, which dagster-slack installs)."""
+channel) or an incoming webhook (slack_sdk's `WebhookClient`, which dagster-slack installs).
+
+Both are imported when an alert is sent, not when the definitions load: every run pays for what
+the project imports, and most runs send no alert.
+"""
 
 from __future__ import annotations
 
 from typing import Any
-
-from dagster_slack import SlackResource
-from slack_sdk.errors import SlackApiError
-from slack_sdk.webhook import WebhookClient
 
 from .message import Alert, AlertDeliveryError
 from .settings import SlackChannel
@@ -49,6 +49,8 @@ def _send_webhook(name: str, channel: SlackChannel, alert: Alert) -> None:
     url = channel.webhook_url.value()
     if not url.strip():
         raise AlertDeliveryError(f"channel '{name}': {env} is not set")
+    from slack_sdk.webhook import WebhookClient
+
     client = WebhookClient(url, timeout=int(channel.timeout_seconds))
     try:
         response = client.send(text=escape(alert.text()), blocks=blocks(alert))
@@ -69,6 +71,9 @@ def _send_bot(name: str, channel: SlackChannel, alert: Alert) -> None:
     token = channel.token.value()
     if not token.strip():
         raise AlertDeliveryError(f"channel '{name}': {env} is not set")
+    from dagster_slack import SlackResource
+    from slack_sdk.errors import SlackApiError
+
     client = SlackResource(token=token).get_client()
     client.base_url = channel.api_url if channel.api_url.endswith("/") else channel.api_url + "/"
     client.timeout = int(channel.timeout_seconds)
