@@ -471,7 +471,8 @@ def test_invalid_utf8_text_names_the_column_and_the_row(
             "the result (counting from 1, in the order the server sent it): byte 0xe9 at byte 4 "
             "of the value. Fix: "
         ) in message
-        assert "caf" not in message  # never the value itself
+        # never the value itself (the database's random name may hold the letters)
+        assert "caf" not in message.replace(ascii_db.name, "")
         assert gateway.events == []
         # the conversion the fix suggests works: the next run sends the text as UTF-8
         convert = "convert_from(convert(convert_to(plan, 'SQL_ASCII'), 'LATIN1', 'UTF8'), 'UTF8')"

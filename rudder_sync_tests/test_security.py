@@ -157,8 +157,13 @@ def _redacted(text: str) -> str:
 
 
 def _project(root: Path, name: str) -> Project:
-    """A project with its own state (each data plane gets its own), 5 users."""
-    return write_project(root / name, {SYNC: IDENTIFY_SYNC}, users=5)
+    """A project with its own state (each data plane gets its own), 5 users, and its own sync
+    name: one instance records them all, and a sync it saw deliver must not lose its state."""
+    return write_project(root / name, {f"{SYNC}_{name}": IDENTIFY_SYNC}, users=5)
+
+
+def _sync_of(project: Project) -> str:
+    return next(iter(project.config().syncs))
 
 
 def _job(project: Project, url: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -172,7 +177,7 @@ def _job(project: Project, url: str, home: Path) -> subprocess.CompletedProcess[
         }
     )
     return subprocess.run(
-        [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", SYNC],
+        [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", _sync_of(project)],
         env=env,
         cwd=project.root,
         capture_output=True,
@@ -188,7 +193,7 @@ def _in_process(project: Project, instance: DagsterInstance, **settings: Any) ->
         data_plane_url=EnvVar(URL_ENV), write_key=EnvVar(KEY_ENV), **settings
     )
     return materialize(
-        build_sync_assets(config.syncs[SYNC], config.state),
+        build_sync_assets(config.syncs[_sync_of(project)], config.state),
         resources={
             "warehouse": build_warehouse(config.warehouse),
             "rudderstack": resource,
@@ -217,7 +222,7 @@ def test_write_key_appears_nowhere(
         outputs += [done.stdout, done.stderr]
         outcomes["success"] = done.returncode == 0
         assert len(gateway.events) == 4, done.stderr[-3000:]
-        with duckdb.connect(str(ok.state_dir / f"{SYNC}.duckdb"), read_only=True) as conn:
+        with duckdb.connect(str(ok.state_dir / f"{_sync_of(ok)}.duckdb"), read_only=True) as conn:
             errors = conn.execute("select error from delivery_log where error is not null")
             assert [r[0] for r in errors.fetchall()] == [f"gateway 400: {_redacted(echo)}"]
     with TestGateway(write_key="another-key") as gateway:
@@ -300,13 +305,13 @@ def test_plain_http_to_a_remote_host_needs_allow_insecure_http(
         document["delivery"] = {"allow_insecure_http": True}
         project.config_path.write_text(yaml.safe_dump(document))
         resource = rudderstack_from_env(project.config().delivery)
-        assert run_sync(project, SYNC, resource).success
+        assert run_sync(project, _sync_of(project), resource).success
         assert len(gateway.events) == 5
 
 
 def test_plain_http_to_loopback_is_allowed(tmp_path: Path, gateway: TestGateway) -> None:
     project = _project(tmp_path, "p")
-    assert run_sync(project, SYNC, rudderstack_for(gateway.url)).success
+    assert run_sync(project, _sync_of(project), rudderstack_for(gateway.url)).success
     assert len(gateway.events) == 5
 
 
@@ -342,9 +347,8 @@ def test_tls_certificates_are_verified(
 ) -> None:
     """A certificate nobody vouches for is refused before a byte of the request is sent."""
     project = _project(tmp_path, "p")
-    untrusted = run_sync(
-        project, SYNC, rudderstack_for(tls_gateway.url, retry_max_seconds=30), raise_on_error=False
-    )
+    resource = rudderstack_for(tls_gateway.url, retry_max_seconds=30)
+    untrusted = run_sync(project, _sync_of(project), resource, raise_on_error=False)
     assert not untrusted.success
     text = failure_text(untrusted)
     assert "CERTIFICATE_VERIFY_FAILED" in text and "could not be verified" in text
@@ -362,7 +366,7 @@ def test_tls_delivery_with_a_trusted_certificate(
     monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))  # how httpx is told what to trust
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     project = _project(tmp_path, "p")
-    assert run_sync(project, SYNC, rudderstack_for(tls_gateway.url)).success
+    assert run_sync(project, _sync_of(project), rudderstack_for(tls_gateway.url)).success
     assert len(tls_gateway.events) == 5
 
 
