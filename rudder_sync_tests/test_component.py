@@ -93,6 +93,7 @@ def _summary(defs: Definitions) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # a CLI in a subprocess
 def test_dg_check_yaml_and_defs_pass_on_the_example(tmp_path: Path) -> None:
     checked = _dg("check", "yaml", cwd=EXAMPLE, tmp_path=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -102,6 +103,7 @@ def test_dg_check_yaml_and_defs_pass_on_the_example(tmp_path: Path) -> None:
     assert "All definitions loaded successfully." in loaded.stdout
 
 
+@pytest.mark.slow  # a CLI in a subprocess
 def test_dg_check_yaml_reports_a_schema_error_at_its_line(tmp_path: Path) -> None:
     project = _copy_example(tmp_path)
     path = project / DEFS_YAML
@@ -112,6 +114,7 @@ def test_dg_check_yaml_reports_a_schema_error_at_its_line(tmp_path: Path) -> Non
     assert "'primary_ky' was unexpected" in checked.stdout
 
 
+@pytest.mark.slow  # a CLI in a subprocess
 def test_dg_check_defs_fails_with_the_yaml_message(tmp_path: Path) -> None:
     project = _copy_example(tmp_path)
     path = project / DEFS_YAML
@@ -317,6 +320,7 @@ def test_a_sync_name_in_two_components_fails_naming_both(
     )
 
 
+@pytest.mark.slow  # a CLI in a subprocess
 def test_dg_check_yaml_checks_destinations(tmp_path: Path) -> None:
     project = _copy_example(tmp_path)
     path = _add_eu_component(project)

@@ -220,6 +220,7 @@ def test_a_resync_cut_short_is_finished_by_the_next_run_with_the_same_ids(
     assert len(gateway.events) == 6
 
 
+@pytest.mark.slow  # a CLI in a subprocess
 def test_resync_from_the_shell_with_run_config_file(tmp_path: Path, gateway: TestGateway) -> None:
     """`dagster job execute -c`: the way a resync is started outside the UI."""
     project = write_project(tmp_path, {"traits": IDENTIFY_SYNC}, users=2)

@@ -489,6 +489,7 @@ def test_switching_on_moves_the_local_state_and_its_pending_changes(
     assert local.exists()
 
 
+@pytest.mark.slow  # a CLI in a subprocess
 def test_switching_off_with_the_move_command_keeps_the_place(
     tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
 ) -> None:
@@ -612,6 +613,7 @@ def test_partitioned_windows_diff_in_the_warehouse_as_in_local_mode(
     assert "history__w_2024_01_01" not in tables  # windows outside the last run are dropped
 
 
+@pytest.mark.slow  # a CLI in a subprocess
 def test_a_removed_sync_keeps_its_tables_until_the_drop_command(
     tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
 ) -> None:
