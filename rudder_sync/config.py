@@ -861,7 +861,8 @@ def parse_sync(
     try:
         sync = SyncConfig(name=name, **body)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(prefix, exc)) from None
+        first, *more = _validation_problems(prefix, exc)  # Dagster shows the first
+        raise ConfigError(first, also=tuple(more)) from None
     if sync.require_checks and not models:
         raise ConfigError(
             f"{prefix}: key 'require_checks' waits for the dbt tests of the model's dbt "
@@ -1203,8 +1204,21 @@ def _check_keys(
             raise ConfigError(f"{prefix}: key '{key}' is missing. Fix: add '{key}:'.")
 
 
+def _validation_problems(prefix: str, exc: ValidationError) -> list[str]:
+    """Every invalid key of one validation, one line each (a key's repeats once)."""
+    lines: list[str] = []
+    for error in exc.errors():
+        line = _describe_error(prefix, error)
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
 def _describe_validation_error(prefix: str, exc: ValidationError) -> str:
-    error = exc.errors()[0]
+    return _describe_error(prefix, exc.errors()[0])
+
+
+def _describe_error(prefix: str, error: Any) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "?"
     message = error["msg"].removeprefix("Value error, ")
     given = error.get("input")

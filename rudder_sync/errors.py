@@ -29,7 +29,26 @@ class RudderSyncError(Exception):
 
 
 class ConfigError(RudderSyncError, ValueError):
-    """A sync configuration that cannot run; the message says where and how to fix it."""
+    """A sync configuration that cannot run; the message says where and how to fix it.
+
+    `also` holds the other problems found in the same place (every invalid key of a sync), one
+    line each, for `python -m rudder_sync check`; the message is the first one.
+    """
+
+    def __init__(self, message: str, also: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.also = also
+
+    def __str__(self) -> str:
+        if not self.also:
+            return str(self.args[0]) if self.args else ""
+        more = len(self.also)
+        return f"{self.args[0]} (and {more} more problem{'s' if more > 1 else ''} in this sync)"
+
+    @property
+    def problems(self) -> list[str]:
+        """Every problem, one line each: the message's, then the others'."""
+        return [str(self.args[0]), *self.also]
 
 
 class WarehouseSettingsError(RudderSyncError, ValueError):

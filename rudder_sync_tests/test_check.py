@@ -303,3 +303,27 @@ def test_every_misspelt_key_of_a_sync_is_shown(tmp_path: Path) -> None:
         "sync 'user_traits': unknown key 'mapingg'. Fix: remove it (did you mean 'mapping'?).",
         "sync 'user_traits': unknown key 'statik'. Fix: remove it (did you mean 'static'?).",
     ]
+
+
+def test_every_invalid_value_of_a_sync_is_shown_with_the_misspelt_keys(tmp_path: Path) -> None:
+    sync = dict(
+        IDENTIFY_SYNC, schedule="every hour", max_attempts="often", exclude_nulls="maybe", typo=1
+    )
+    problems = check(write_config(tmp_path, {"syncs": {"user_traits": sync}})).problems
+    assert problems[0].startswith("sync 'user_traits': unknown key 'typo'"), problems
+    invalid = sorted(line.split(":")[1].strip() for line in problems[1:])
+    assert invalid == ["key 'exclude_nulls'", "key 'max_attempts'", "key 'schedule'"], problems
+    assert all(line.startswith("sync 'user_traits': ") and "Fix: " in line for line in problems)
+
+
+def test_loading_shows_the_first_invalid_value_and_counts_the_others(tmp_path: Path) -> None:
+    from rudder_sync.config import parse_config
+    from rudder_sync.errors import ConfigError
+
+    sync = dict(IDENTIFY_SYNC, schedule="every hour", max_attempts="often")
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"syncs": {"user_traits": sync}}, base_dir=tmp_path)
+    message = str(raised.value)
+    assert message.startswith("sync 'user_traits': key 'schedule'")
+    assert message.endswith("(and 1 more problem in this sync)")
+    assert "\n" not in message

@@ -38,7 +38,7 @@ from ..config import (
     parse_sync,
     read_config,
 )
-from ..errors import RudderSyncError
+from ..errors import ConfigError, RudderSyncError
 from ..warehouses.settings import EnvRef
 
 # A sync that passes every check, put in place of the user's syncs while a section is checked.
@@ -184,14 +184,15 @@ def load_checked(path: Path, report: Report) -> ProjectConfig | None:
 
 
 def _sync_problems(name: Any, body: Any, attempt: Callable[[Any], Any]) -> list[str]:
-    """A sync's problems: after an unknown key, the sync is checked again without it, so that
-    every misspelt key shows; any other problem is the sync's last one shown."""
+    """A sync's problems: every invalid value of its keys at once; after an unknown key, the sync
+    is checked again without it, so that every misspelt key shows. A problem found after the
+    keys' values are valid (a missing ID column, say) is the sync's last one shown."""
     problems: list[str] = []
     while True:
         try:
             attempt(body)
         except RudderSyncError as exc:
-            problems.append(str(exc))
+            problems.extend(exc.problems if isinstance(exc, ConfigError) else [str(exc)])
             unknown = re.match(rf"sync '{re.escape(str(name))}': unknown key '(.+?)'\.", str(exc))
             if unknown is None or not isinstance(body, Mapping):
                 return problems
