@@ -852,12 +852,18 @@ def parse_sync(
     _check_keys(body, allowed, prefix, required=("model", "primary_key", "type"))
     _redact_value(prefix, body.get("redact"))  # its own message, before pydantic's
     models: tuple[DbtModel, ...] = ()
+    settings = warehouse or WarehouseSettings(type=dialect)
     if uses_dbt(body.get("model")):
-        require_dagster_dbt(prefix)
-        sql, models = resolve_model(
-            prefix, body["model"], dbt, warehouse or WarehouseSettings(type=dialect)
-        )
+        require_dagster_dbt(f"{prefix}: key 'model'")
+        sql, models = resolve_model(f"{prefix}: key 'model'", body["model"], dbt, settings)
         body = {**body, "model": sql}
+    trigger = body.get("trigger")
+    trigger_sql = trigger.get("sql") if isinstance(trigger, Mapping) else None
+    if isinstance(trigger_sql, str) and uses_dbt(trigger_sql):  # {{ ref('x') }}, as in the model
+        place = f"{prefix}: key 'trigger.sql'"
+        require_dagster_dbt(place)
+        sql, _ = resolve_model(place, trigger_sql, dbt, settings)
+        body = {**body, "trigger": {**trigger, "sql": sql}}
     try:
         sync = SyncConfig(name=name, **body)
     except ValidationError as exc:

@@ -124,25 +124,26 @@ def _jinja_at(sql: str) -> re.Match[str] | None:
     return _JINJA.search(_LITERALS.sub(lambda m: " " * len(m.group(0)), sql))
 
 
-def require_dagster_dbt(prefix: str) -> None:
+def require_dagster_dbt(place: str) -> None:
     """dagster-dbt names the dbt assets; without the extra, say how to install it. (Found, not
     imported: importing it loads dbt-core, which only the definitions need.)"""
     if importlib.util.find_spec("dagster_dbt") is None:
         raise ConfigError(
-            f"{prefix}: key 'model' names a dbt model, which needs dagster-dbt (not installed). "
-            f"Fix: {INSTALL}."
+            f"{place} names a dbt model, which needs dagster-dbt (not installed). Fix: {INSTALL}."
         )
 
 
 def resolve_model(
-    prefix: str, model: Any, dbt: DbtConfig | None, warehouse: WarehouseSettings
+    place: str, model: Any, dbt: DbtConfig | None, warehouse: WarehouseSettings
 ) -> tuple[str, tuple[DbtModel, ...]]:
-    """The model's SQL with every dbt model replaced by its relation, and those models."""
+    """The model's SQL with every dbt model replaced by its relation, and those models.
+
+    `place` starts each message: the sync and its key, e.g. "sync 'users': key 'trigger.sql'"."""
     if isinstance(model, str) and not _REF.search(model):
-        _refuse_jinja(prefix, model)
+        _refuse_jinja(place, model)
     if dbt is None:
         raise ConfigError(
-            f"{prefix}: key 'model' names a dbt model, but the config has no 'dbt' section. "
+            f"{place} names a dbt model, but the config has no 'dbt' section. "
             "Fix: add 'dbt: {project_dir: <your dbt project>}' (or 'dbt: {manifest: <path>}') "
             "at the top level."
         )
@@ -151,10 +152,10 @@ def resolve_model(
         name = model.get("dbt")
         if set(model) != {"dbt"} or not isinstance(name, str) or not name.strip():
             raise ConfigError(
-                f"{prefix}: key 'model' must be a SELECT query or {{dbt: <model name>}} "
+                f"{place} must be a SELECT query or {{dbt: <model name>}} "
                 f"(got {dict(model)!r}). Fix: e.g. 'model: {{dbt: customers}}'."
             )
-        found = manifest.find(prefix, name.strip(), None, None, warehouse)
+        found = manifest.find(place, name.strip(), None, None, warehouse)
         return f"select * from {found.relation}", (found,)
     models: dict[str, DbtModel] = {}
 
@@ -162,22 +163,22 @@ def resolve_model(
         args = [a or b for a, b in _STRING.findall(match.group("args"))]
         package, name = (None, args[0]) if len(args) == 1 else (args[0], args[1])
         version = (match.group("version") or "").strip("'\"") or None
-        found = manifest.find(prefix, name, package, version, warehouse)
+        found = manifest.find(place, name, package, version, warehouse)
         models.setdefault(found.unique_id, found)
         return found.relation
 
     sql = _REF.sub(replace, model)
-    _refuse_jinja(prefix, sql)
+    _refuse_jinja(place, sql)
     return sql, tuple(models.values())
 
 
-def _refuse_jinja(prefix: str, sql: str) -> None:
+def _refuse_jinja(place: str, sql: str) -> None:
     """Jinja other than `{{ ref(...) }}` is not rendered: say so, rather than a parse error."""
     leftover = _jinja_at(sql)
     if leftover:
         snippet = sql[leftover.start() : leftover.start() + 40].split("\n")[0]
         raise ConfigError(
-            f"{prefix}: key 'model' has Jinja that rudder_sync does not render ({snippet!r}). "
+            f"{place} has Jinja that rudder_sync does not render ({snippet!r}). "
             "Fix: only {{ ref('model') }} and {{ ref('package', 'model') }} are resolved; "
             "write the rest as plain SQL."
         )
@@ -196,7 +197,7 @@ class Manifest:
 
     def find(
         self,
-        prefix: str,
+        place: str,
         name: str,
         package: str | None,
         version: str | None,
@@ -227,7 +228,7 @@ class Manifest:
             ]
             if disabled:
                 raise ConfigError(
-                    f"{prefix}: key 'model': dbt {disabled[0].get('resource_type', 'model')} "
+                    f"{place}: dbt {disabled[0].get('resource_type', 'model')} "
                     f"'{shown}' is disabled in {where} (enabled: false), so dbt does not build "
                     "it. Fix: enable it in the dbt project and run dbt build, or sync another "
                     "model."
@@ -242,13 +243,13 @@ class Manifest:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"{prefix}: key 'model': no dbt model '{shown}' in {where}{hint}. Fix: name a "
+                f"{place}: no dbt model '{shown}' in {where}{hint}. Fix: name a "
                 "model of the dbt project, or run `dbt parse` if it is new."
             )
         if len(nodes) > 1:
             packages = ", ".join(sorted(str(n.get("package_name")) for n in nodes))
             raise ConfigError(
-                f"{prefix}: key 'model': dbt model '{name}' is in several packages ({packages}) "
+                f"{place}: dbt model '{name}' is in several packages ({packages}) "
                 f"of {where}. Fix: name the package, e.g. {{{{ ref('{nodes[0]['package_name']}', "
                 f"'{name}') }}}}."
             )
@@ -256,14 +257,14 @@ class Manifest:
         materialized = node.get("config", {}).get("materialized")
         if materialized == "ephemeral":
             raise ConfigError(
-                f"{prefix}: key 'model': dbt model '{shown}' is ephemeral in {where}: dbt inlines "
+                f"{place}: dbt model '{shown}' is ephemeral in {where}: dbt inlines "
                 "it into other models, so it is no relation to read. Fix: materialize it "
                 "(view, table or incremental) and run dbt build, or sync a model that uses it."
             )
         return DbtModel(
             unique_id=node["unique_id"],
             name=node["name"],
-            relation=_relation(prefix, node, warehouse, self.path),
+            relation=_relation(place, node, warehouse, self.path),
             manifest=self.path,
         )
 
@@ -277,7 +278,7 @@ def _refers(node: Mapping[str, Any], name: str, package: str | None) -> bool:
 
 
 def _relation(
-    prefix: str, node: Mapping[str, Any], warehouse: WarehouseSettings, manifest: Path
+    place: str, node: Mapping[str, Any], warehouse: WarehouseSettings, manifest: Path
 ) -> str:
     """database.schema.alias in the warehouse's dialect, each part quoted where dbt quotes it
     (its relation_name: PostgreSQL and DuckDB quote, Snowflake by default not, so that names fold
@@ -291,7 +292,7 @@ def _relation(
         # the model must live in the warehouse file's own database, named after the file.
         if database != warehouse.path.stem:
             raise ConfigError(
-                f"{prefix}: key 'model': dbt model '{node['name']}' is in the DuckDB database "
+                f"{place}: dbt model '{node['name']}' is in the DuckDB database "
                 f"'{database}' ({manifest}), but the sync's warehouse is {warehouse.path} "
                 f"(database '{warehouse.path.stem}'). Fix: point 'warehouse' at the file dbt "
                 "builds (the 'path' of the dbt profile)."

@@ -185,6 +185,18 @@ def test_a_dbt_model_becomes_its_relation(parsed: DbtShop) -> None:
     assert [m.unique_id for m in syncs["traits"].dbt_models] == ["model.rudder_sync_shop.customers"]
 
 
+def test_a_triggers_query_resolves_ref_as_the_model_does(parsed: DbtShop) -> None:
+    trigger = {"sql": "select max(id) from {{ ref('customers') }}", "every_seconds": 30}
+    parsed.write({"traits": dict(TRAITS, trigger=trigger)})
+    resolved = parsed.config().syncs["traits"].trigger
+    assert resolved is not None and resolved.sql == 'select max(id) from "main"."customers"'
+    assert resolved.every_seconds == 30
+    typo = {"sql": "select max(id) from {{ ref('custmers') }}"}
+    message = load_error(parsed, dict(TRAITS, trigger=typo))
+    assert message.startswith("sync 'traits': key 'trigger.sql': no dbt model 'custmers'")
+    assert "Fix:" in message
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
