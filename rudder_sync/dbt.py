@@ -79,6 +79,7 @@ class DbtUpstream:
     model: DbtModel
     asset_key: AssetKey
     blocking_checks: tuple[AssetCheckKey, ...]
+    tests: tuple[str, ...] = ()  # the checks' dbt unique IDs, in the same order
 
 
 def parse_dbt(raw: Any, where: str, base: Path) -> DbtConfig | None:
@@ -368,14 +369,15 @@ def bind_dbt(
     for model in models:
         manifest = _parse_manifest(model.manifest, *_version(model.manifest)).data
         spec = translator.get_asset_spec(manifest, model.unique_id, None)
-        checks = []
+        checks, tests = [], []
         for child in manifest.get("child_map", {}).get(model.unique_id, []):
             if not child.startswith("test."):
                 continue
             check = translator.get_asset_check_spec(spec, manifest, child, None)
             if check is not None and check.blocking:
                 checks.append(check.key)
-        upstream.append(DbtUpstream(model, spec.key, tuple(checks)))
+                tests.append(child)
+        upstream.append(DbtUpstream(model, spec.key, tuple(checks), tuple(tests)))
     return tuple(upstream)
 
 
@@ -407,7 +409,8 @@ def check_dbt_tests(
     sync_name: str, upstream: Sequence[DbtUpstream], instance: DagsterInstance
 ) -> None:
     """`require_checks`: every blocking dbt test of each model passed on the model's latest
-    materialization, as recorded in this Dagster instance; else a Failure naming the test."""
+    materialization, as recorded in this Dagster instance (dbt run through Dagster), else in
+    dbt's run_results.json (dbt run from a shell); else a Failure naming the test."""
     from dagster._core.storage.asset_check_execution_record import (
         AssetCheckExecutionRecordStatus as Status,
     )
@@ -420,18 +423,18 @@ def check_dbt_tests(
             list(item.blocking_checks)
         )
         built = instance.get_latest_materialization_event(item.asset_key)
-        for key in item.blocking_checks:
+        results = _run_results(item.model.manifest)
+        for key, unique_id in zip(item.blocking_checks, item.tests, strict=True):
             record = latest.get(key)
             test = f"dbt test '{key.name}' of model '{name}'"
+            if record is None or record.event is None:
+                # dbt run outside Dagster: the last dbt invocation's results, beside the manifest.
+                _check_run_result(sync_name, test, results.get(unique_id), item.model.manifest)
+                continue
             fix = (
                 f"Fix: run the dbt assets with their tests (dbt build) in this Dagster instance "
                 f"(DAGSTER_HOME), or remove 'require_checks' from sync '{sync_name}'."
             )
-            if record is None or record.event is None:
-                raise Failure(
-                    f"sync '{sync_name}': require_checks: {test} has no result in this Dagster "
-                    f"instance, so nothing is sent. {fix}"
-                )
             if record.status == Status.PLANNED:
                 raise Failure(
                     f"sync '{sync_name}': require_checks: {test} is still running (run "
@@ -449,6 +452,46 @@ def check_dbt_tests(
                     f"latest materialization (run {built.run_id}), which it has not tested; "
                     f"nothing is sent. {fix}"
                 )
+
+
+def _run_results(manifest: Path) -> dict[str, Mapping[str, Any]]:
+    """The results of dbt's last invocation (`target/run_results.json`, beside the manifest), by
+    node unique ID; none when dbt has not written the file."""
+    path = manifest.parent / "run_results.json"
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    generated = str(data.get("metadata", {}).get("generated_at", "?"))
+    return {
+        str(r.get("unique_id")): {**r, "generated_at": generated}
+        for r in data.get("results", [])
+        if isinstance(r, Mapping)
+    }
+
+
+def _check_run_result(
+    sync_name: str, test: str, result: Mapping[str, Any] | None, manifest: Path
+) -> None:
+    """A test's result in run_results.json: `pass` (or `warn`) lets the sync send; anything
+    else, or no result in dbt's last invocation, is a Failure naming the test."""
+    results = manifest.parent / "run_results.json"
+    if result is None:
+        raise Failure(
+            f"sync '{sync_name}': require_checks: {test} has no result in this Dagster instance "
+            f"nor in dbt's last invocation ({results}), so nothing is sent. Fix: run dbt build "
+            "(or dbt test) after the model's last build, through Dagster's dbt assets or from a "
+            f"shell, or remove 'require_checks' from sync '{sync_name}'."
+        )
+    status = str(result.get("status"))
+    if status not in ("pass", "warn"):
+        raise Failure(
+            f"sync '{sync_name}': require_checks: {test} did not pass in dbt's last invocation "
+            f"(status '{status}' in {results}, generated at {result['generated_at']}), so "
+            "nothing is sent. Fix: "
+            "correct the data or the model and run dbt build again; the sync sends once the "
+            "test passes."
+        )
 
 
 def check_dbt_upstream(

@@ -493,16 +493,31 @@ def test_require_checks_stops_delivery_when_a_dbt_test_fails(
     instance = DagsterInstance.ephemeral()
     dbt_job = dbt_defs.resolve_implicit_global_asset_job_def()
 
-    # Without any dbt run recorded in the instance, nothing is sent.
+    # dbt from a shell leaves no record in the instance: its last invocation decides
+    # (target/run_results.json). A `dbt run` without tests: nothing is sent.
+    test = f"dbt test '{PLAN_TEST}' of model 'customers'"
+    shop.dbt("seed")
+    shop.dbt("run")
+    untested = run_job(shop, gateway, instance, dbt_defs)
+    assert not untested.success
+    assert f"{test} has no result in this Dagster instance nor in dbt's last invocation" in (
+        failure_text(untested)
+    )
+    shop.seed(BAD_PLAN_SEED)
+    assert shop.dbt("build", check=False).returncode != 0  # the blocking test fails
+    failed = run_job(shop, gateway, instance, dbt_defs)
+    assert not failed.success
+    assert f"{test} did not pass in dbt's last invocation (status 'fail'" in failure_text(failed)
+    assert gateway.events == []
+    shop.seed(SEED)
     shop.dbt("build")
-    unknown = run_job(shop, gateway, instance, dbt_defs)
-    assert not unknown.success
-    assert f"dbt test '{PLAN_TEST}' of model 'customers' has no result" in failure_text(unknown)
-
-    assert dbt_job.execute_in_process(instance=instance).success
     passed = run_job(shop, gateway, instance, dbt_defs)
     assert passed.success, failure_text(passed)
     assert by_user(gateway.events) == {"u1": "pro", "u2": "free", "u3": "team"}
+
+    # dbt through Dagster: the instance's check records decide.
+    assert dbt_job.execute_in_process(instance=instance).success
+    assert run_job(shop, gateway, instance, dbt_defs).success
 
     shop.seed(BAD_PLAN_SEED)
     built = dbt_job.execute_in_process(instance=instance, raise_on_error=False)
