@@ -327,3 +327,42 @@ def test_loading_shows_the_first_invalid_value_and_counts_the_others(tmp_path: P
     assert message.startswith("sync 'user_traits': key 'schedule'")
     assert message.endswith("(and 1 more problem in this sync)")
     assert "\n" not in message
+
+
+def test_a_dg_defs_yaml_is_checked_with_its_templates_rendered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Component's defs.yaml: `{{ context.project_root }}` and `{{ env.X }}` rendered as dg
+    renders them, then the same checks as a sync YAML."""
+    root = tmp_path / "project"
+    defs = root / "src" / "demo" / "defs" / "syncs" / "defs.yaml"
+    defs.parent.mkdir(parents=True)
+    (root / "pyproject.toml").write_text("[tool.dg]\ndirectory_type = 'project'\n")
+    attributes = {
+        "warehouse": "{{ context.project_root }}/warehouse.duckdb",
+        "state": "{{ env.RUDDER_SYNC_CHECK_STATE }}",
+        "dry_run": True,
+        "syncs": {"user_traits": IDENTIFY_SYNC},
+    }
+    component = {"type": "rudder_sync.RudderstackSyncComponent", "attributes": attributes}
+    other = {"type": "dagster.DefsFolderComponent", "attributes": {}}
+    defs.write_text(yaml.safe_dump_all([other, component], sort_keys=False))
+    monkeypatch.setenv("RUDDER_SYNC_CHECK_STATE", str(tmp_path / "state"))
+    report = check(defs)
+    assert report.problems == []
+    assert f"warehouse duckdb {root}/warehouse.duckdb" in report.passed[0]
+
+    attributes["syncs"] = {"user_traits": dict(IDENTIFY_SYNC, mapingg={}, schedule="hourly")}
+    defs.write_text(yaml.safe_dump(component, sort_keys=False))
+    problems = check(defs).problems
+    assert [p.split(":")[1].strip() for p in problems] == [
+        "unknown key 'mapingg'. Fix",
+        "key 'schedule'",
+    ], problems
+
+    monkeypatch.delenv("RUDDER_SYNC_CHECK_STATE")  # {{ env.X }} of an unset variable: None
+    defs.write_text(yaml.safe_dump(dict(component, attributes=dict(attributes, syncs={}))))
+    assert "key 'state' must be a path" in check(defs).problems[0]
+
+    defs.write_text(yaml.safe_dump(other))
+    assert "no component of type rudder_sync.RudderstackSyncComponent" in check(defs).problems[0]

@@ -1,5 +1,8 @@
 """`python -m rudder_sync check [CONFIG] [--connect]`: every problem of a project, one line each.
 
+CONFIG is a sync YAML or a dg project's `defs.yaml`, whose rudder_sync components are checked
+alike (their templates rendered as `dg` renders them).
+
 Loading the definitions stops at the first error. This command checks each top-level section of
 the YAML on its own and each sync on its own (through the same `parse_config` the definitions use),
 so one mistake does not hide the next; then the destinations' environment variables, the syncs
@@ -81,7 +84,8 @@ def main(argv: list[str]) -> int:
         "config",
         nargs="?",
         type=Path,
-        help=f"the sync YAML (default: ${CONFIG_ENV_VAR}, else the packaged demo)",
+        help=f"the sync YAML, or a dg project's defs.yaml (default: ${CONFIG_ENV_VAR}, else the "
+        "packaged demo)",
     )
     parser.add_argument(
         "--connect",
@@ -109,32 +113,105 @@ def main(argv: list[str]) -> int:
 
 
 def check(path: Path, connect: bool = False) -> Report:
-    """Every problem of the project in `path`; with `connect`, of its warehouse and data planes."""
+    """Every problem of the project in `path` (a sync YAML, or a dg project's defs.yaml with
+    rudder_sync components); with `connect`, of its warehouse and data planes."""
     report = Report(config=path)
-    project = load_checked(path, report)
-    if project is None:
-        return report
-    senders = check_definitions(project, report)
-    if connect:
-        check_warehouse(project, report)
-        used = {sync.destination for sync in project.syncs.values()}
-        for destination in destinations_of(project):
-            sender = senders.get(destination.name)
-            if destination.name in used and sender is not None and not sender.dry_run:
-                probe_destination(destination, project.delivery, report)
+    for raw in documents(path, report):
+        project = load_checked(path, report, raw)
+        if project is None:
+            continue
+        senders = check_definitions(project, report)
+        if connect:
+            check_warehouse(project, report)
+            used = {sync.destination for sync in project.syncs.values()}
+            for destination in destinations_of(project):
+                sender = senders.get(destination.name)
+                if destination.name in used and sender is not None and not sender.dry_run:
+                    probe_destination(destination, project.delivery, report)
     return report
 
 
 # -- the YAML ------------------------------------------------------------------------------------
 
 
-def load_checked(path: Path, report: Report) -> ProjectConfig | None:
-    """The project, or None after recording every problem found in its YAML."""
+def documents(path: Path, report: Report) -> list[Any]:
+    """The sync YAML documents in `path`: the file itself, or, in a `defs.yaml`, the attributes of
+    each `RudderstackSyncComponent`, with their `{{ ... }}` templates rendered as `dg` renders them
+    (`context.project_root`, `env`)."""
+    from ..component import DEFS_FILES
+
     try:
-        raw = read_config(path)
+        if path.name not in DEFS_FILES:
+            return [read_config(path)]
+        components = [
+            d
+            for d in _yaml_documents(path)
+            if isinstance(d, Mapping) and str(d.get("type", "")).endswith(_COMPONENT)
+        ]
     except RudderSyncError as exc:
         report.problem(exc)
-        return None
+        return []
+    if not components:
+        report.problem(
+            f"{path}: no component of type rudder_sync.{_COMPONENT}. Fix: check a defs.yaml "
+            f"with 'type: rudder_sync.{_COMPONENT}', or the sync YAML itself."
+        )
+    rendered = []
+    for component in components:
+        try:
+            rendered.append(_render(component.get("attributes"), _project_root(path)))
+        except Exception as exc:  # Jinja's errors, as dg would meet them
+            report.problem(
+                f"{path}: a template in 'attributes' failed: {type(exc).__name__}: {exc}. Fix: "
+                "use {{ context.project_root }} and {{ env.NAME }} as dg renders them."
+            )
+    return rendered
+
+
+_COMPONENT = "RudderstackSyncComponent"
+
+
+def _yaml_documents(path: Path) -> list[Any]:
+    """Every document of a defs.yaml (components are separated by `---`)."""
+    import yaml
+
+    from ..config import UniqueKeyLoader
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        return list(yaml.load_all(text, Loader=UniqueKeyLoader))  # noqa: S506 - SafeLoader
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read it ({exc.strerror or exc}). Fix: name an existing defs.yaml."
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"{path}: not valid YAML: {' '.join(str(exc).split())}. Fix: correct the YAML at "
+            "that line."
+        ) from None
+
+
+def _project_root(path: Path) -> Path:
+    """The dg project the defs.yaml belongs to: the nearest folder up with a pyproject.toml."""
+    for folder in path.resolve().parents:
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    return path.resolve().parent
+
+
+def _render(attributes: Any, project_root: Path) -> Any:
+    """The attributes with dg's templates rendered by Dagster's own resolution context."""
+    from types import SimpleNamespace
+
+    from dagster import ResolutionContext
+
+    scope = SimpleNamespace(project_root=str(project_root))
+    return ResolutionContext.default().with_scope(context=scope).resolve_value(attributes)
+
+
+def load_checked(path: Path, report: Report, raw: Any) -> ProjectConfig | None:
+    """The project of the YAML document `raw` (from `path`), or None after recording every
+    problem found in it."""
     base = path.parent.resolve()
 
     def parse(document: Any) -> ProjectConfig | None:
