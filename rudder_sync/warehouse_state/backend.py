@@ -21,7 +21,7 @@ from ..diff import DiffMode
 from ..partitions import WindowSpec
 from ..state import SyncState, state_path
 from ..steps import DiffResult, Snapshot
-from ..warehouses.postgres import PostgresWarehouse
+from ..warehouses.base import WarehouseResource
 from .move import settle_local_state
 from .state import WarehouseSyncState, open_warehouse_state
 from .steps import run_diff_in_warehouse, take_snapshot_in_warehouse
@@ -32,7 +32,7 @@ class WarehouseStateBackend:
     """The sync's state as tables in the warehouse's `state_schema`, diffed there."""
 
     sync: SyncConfig
-    warehouse: PostgresWarehouse
+    warehouse: WarehouseResource
     state_dir: Path  # where a local state to move in would be
 
     @property

@@ -1,9 +1,10 @@
 """A sync's state kept in the warehouse (`state_schema`), worked on through a scratch DuckDB.
 
 The warehouse tables are the state: the committed snapshot, pending changes, rejected rows, the
-delivery log and meta (the messageId salt among them). A step opens them under the sync's
-advisory lock and loads what it works on (pending changes, rejected rows; for a diff, the changed
-rows and their snapshot rows) into a scratch DuckDB file that is deleted when the step ends. The
+delivery log and meta (the messageId salt among them). A step opens them under the sync's lock
+(`store.StateStore.lock`: PostgreSQL's advisory lock, elsewhere a lock row) and loads what it
+works on (pending changes, rejected rows; for a diff, the changed rows and their snapshot rows)
+into a scratch DuckDB file that is deleted when the step ends. The
 local code (`diff`, `delivery`, `events`) runs unchanged on the scratch copy, so events are the
 same as in local mode by construction, and every change it makes to the state is repeated in the
 warehouse inside the same transaction (`SyncState._mirror_*`): the warehouse commits first, and a
@@ -35,9 +36,9 @@ from ..state import (
     new_salt,
     run,
 )
-from ..warehouses.postgres import PostgresWarehouse
+from ..warehouses.base import WarehouseResource
 from .sql import Tables
-from .store import WarehouseStore
+from .store import StateStore, open_store
 
 # Ranges of consecutive change IDs written into a statement; more go through a temp table.
 MAX_LITERAL_RANGES = 200
@@ -59,7 +60,7 @@ class WarehouseSyncState(SyncState):
     """`SyncState` on a scratch copy, every change repeated in the warehouse's tables."""
 
     def __init__(
-        self, conn: duckdb.DuckDBPyConnection, store: WarehouseStore, primary_key: str
+        self, conn: duckdb.DuckDBPyConnection, store: StateStore, primary_key: str
     ) -> None:
         super().__init__(conn, store.where, store.sync_name)
         self.store = store
@@ -114,28 +115,13 @@ class WarehouseSyncState(SyncState):
     def _mirror_commit(self, run_id: str, status: str) -> None:
         where = self._change_filter("__rs_commit")
         t = self.tables
-        self.store.execute(
-            f"""
-            insert into {t.snapshot}
-            select __rs_pk, __rs_hash, __rs_version, __rs_change = 'removed', __rs_user_id,
-                   __rs_anonymous_id, __rs_props, now(), __rs_wpk,
-                   case when __rs_change <> 'removed' then __rs_whash end
-            from {t.pending} where {where} and __rs_window is null
-            on conflict (__rs_pk) do update set
-                __rs_hash = excluded.__rs_hash, __rs_version = excluded.__rs_version,
-                __rs_deleted = excluded.__rs_deleted, __rs_user_id = excluded.__rs_user_id,
-                __rs_anonymous_id = excluded.__rs_anonymous_id,
-                __rs_props = excluded.__rs_props, __rs_committed_at = excluded.__rs_committed_at,
-                __rs_wpk = coalesce(excluded.__rs_wpk, {t.snapshot}.__rs_wpk),
-                __rs_whash = excluded.__rs_whash
-            """
-        )
+        self.store.commit_snapshot(where)
         if status != "committed":
             self.store.execute(
                 f"""
                 insert into {t.delivery_log}
                 select $1, __rs_window, __rs_change_id, __rs_pk, __rs_change, __rs_message_id,
-                       $2, null, __rs_attempts + 1, now()
+                       $2, null, __rs_attempts + 1, {self.store.now_sql}
                 from {t.pending} where {where}
                 """,
                 [run_id, status],
@@ -149,15 +135,15 @@ class WarehouseSyncState(SyncState):
         t = self.tables
         self.store.execute(
             f"""
-            update {t.pending} p set __rs_attempts = p.__rs_attempts + 1, __rs_last_error = f.error
-            from {failed} f where p.__rs_change_id = f.change_id
+            update {t.pending} set __rs_attempts = __rs_attempts + 1, __rs_last_error = f.error
+            from {failed} f where {t.pending}.__rs_change_id = f.change_id
             """
         )
         self.store.execute(
             f"""
             insert into {t.delivery_log}
             select $1, p.__rs_window, p.__rs_change_id, p.__rs_pk, p.__rs_change,
-                   p.__rs_message_id, 'rejected', f.error, p.__rs_attempts, now()
+                   p.__rs_message_id, 'rejected', f.error, p.__rs_attempts, {self.store.now_sql}
             from {t.pending} p join {failed} f on p.__rs_change_id = f.change_id
             """,
             [run_id],
@@ -172,12 +158,12 @@ class WarehouseSyncState(SyncState):
 
     def _mirror_end(self, commit: bool) -> None:
         if commit:
-            self.store.conn.commit()
+            self.store.commit()
             return
         # A connection that is gone cannot roll back (the server already did); its error
         # must not hide the one that ended the transaction.
         with suppress(*self.store.error_types):
-            self.store.conn.rollback()
+            self.store.rollback()
 
     def _change_filter(self, relation: str) -> str:
         """SQL choosing, in the warehouse, the pending changes whose IDs ``relation`` holds:
@@ -252,14 +238,7 @@ class WarehouseSyncState(SyncState):
             self.store.execute(
                 f"insert into {t.rejected_rows} select {REJECTED_COLUMNS}, __rs_wpk from {rejected}"
             )
-            self.store.execute(
-                f"""
-                update {t.snapshot} s set __rs_wpk = f.__rs_wpk, __rs_whash = f.__rs_whash
-                from {fresh} f where s.__rs_pk = f.__rs_pk
-                  and (s.__rs_wpk is distinct from f.__rs_wpk
-                       or s.__rs_whash is distinct from f.__rs_whash)
-                """
-            )
+            self.store.refresh_snapshot_keys(fresh)
         run(self.conn, "drop table __rs_left")
 
     def _left_rows_sql(self) -> str:
@@ -279,7 +258,7 @@ class WarehouseSyncState(SyncState):
 
 @contextmanager
 def open_warehouse_state(
-    warehouse: PostgresWarehouse,
+    warehouse: WarehouseResource,
     sync_name: str,
     primary_key: str,
     dry_run: bool,
@@ -289,9 +268,10 @@ def open_warehouse_state(
 
     A local state to move in is the backend's business (`backend`, `move.settle_local_state`),
     inside this context, so that a lost connection there is named as here."""
-    assert warehouse.state_schema is not None
-    tables = Tables(warehouse.state_schema, f"{sync_name}__dry_run" if dry_run else sync_name)
-    store = WarehouseStore(warehouse, tables, sync_name)
+    schema = getattr(warehouse, "state_schema", None)
+    assert schema is not None
+    tables = Tables(schema, f"{sync_name}__dry_run" if dry_run else sync_name)
+    store = open_store(warehouse, tables, sync_name)
     scratch = Path(tempfile.mkdtemp(prefix=f"rudder_sync-{sync_name}-"))
     conn: duckdb.DuckDBPyConnection | None = None
     try:

@@ -26,7 +26,7 @@ from ..jsonvalues import column_types, quote_ident
 from ..partitions import WindowSpec
 from ..state import StateError
 from ..steps import DiffResult, Snapshot, run_diff
-from ..warehouses.postgres import PostgresWarehouse
+from ..warehouses.base import WarehouseResource
 from ..warehouses.sql import bind, statement_body
 from .sql import (
     WINDOW_INFIX,
@@ -39,13 +39,11 @@ from .sql import (
 )
 from .state import WarehouseSyncState
 
-DIALECT = "postgres"
-
 
 def take_snapshot_in_warehouse(
     state: WarehouseSyncState,
     sync: SyncConfig,
-    warehouse: PostgresWarehouse,
+    warehouse: WarehouseResource,
     partitions: TimeWindowPartitionsDefinition | None = None,
     windows: Sequence[WindowSpec] = (),
 ) -> Snapshot:
@@ -80,14 +78,14 @@ def take_snapshot_in_warehouse(
 def _probe(
     state: WarehouseSyncState,
     sync: SyncConfig,
-    warehouse: PostgresWarehouse,
+    warehouse: WarehouseResource,
     params: Mapping[str, Any] | None,
 ) -> pa.Table:
     """The model's columns (no rows), checked against the sync's (read-only, on the state's
     connection)."""
     body = statement_body(sync.model)
     probe = f"select * from (\n{body}\n) as __rs_probe limit 0"
-    with warehouse.read_on(state.store.conn, probe, params, read_only=True) as r:
+    with state.store.reader(probe, params, read_only=True) as r:
         empty = r.read_all()
     check_model_columns(sync, empty.schema.names)
     return empty
@@ -96,27 +94,24 @@ def _probe(
 def _materialise(
     state: WarehouseSyncState,
     sync: SyncConfig,
-    warehouse: PostgresWarehouse,
+    warehouse: WarehouseResource,
     target: str,
     params: Mapping[str, Any] | None,
 ) -> int:
     """`create table <target> as` the fingerprinted model, in one transaction; its rows."""
     store = state.store
-    model, args = bind(sync.model, params, "numeric")
-    create = fingerprint_sql(sync, content_shape(sync), state.tables, DIALECT, model, target)
+    model, args = bind(sync.model, params, store.paramstyle)  # type: ignore[arg-type]
+    create = fingerprint_sql(sync, content_shape(sync), state.tables, store.dialect, model, target)
     try:
         with store.transaction():
-            if warehouse.statement_timeout_seconds:
-                milliseconds = max(1, round(warehouse.statement_timeout_seconds * 1000))
-                store.execute(f"set local statement_timeout = {milliseconds}")
-            # The planner does not weigh the per-row hashing: let it use parallel workers.
-            store.execute("set local parallel_tuple_cost = 0")
+            for setting in store.model_settings(warehouse.statement_timeout_seconds):
+                store.execute(setting)
             store.execute(f"drop table if exists {target}")
             store.execute(create, list(args) or None)
     except store.error_types as exc:
         fix = (
             warehouse.timeout_fix()
-            if "statement timeout" in str(exc)
+            if store.is_timeout(exc)
             else "correct the model; it runs in the warehouse's own SQL"
         )
         raise store.error("the model failed", exc, fix) from None
@@ -127,12 +122,9 @@ def _drop_windows_except(state: WarehouseSyncState, keep: set[str]) -> None:
     """Drop the window tables outside this run, so the schema does not grow with history."""
     tables = state.tables
     prefix = tables.prefix + WINDOW_INFIX
-    found = state.store.rows(
-        "select tablename from pg_tables where schemaname = $1 and starts_with(tablename, $2)",
-        [tables.schema, prefix],
-    )
+    found = state.store.table_names(prefix)
     with state.store.transaction():
-        for (name,) in found:
+        for name in found:
             if name not in keep:
                 state.store.execute(f"drop table {tables.qualified(name)}")
 
@@ -140,7 +132,7 @@ def _drop_windows_except(state: WarehouseSyncState, keep: set[str]) -> None:
 def run_diff_in_warehouse(
     state: WarehouseSyncState,
     sync: SyncConfig,
-    warehouse: PostgresWarehouse,
+    warehouse: WarehouseResource,
     mode: DiffMode,
     now: datetime,
     retry_quarantined: bool = False,
@@ -157,10 +149,10 @@ def run_diff_in_warehouse(
         )
     with store.transaction():
         store.execute(f"drop table if exists {tables.delta}")
-        store.execute(delta_sql(tables, DIALECT))
-        store.execute(f"analyze {tables.delta}")  # the plans that read it need its size
+        store.execute(delta_sql(tables, store.dialect))
+        store.analyze(tables.delta)  # the plans that read it need its size
     every_row = mode.resync or not state.initialized
-    with warehouse.read_on(store.conn, changed_rows_sql(tables, DIALECT, every_row)) as reader:
+    with store.reader(changed_rows_sql(tables, store.dialect, every_row)) as reader:
         rows_transferred = state.replace_model_rows(reader)
     state_rows = _load_base_rows(state, sync)
     result = run_diff(state, sync, warehouse, [], mode, now, retry_quarantined)
@@ -187,14 +179,14 @@ def _load_base_rows(state: WarehouseSyncState, sync: SyncConfig) -> int:
         f"select distinct cast({pk} as varchar) as __rs_pk from model_rows where {pk} is not null"
     ).to_arrow_table()
     ingested = state.store.ingest("__rs_keys", keys)
-    state.store.execute(f"analyze {ingested}")  # a temp table has no statistics until then
-    return state.load_table("snapshot", base_rows_sql(state.tables, ingested, DIALECT))
+    state.store.analyze(ingested)  # a temp table has no statistics until then
+    return state.load_table("snapshot", base_rows_sql(state.tables, ingested, state.store.dialect))
 
 
 def _diff_windows(
     state: WarehouseSyncState,
     sync: SyncConfig,
-    warehouse: PostgresWarehouse,
+    warehouse: WarehouseResource,
     windows: Sequence[WindowSpec],
     now: datetime,
     retry_quarantined: bool,
@@ -209,8 +201,10 @@ def _diff_windows(
         previous = _window_table(state, spec.previous_key) if spec.previous_key else None
         with state.store.transaction():
             state.store.execute(f"drop table if exists {state.tables.delta}")
-            state.store.execute(window_delta_sql(state.tables, current, previous, DIALECT))
-            state.store.execute(f"analyze {state.tables.delta}")
+            state.store.execute(
+                window_delta_sql(state.tables, current, previous, state.store.dialect)
+            )
+            state.store.analyze(state.tables.delta)
         transferred += _read_window(state, warehouse, current, "__rs_current_window", True)
         if previous is not None:
             transferred += _read_window(state, warehouse, previous, "__rs_previous_window", False)
@@ -249,12 +243,12 @@ def _window_table(state: WarehouseSyncState, key: str) -> str:
 
 
 def _read_window(
-    state: WarehouseSyncState, warehouse: PostgresWarehouse, table: str, into: str, current: bool
+    state: WarehouseSyncState, warehouse: WarehouseResource, table: str, into: str, current: bool
 ) -> int:
-    rows = window_rows_sql(table, state.tables, DIALECT, current)
-    with warehouse.read_on(state.store.conn, rows) as reader:
+    rows = window_rows_sql(table, state.tables, state.store.dialect, current)
+    with state.store.reader(rows) as reader:
         return state.replace_table(into, reader)
 
 
 def _exists(state: WarehouseSyncState, table: str) -> bool:
-    return bool(state.store.rows("select to_regclass($1) is not null", [table])[0][0])
+    return state.store.exists(table)

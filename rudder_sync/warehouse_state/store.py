@@ -1,253 +1,175 @@
-"""One sync's state tables in the warehouse's state schema, over one PostgreSQL connection.
+"""One sync's state tables in the warehouse's state schema, behind one small protocol per engine.
 
-The connection (ADBC, autocommit off) is the run's: it holds the sync's advisory lock for as long
-as a step has the state open, so two runs of one sync never interleave, and every change to the
-state is one of its transactions.
+`StateStore` is what `state`, `steps` and `move` call: statements, reads (rows, Arrow, a stream),
+loading a local table (`ingest`), transactions, the sync's lock, its tables and the grants it
+needs. Each engine family is one dialect module (`postgres_store`, `snowflake_store`,
+`redshift_store`) named in `DIALECT_MODULES`; adding an engine is a module and a line there,
+never a branch in the steps.
+
+SQL handed to a store is written with PostgreSQL's `$1` placeholders; a store whose driver binds
+`?` renumbers them (`qmark`). Timestamps the state writes come from `now_sql`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+import importlib
+import re
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from ..errors import StateError
-from ..jsonvalues import quote_ident, quote_literal
-from ..warehouses.base import redact
-from ..warehouses.postgres import PostgresWarehouse, url_password
+from ..warehouses.base import WarehouseResource
+from .postgres_store import Store as WarehouseStore
 from .sql import Tables
 
-_DDL = """
-create table if not exists {meta} (key text primary key, value text);
-create table if not exists {snapshot} (
-    __rs_pk text primary key,
-    __rs_hash text,
-    __rs_version bigint not null,
-    __rs_deleted boolean not null,
-    __rs_user_id text,
-    __rs_anonymous_id text,
-    __rs_props text,
-    __rs_committed_at timestamptz not null,
-    __rs_wpk text,
-    __rs_whash text
-);
-create index if not exists {snapshot_wpk_index} on {snapshot} (__rs_wpk);
-create table if not exists {pending} (
-    __rs_window text,
-    __rs_change_id bigint primary key,
-    __rs_pk text,
-    __rs_change text,
-    __rs_hash text,
-    __rs_version bigint,
-    __rs_message_id text,
-    __rs_timestamp text,
-    __rs_user_id text,
-    __rs_anonymous_id text,
-    __rs_props text,
-    __rs_send boolean,
-    __rs_first_seen timestamptz,
-    __rs_attempts integer,
-    __rs_last_error text,
-    __rs_origin text,
-    __rs_wpk text,
-    __rs_whash text
-);
-create table if not exists {rejected_rows} (
-    __rs_window text,
-    __rs_pk text,
-    reason text,
-    __rs_hash text,
-    __rs_attempts integer,
-    __rs_first_seen timestamptz,
-    __rs_wpk text
-);
-create table if not exists {delivery_log} (
-    run_id text,
-    window_key text,
-    change_id bigint,
-    pk text,
-    change text,
-    message_id text,
-    status text,
-    error text,
-    attempt integer,
-    logged_at timestamptz
-);
-create index if not exists {delivery_log_time_index} on {delivery_log} (logged_at);
-"""
+__all__ = ["DIALECT_MODULES", "StateStore", "WarehouseStore", "open_store", "supports"]
+
+# warehouse kind -> the dialect module (in this package) whose `Store` keeps its state.
+DIALECT_MODULES = {
+    "postgres": "postgres_store",
+    "snowflake": "snowflake_store",
+    "redshift": "redshift_store",
+}
+# The state tables of a sync that a store creates (the model, delta and window tables are made
+# by the steps), by role.
+STATE_ROLES = ("meta", "snapshot", "pending", "rejected_rows", "delivery_log")
 
 
-def grants(schema: str, user: str, database: str) -> str:
-    """The statements that give a warehouse user what in-warehouse state needs."""
-    s, u = quote_ident(schema), quote_ident(user)
-    return (
-        f"either let rudder_sync create the schema: GRANT CREATE ON DATABASE "
-        f"{quote_ident(database)} TO {u}; or create it for that user: CREATE SCHEMA {s} "
-        f"AUTHORIZATION {u}; or, in a schema another role owns: GRANT USAGE, CREATE ON SCHEMA "
-        f"{s} TO {u}; (and GRANT SELECT on the tables the models read)"
-    )
+class StateStore(Protocol):
+    """One sync's state tables in the warehouse and the connection that reads and writes them."""
 
-
-class WarehouseStore:
-    """The sync's tables (`Tables`) and the connection that reads and writes them."""
-
-    def __init__(self, warehouse: PostgresWarehouse, tables: Tables, sync_name: str) -> None:
-        import adbc_driver_postgresql.dbapi as adbc
-
-        self.warehouse = warehouse
-        self.tables = tables
-        self.sync_name = sync_name
-        self.error_types: tuple[type[Exception], ...] = (adbc.Error,)
-        try:
-            self.conn = adbc.connect(warehouse.url)
-        except adbc.Error as exc:
-            raise self.error("cannot connect to the warehouse for its state", exc) from None
-        self.cursor = self.conn.cursor()
+    tables: Tables
+    sync_name: str
+    #: sqlglot dialect of the in-warehouse diff's statements
+    dialect: str
+    #: how the model's `$name` parameters are bound (`warehouses.sql.bind`)
+    paramstyle: str
+    #: the driver's exception classes
+    error_types: tuple[type[Exception], ...]
 
     @property
     def where(self) -> str:
         """The state's location for messages: warehouse, schema and table prefix."""
-        return f"{self.warehouse.describe()} schema {self.tables.schema} ({self.tables.prefix}__*)"
+        ...
 
-    def error(self, what: str, exc: BaseException, fix: str = "") -> StateError:
-        url = self.warehouse.url
-        message = " ".join(str(exc).split("\n\nQuery was:")[0].split()).rstrip(".")
-        text = f"sync '{self.sync_name}': {what} ({self.where}): {message}"
-        text += f". Fix: {fix}." if fix else ""
-        return StateError(redact(text, [url, url_password(url)]))
+    @property
+    def now_sql(self) -> str:
+        """SQL for the current time, as the state records it (delivery log, snapshot)."""
+        ...
 
-    # -- statements -----------------------------------------------------------------------------
+    def error(self, what: str, exc: BaseException, fix: str = "") -> StateError: ...
+
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
         """Run a statement; rows it changed (-1 when the driver does not say)."""
-        self.cursor.execute(sql, params)
-        return int(self.cursor.rowcount)
+        ...
 
-    def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
-        self.cursor.execute(sql, params)
-        return list(self.cursor.fetchall())
+    def rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]: ...
 
     def arrow(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        self.cursor.execute(sql, params)
-        return self.cursor.fetch_arrow_table()
+        """A query's rows (the state's own tables: lower-case column names)."""
+        ...
 
-    def columns(self, table: str) -> list[str]:
-        self.cursor.execute(f"select * from {table} limit 0")
-        return [column[0] for column in self.cursor.description or ()]
+    def reader(
+        self, sql: str, params: Mapping[str, Any] | None = None, read_only: bool = False
+    ) -> AbstractContextManager[pa.RecordBatchReader]:
+        """Stream a query's rows typed as `read_model` types them (model rows that leave)."""
+        ...
+
+    def columns(self, table: str) -> list[str]: ...
 
     def ingest(self, name: str, table: pa.Table) -> str:
-        """``table`` as a temporary table of this connection; its name."""
-        self.cursor.execute(f"drop table if exists pg_temp.{quote_ident(name)}")
-        self.cursor.adbc_ingest(name, table, mode="create", temporary=True)
-        return f"pg_temp.{quote_ident(name)}"
+        """``table`` as a table of this session, for the statements that follow; its name.
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+        Called before the first write of a transaction (on Snowflake it is DDL, which commits).
+        """
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
         """The statements inside commit together, or not at all."""
-        try:
-            yield
-        except BaseException:
-            self.conn.rollback()
-            raise
-        self.conn.commit()
+        ...
 
-    def get_meta(self) -> dict[str, str]:
-        return dict(self.rows(f"select key, value from {self.tables.meta}"))
+    def commit(self) -> None: ...
 
-    def set_meta(self, key: str, value: str) -> None:
-        self.execute(
-            f"insert into {self.tables.meta} values ($1, $2) "
-            "on conflict (key) do update set value = excluded.value",
-            [key, value],
-        )
+    def rollback(self) -> None: ...
 
-    # -- opening --------------------------------------------------------------------------------
+    def get_meta(self) -> dict[str, str]: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def commit_snapshot(self, where: str) -> None:
+        """Upsert the pending changes chosen by ``where`` (unwindowed) into the snapshot."""
+        ...
+
+    def refresh_snapshot_keys(self, fresh: str) -> None:
+        """Record the warehouse key and hash of rows that left unchanged (``fresh``)."""
+        ...
+
     def ensure_tables(self) -> bool:
         """Create the schema (if missing) and the sync's tables; whether they existed before."""
-        schema = self.tables.schema
-        names = {role: getattr(self.tables, role) for role in _roles()}
-        index = self.tables.qualified(self.tables.name("snapshot_wpk"))
-        # The delivery log's pruning (`SyncState.prune_delivery_log`) deletes by time; a state
-        # created before it gets the index at its next opening (the probe misses it).
-        time_index = self.tables.qualified(self.tables.name("delivery_log_time"))
-        # One round trip when everything exists (every run but the first): a remote warehouse
-        # charges one per statement.
-        probe = ", ".join(
-            f"to_regclass({quote_literal(n)}) is not null"
-            for n in (*names.values(), index, time_index)
-        )
-        try:
-            with self.transaction():
-                found = self.rows(
-                    f"select exists (select 1 from pg_namespace where nspname = $1), {probe}",
-                    [schema],
-                )[0]
-                if all(found):
-                    return True
-                schema_found, meta_found = found[0], found[1]  # meta: the first role
-                if not schema_found:
-                    self.execute(f"create schema if not exists {quote_ident(schema)}")
-                existed = bool(meta_found)
-                ddl = _DDL.format(
-                    snapshot_wpk_index=quote_ident(self.tables.name("snapshot_wpk")),
-                    delivery_log_time_index=quote_ident(self.tables.name("delivery_log_time")),
-                    **names,
-                )
-                for statement in ddl.split(";"):
-                    if statement.strip():
-                        self.execute(statement)
-        except self.error_types as exc:
-            if "permission denied" not in str(exc):
-                raise self.error("cannot create its state tables", exc) from None
-            user, database = self.rows("select current_user, current_database()")[0]
-            self.conn.rollback()
-            raise self.error(
-                "may not create its state schema or tables", exc, grants(schema, user, database)
-            ) from None
-        return existed
+        ...
+
+    def exists(self, table: str) -> bool:
+        """Whether a (qualified) table exists."""
+        ...
+
+    def table_names(self, prefix: str) -> list[str]:
+        """Names of the state schema's tables that start with ``prefix``."""
+        ...
+
+    def analyze(self, table: str) -> None:
+        """Statistics for a table just written, where the planner needs them."""
+        ...
+
+    def model_settings(self, statement_timeout_seconds: float | None) -> list[str]:
+        """Statements run before the model's `create table ... as`, in its transaction."""
+        ...
+
+    def is_timeout(self, exc: BaseException) -> bool: ...
 
     def lock(self, wait_seconds: float) -> None:
-        """Hold the sync's advisory lock (session level), waiting up to ``wait_seconds``."""
-        key = f"rudder_sync/{self.tables.schema}/{self.tables.prefix}"
-        deadline = time.monotonic() + wait_seconds
-        delay = 0.1
-        while True:
-            got = self.rows("select pg_try_advisory_lock(hashtextextended($1, 0))", [key])[0][0]
-            self.conn.commit()
-            if got:
-                return
-            if time.monotonic() >= deadline:
-                raise StateError(
-                    f"sync '{self.sync_name}': another run of this sync holds its state in "
-                    f"{self.where} (advisory lock) after {wait_seconds:.0f}s. Fix: wait for that "
-                    "run to finish; runs of the same sync cannot overlap."
-                )
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 2.0)
+        """Hold the sync's lock, waiting up to ``wait_seconds``; fail naming its holder."""
+        ...
 
     def alive(self) -> bool:
         """Whether the connection still answers (after an error: lost, or a failed statement)."""
-        try:
-            self.conn.rollback()
-            self.rows("select 1")
-        except self.error_types:
-            return False
-        return True
+        ...
 
     def close(self) -> None:
-        """Close the connection; the server releases the advisory lock with the session."""
-        for step in (self.cursor.close, self.conn.rollback, self.conn.close):
-            try:
-                step()
-            except Exception:  # noqa: BLE001, S112 - closing after a failure may fail too
-                continue
+        """Release the lock and close the connection."""
+        ...
 
 
-def _roles() -> tuple[str, ...]:
-    return ("meta", "snapshot", "pending", "rejected_rows", "delivery_log")
+def supports(warehouse: WarehouseResource) -> bool:
+    """Whether the warehouse's engine can keep a sync's state (`state_schema`)."""
+    return warehouse.kind in DIALECT_MODULES
 
 
-def literal_list(values: Sequence[str]) -> str:
-    return ", ".join(quote_literal(v) for v in values)
+def open_store(warehouse: WarehouseResource, tables: Tables, sync_name: str) -> StateStore:
+    """Connect to the warehouse for one sync's state, with the store of its engine."""
+    module = importlib.import_module(f"{__package__}.{DIALECT_MODULES[warehouse.kind]}")
+    store: StateStore = module.Store(warehouse, tables, sync_name)
+    return store
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def qmark(sql: str, params: Sequence[Any] | None) -> tuple[str, list[Any] | None]:
+    """`$n` placeholders as `?`, the values in the order they appear (``$1`` may repeat).
+
+    SQL without them (a model already bound in `?` style) keeps its values as they are."""
+    if params is None:
+        return sql, None
+    values = list(params)
+    if not _PLACEHOLDER.search(sql):
+        return sql, values
+    order: list[Any] = []
+
+    def one(match: re.Match[str]) -> str:
+        order.append(values[int(match.group(1)) - 1])
+        return "?"
+
+    return _PLACEHOLDER.sub(one, sql), order

@@ -90,6 +90,11 @@ class RedshiftWarehouse(WarehouseResource):
         description="More keyword arguments for redshift_connector.connect (e.g. ssl, "
         "sslmode, timeout).",
     )
+    state_schema: str | None = Field(
+        default=None,
+        description="Keep each sync's state in this schema and diff there: only changed rows "
+        "leave the warehouse (docs/large-models.md).",
+    )
 
     def describe(self) -> str:
         return f"redshift {self.host}:{self.port}/{self.database}"
@@ -103,17 +108,8 @@ class RedshiftWarehouse(WarehouseResource):
 
         query, args = bind(sql, params, "qmark")
         body = statement_body(query)
-        kwargs = {
-            "host": self.host,
-            "port": self.port,
-            "database": self.database,
-            "user": self.user,
-            "password": self.password,
-            "ssl": self.ssl,
-            **self.connect_args,
-        }
         try:
-            conn = redshift_connector.connect(**kwargs)
+            conn = self.connect()
         except Exception as exc:  # noqa: BLE001 - interface, operational and socket errors
             raise self._error("cannot connect to", exc) from None
         conn.autocommit = True  # the transaction is ours: BEGIN READ ONLY ... ROLLBACK
@@ -138,6 +134,52 @@ class RedshiftWarehouse(WarehouseResource):
             yield stream(schema, self._batches(chunks, schema, redshift_connector.Error))
         finally:
             close_quietly(lambda: cursor.execute("rollback"), cursor.close, conn.close)
+
+    def connect(self) -> Any:
+        """A redshift_connector connection (autocommit off: the driver opens transactions)."""
+        import redshift_connector
+
+        return redshift_connector.connect(
+            host=self.host,
+            port=self.port,
+            database=self.database,
+            user=self.user,
+            password=self.password,
+            ssl=self.ssl,
+            **self.connect_args,
+        )
+
+    @contextmanager
+    def read_on(
+        self, conn: Any, sql: str, params: Mapping[str, Any] | None = None, read_only: bool = False
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Stream `sql`'s rows on an open connection, inside its transaction (the in-warehouse
+        state reads its own tables and the model's probe this way); the transaction ends with
+        the read: committed, or rolled back after an error or when ``read_only``."""
+        import redshift_connector
+
+        query, args = bind(statement_body(sql), params, "qmark")
+        cursor = conn.cursor()
+        cursor.paramstyle = "qmark"
+        finished = False
+        try:
+            try:
+                cursor.execute(query, [utc_datetime(v) for v in args] or None)
+                schema = arrow_schema(cursor.description or [])
+                rows = cursor.fetchmany(BATCH_ROWS) if cursor.description else []
+            except redshift_connector.Error as exc:
+                raise self._error("the model failed on", exc) from None
+
+            def chunks(rows: Sequence[Sequence[Any]]) -> Iterator[pa.RecordBatch]:
+                while rows:
+                    yield record_batch(rows, schema)
+                    rows = cursor.fetchmany(BATCH_ROWS)
+
+            yield stream(schema, self._batches(chunks(rows), schema, redshift_connector.Error))
+            finished = True
+        finally:
+            ending = conn.commit if finished and not read_only else conn.rollback
+            close_quietly(cursor.close, ending)
 
     def _chunks(
         self, cursor: Any, rows: Sequence[Sequence[Any]], schema: pa.Schema

@@ -87,15 +87,11 @@ class _SnowflakeReader(WarehouseResource):
     def _secrets(self) -> list[str | None]:
         raise NotImplementedError
 
-    @contextmanager
-    def read_model(
-        self, sql: str, params: Mapping[str, Any] | None = None
-    ) -> Iterator[pa.RecordBatchReader]:
-        """Run `sql` and stream its rows, typed by the result's Snowflake types."""
+    def connect(self) -> Any:
+        """A connection with this engine's session: autocommit off, `qmark` parameters, exact
+        decimals, UTC, the statement timeout (the in-warehouse state's connection too)."""
         import snowflake.connector
-        from snowflake.connector.errors import Error
 
-        query, args = bind(sql, params, "qmark")
         kwargs = self._connect_args()
         session = dict(kwargs.pop("session_parameters", None) or {})
         session.update(TIMEZONE="UTC", QUERY_TAG="rudder_sync")
@@ -107,12 +103,37 @@ class _SnowflakeReader(WarehouseResource):
             autocommit=False,
             session_parameters=session,
         )
+        return snowflake.connector.connect(**kwargs)
+
+    @contextmanager
+    def read_model(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Run `sql` and stream its rows, typed by the result's Snowflake types."""
+        from snowflake.connector.errors import Error
+
         try:
-            conn = snowflake.connector.connect(**kwargs)
+            conn = self.connect()
         except Error as exc:
             raise self._error("cannot connect to", exc) from None
         except Exception as exc:  # noqa: BLE001 - e.g. an unreadable private key file
             raise self._error("cannot connect to", exc) from None
+        try:
+            with self.read_on(conn, sql, params) as reader:
+                yield reader
+        finally:
+            close_quietly(conn.rollback, conn.close)
+
+    @contextmanager
+    def read_on(
+        self, conn: Any, sql: str, params: Mapping[str, Any] | None = None, read_only: bool = False
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Stream `sql`'s rows, typed by their Snowflake types, on an open connection (the
+        in-warehouse state reads its own tables this way). Snowflake has no read-only
+        transaction: ``read_only`` is the role's business (docs/warehouses.md)."""
+        from snowflake.connector.errors import Error
+
+        query, args = bind(sql, params, "qmark")
         cursor = conn.cursor()
         try:
             try:
@@ -126,7 +147,7 @@ class _SnowflakeReader(WarehouseResource):
             chunks = chain([first], tables) if first is not None else iter(())
             yield stream(schema, self._batches(chunks, schema, Error))
         finally:
-            close_quietly(cursor.close, conn.rollback, conn.close)
+            close_quietly(cursor.close)
 
     def _batches(
         self, chunks: Iterator[pa.Table], schema: pa.Schema, errors: type[Exception]
@@ -181,6 +202,11 @@ class SnowflakeWarehouse(_SnowflakeReader):
         default={},
         description="More keyword arguments for snowflake.connector.connect (e.g. "
         "authenticator, login_timeout); secrets here are not redacted, use the fields.",
+    )
+    state_schema: str | None = Field(
+        default=None,
+        description="Keep each sync's state in this schema of `database` and diff there: only "
+        "changed rows leave the warehouse (docs/large-models.md).",
     )
 
     def describe(self) -> str:
