@@ -34,6 +34,7 @@ from pydantic import Field
 from .alerts.freshness import freshness_policy
 from .alerts.hooks import alert_hooks
 from .anomaly import anomaly_checks
+from .append import AppendSnapshot, sync_backend
 from .config import IO_MANAGER_KEY as IO_MANAGER_KEY  # the default key, re-exported
 from .config import SyncConfig
 from .dbt import bind_dbt, check_dbt_upstream
@@ -67,7 +68,7 @@ from .reporting import (
 )
 from .rudderstack import RudderstackError, RudderstackResource
 from .state import SyncState
-from .state_backend import StateBackend, state_backend
+from .state_backend import StateBackend
 from .steps import deliver_windows, settle_diff
 from .warehouses import WarehouseError, WarehouseResource
 
@@ -144,9 +145,7 @@ def build_sync_assets(
     """
     engine = warehouse.kind if warehouse is not None else "duckdb"
     # Where the diff runs: the warehouse when the state lives there (`state_schema`).
-    diff_engine = (
-        "duckdb" if warehouse is None else state_backend(sync, warehouse, state_dir).engine
-    )
+    diff_engine = "duckdb" if warehouse is None else sync_backend(sync, warehouse, state_dir).engine
     partitions = partitions_definition(sync.partitions) if sync.partitions else None
     common: dict[str, Any] = {
         "group_name": sync.name,
@@ -207,7 +206,7 @@ def build_sync_assets(
                 context.instance,
                 warehouse,
             )
-        backend = state_backend(sync, warehouse, state_dir)
+        backend = sync_backend(sync, warehouse, state_dir)
         with _open_state(sync, backend, rudderstack_of(context)) as state:
             taken = backend.take_snapshot(state, partitions, windows(context))
         for key, rows in taken.rows_by_window.items():
@@ -215,16 +214,17 @@ def build_sync_assets(
         where, moved = backend.location(state), state.notice  # a local state moved in, if any
         if moved:
             context.log.info(f"sync '{sync.name}': {moved} (the warehouse sets 'state_schema')")
-        return MaterializeResult(
-            metadata=snapshot_metadata(
-                taken.rows_by_window,
-                taken.types,
-                where,
-                partitions is not None,
-                taken.read_in_place,
-                moved=moved,
-            )
+        metadata = snapshot_metadata(
+            taken.rows_by_window,
+            taken.types,
+            where,
+            partitions is not None,
+            taken.read_in_place,
+            moved=moved,
         )
+        if isinstance(taken, AppendSnapshot):  # mode: append: where the read began (append.py)
+            metadata.update(taken.metadata)
+        return MaterializeResult(metadata=metadata)
 
     @asset(
         key=diff_key,
@@ -256,7 +256,7 @@ def build_sync_assets(
         mode = _diff_mode(sync, config)
         warehouse = warehouse_of(context)
         rudderstack = rudderstack_of(context)
-        backend = state_backend(sync, warehouse, state_dir)
+        backend = sync_backend(sync, warehouse, state_dir)
         with _open_state(sync, backend, rudderstack) as state:
             mode = settle_diff(
                 state,
@@ -329,7 +329,7 @@ def build_sync_assets(
         )
         specs = windows(context)
         only_keys = _only_keys(sync, config)
-        backend = state_backend(sync, warehouse_of(context), state_dir)
+        backend = sync_backend(sync, warehouse_of(context), state_dir)
         with _open_state(sync, backend, rudderstack) as state:
             state.check_identity(sync_shape(sync))
             moved_from = _settle_destination(context, sync, state, sender, config)

@@ -81,6 +81,8 @@ CALL_COLUMN_KEYS: dict[str, tuple[str, str]] = {
 }
 RESERVED_CONTEXT = ("library", "traits")  # rudder_sync writes these context fields itself
 Cadence = Literal["hourly", "daily", "weekly", "monthly"]
+SyncMode = Literal["diff", "append"]
+APPEND_KEYS = ("cursor", "lookback", "start_at")  # mode: append only
 PARTITION_PARAMETERS = ("partition_start", "partition_end")
 # The default destination, used by syncs without `destination:`.
 DATA_PLANE_URL_ENV_VAR = "RUDDERSTACK_DATA_PLANE_URL"
@@ -150,6 +152,28 @@ def _retention(value: Any) -> Any:
     if match is None or float(match[1]) <= 0:
         raise ValueError("must be a duration such as 30d or 12h, or null to keep the log forever")
     return timedelta(seconds=float(match[1]) * DURATION_UNITS[match[2]])
+
+
+def _lookback(value: Any) -> Any:
+    """An append sync's lookback: a duration (2h, 30m) for a time cursor, a whole number for a
+    numeric one."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 2h or 30m, or a whole number")
+    if isinstance(value, int | timedelta):
+        if (value if isinstance(value, int) else value.total_seconds()) < 0:
+            raise ValueError("must not be negative")
+        return value
+    match = DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            "must be a duration such as 2h or 30m (a time cursor), or a whole number (a "
+            "numeric one)"
+        )
+    return timedelta(seconds=float(match[1]) * DURATION_UNITS[match[2]])
+
+
+# mode: append: how far before the stored cursor each run reads again, for late rows.
+Lookback = Annotated[timedelta | int, BeforeValidator(_lookback)]
 
 
 # How long the delivery log keeps a row (state.py `prune_delivery_log`); None: forever.
@@ -244,6 +268,12 @@ class SyncConfig(BaseModel):
     # Delivery log rows older than this are pruned after each events step (state.py); None:
     # kept forever. Unset: the project's `delivery_log_retention` (merged by `parse_config`).
     delivery_log_retention: Retention = DEFAULT_DELIVERY_LOG_RETENTION
+    # diff: every run diffs the whole model with what was delivered; append: each run reads only
+    # the rows past the stored `cursor` (minus `lookback`) and sends those not delivered yet.
+    mode: SyncMode = "diff"
+    cursor: str | None = None  # append: the monotonic-ish column (time or number)
+    lookback: Lookback = 0  # append: re-read this much before the cursor, for late rows
+    start_at: datetime | date | int | None = None  # append: the first run sends from here
 
     # Not YAML keys: bound by `parse_config` (the destination) and by the definitions (resource
     # keys that differ from the plain ones when several projects share a code location).
@@ -665,6 +695,7 @@ def parse_config(
         syncs[sync.name] = sync
     syncs = _merge_redaction(where, redact, store_frames, syncs)
     _check_state_schema_names(warehouse, syncs)
+    _check_append_state(warehouse, syncs)
     delivery_raw = raw.get("delivery") or {}
     if not isinstance(delivery_raw, Mapping):
         raise ConfigError(
@@ -953,6 +984,61 @@ def _check_semantics(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> 
                     "column holding it), or leave the change type out to not send it."
                 )
     _check_payload_fields(prefix, sync)
+    _check_append(prefix, sync, body)
+
+
+def _check_append(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> None:
+    """`mode: append` and its keys: a cursor, only `added` events, no diff-only run config."""
+    if sync.mode != "append":
+        for key in APPEND_KEYS:
+            if key in body:
+                raise ConfigError(
+                    f"{prefix}: key '{key}' is for 'mode: append' syncs only. Fix: add "
+                    "'mode: append' (each run reads only rows past the cursor), or remove it."
+                )
+        return
+    if sync.cursor is None or not sync.cursor.strip():
+        raise ConfigError(
+            f"{prefix}: key 'cursor' is {'missing' if sync.cursor is None else 'blank'}; "
+            "'mode: append' reads only the rows past the stored cursor. Fix: name a column that "
+            "grows with new rows, e.g. 'cursor: created_at'."
+        )
+    if sync.effective_send_on != ("added",):
+        key, example = (
+            ("events", "'events: {added: Order Completed}'")
+            if sync.type == "track"
+            else ("send_on", "'send_on: [added]'")
+        )
+        raise ConfigError(
+            f"{prefix}: key '{key}' sends {', '.join(sync.effective_send_on) or 'nothing'}, but "
+            "an append sync only sees new rows, so it sends 'added' only. Fix: e.g. "
+            f"{example}."
+        )
+    if sync.partitions is not None and sync.start_at is not None:
+        raise ConfigError(
+            f"{prefix}: key 'start_at' is for unpartitioned append syncs; a partitioned one "
+            "reads each window's cursor range. Fix: remove it (partitions.start says where "
+            "windows begin)."
+        )
+    if sync.start_at is not None and body.get("send_initial_results"):
+        raise ConfigError(
+            f"{prefix}: keys 'start_at' and 'send_initial_results' both say what the first run "
+            "sends. Fix: keep 'start_at' (send from there) or 'send_initial_results: true' "
+            "(send every row), not both."
+        )
+    numeric_lookback = isinstance(sync.lookback, int) and sync.lookback != 0
+    numeric_start = isinstance(sync.start_at, int)
+    if numeric_lookback and sync.start_at is not None and not numeric_start:
+        raise ConfigError(
+            f"{prefix}: key 'lookback' is a number (a numeric cursor) but 'start_at' is a time. "
+            "Fix: use a duration such as 'lookback: 2h' for a time cursor, or a number for "
+            "'start_at'."
+        )
+    if numeric_start and isinstance(sync.lookback, timedelta):
+        raise ConfigError(
+            f"{prefix}: key 'start_at' is a number (a numeric cursor) but 'lookback' is a "
+            "duration. Fix: use a whole number for 'lookback' with a numeric cursor."
+        )
 
 
 def _check_call_columns(prefix: str, sync: SyncConfig, body: Mapping[str, Any]) -> None:
@@ -1268,6 +1354,12 @@ def _describe_error(prefix: str, error: Any) -> str:
         "store_frames": "use true or false (false: the diff and events frames keep no rows)",
         "delivery_log_retention": "e.g. 'delivery_log_retention: 30d' (units s, m, h, d), or null "
         "to keep the delivery log forever",
+        "mode": "use diff (the default) or append",
+        "cursor": "name the column the append sync reads past, e.g. 'cursor: created_at'",
+        "lookback": "e.g. 'lookback: 2h' (units s, m, h, d) for a time cursor, or a whole number "
+        "for a numeric one",
+        "start_at": "a date or time such as 2024-06-01 or '2024-06-01T00:00:00Z', or a number "
+        "for a numeric cursor",
     }
     fix = fixes.get(key.split(".")[0], "see the YAML reference, docs/configuration.md")
     if error["type"] == "literal_error" and key.startswith("events."):
@@ -1291,6 +1383,19 @@ def _suggest_name(name: str) -> str:
 
 # The longest table name suffix of in-warehouse state: `__dry_run__w_` + an hourly window key.
 _STATE_SUFFIX_CHARS = len("__dry_run__w_2024_01_01_00_00")
+
+
+def _check_append_state(warehouse: WarehouseSettings, syncs: Mapping[str, SyncConfig]) -> None:
+    """An append sync keeps its cursor and recent keys in its local state file only."""
+    if not getattr(warehouse, "state_schema", None):
+        return
+    for name, sync in syncs.items():
+        if sync.mode == "append":
+            raise ConfigError(
+                f"sync '{name}': 'mode: append' keeps its state in the local state folder, not "
+                "in the warehouse; the warehouse key 'state_schema' is not supported with it. "
+                "Fix: remove 'state_schema' from the warehouse, or use 'mode: diff'."
+            )
 
 
 def _check_state_schema_names(warehouse: WarehouseSettings, syncs: Mapping[str, Any]) -> None:
