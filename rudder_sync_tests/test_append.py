@@ -207,6 +207,33 @@ def test_gateway_failure_then_retry_sends_the_same_events(
     assert asset_metadata(second, SYNC, "snapshot")["cursor"] == "2024-06-01T17:00:00+00:00"
 
 
+def test_a_rejected_event_is_retried_then_quarantined_without_holding_the_cursor(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    project = orders_project(tmp_path, max_attempts=2)
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    add_orders(project, (101, "1"), (102, "1.5"))
+    gateway.reject_events_where(lambda e: e.get("properties", {}).get("amount") == 101 * 1.5)
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    # the cursor moves on past order 101 (T0+1h) and its lookback: it stays pending all the same
+    add_orders(project, (103, "5"))
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    result = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert sorted(order_ids(gateway.events)) == [102, 103]
+    assert asset_metadata(result, SYNC, "events")["quarantined"] == 1
+    assert asset_metadata(result, SYNC, "snapshot")["cursor"] == "2024-06-01T17:00:00+00:00"
+    with read_state(project.state_dir / f"{SYNC}.duckdb") as conn:
+        tries = conn.execute(
+            "select distinct message_id, count(*) over () from delivery_log "
+            "where pk = '101' and status = 'rejected'"
+        ).fetchall()
+    assert len(tries) == 1 and tries[0][1] == 2  # two attempts, one messageId
+    gateway.clear_faults()
+    run_sync(project, SYNC, rudderstack_for(gateway.url), diff_config={"retry_quarantined": True})
+    sent = [e for e in gateway.events if e["properties"]["amount"] == 101 * 1.5]
+    assert [e["messageId"] for e in sent] == [tries[0][0]]
+
+
 def test_guard_holds_back_too_many_events(tmp_path: Path, gateway: TestGateway) -> None:
     project = orders_project(tmp_path, guard={"max_events": 3})
     run_sync(project, SYNC, rudderstack_for(gateway.url))
@@ -298,6 +325,14 @@ def test_a_state_written_by_the_other_mode_is_refused(tmp_path: Path, gateway: T
     project.config_path.write_text(yaml.safe_dump(document))
     result = run_sync(project, SYNC, rudderstack_for(gateway.url), raise_on_error=False)
     assert "was written by 'mode: append'" in failure_text(result)
+    assert gateway.events == []
+    # and back: a diff sync's state is refused by the append sync it became
+    (project.state_dir / f"{SYNC}.duckdb").unlink()
+    run_sync(project, SYNC, rudderstack_for(gateway.url))  # a diff sync's baseline
+    body.update(mode="append", cursor="created_at", lookback="2h")
+    project.config_path.write_text(yaml.safe_dump(document))
+    result = run_sync(project, SYNC, rudderstack_for(gateway.url), raise_on_error=False)
+    assert "was written by 'mode: diff'" in failure_text(result)
     assert gateway.events == []
 
 
