@@ -420,7 +420,7 @@ class AppendStateBackend:
         late = state.count(
             "rejected_rows", "__rs_window is null and reason like 'arrived too late%'"
         )
-        summary = self._summary(state, None, bounds.first)
+        summary = self._summary(state, None, bounds.first and not bounds.sends)
         run(state.conn, "drop table __rs_rows; drop table __rs_seen")
         return summary, {
             "cursor": _shown(bounds.cursor),

@@ -234,6 +234,34 @@ def test_a_rejected_event_is_retried_then_quarantined_without_holding_the_cursor
     assert [e["messageId"] for e in sent] == [tries[0][0]]
 
 
+def test_reset_baseline_records_without_sending_and_resync_is_refused(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    project = orders_project(tmp_path)
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    add_orders(project, (101, "1"), (102, "2"))
+    refused = run_sync(
+        project,
+        SYNC,
+        rudderstack_for(gateway.url),
+        raise_on_error=False,
+        approve_large_change=True,
+        diff_config={"resync": True},
+    )
+    assert "run config resync is for 'mode: diff' syncs" in failure_text(refused)
+    run_sync(
+        project,
+        SYNC,
+        rudderstack_for(gateway.url),
+        approve_large_change=True,
+        diff_config={"reset_baseline": True},
+    )
+    assert gateway.events == []
+    add_orders(project, (103, "3"))
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert order_ids(gateway.events) == [103]
+
+
 def test_guard_holds_back_too_many_events(tmp_path: Path, gateway: TestGateway) -> None:
     project = orders_project(tmp_path, guard={"max_events": 3})
     run_sync(project, SYNC, rudderstack_for(gateway.url))
