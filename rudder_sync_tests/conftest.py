@@ -11,10 +11,20 @@ from rudder_sync_tests.gateway import TestGateway
 SLOW_FIXTURES = {"spark_engine", "bigquery_engine"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        # Tests sharing a module-scoped fixture (one costly set-up, e.g. a catalogue of runs)
+        # run on one xdist worker, so the set-up is paid once rather than once per worker.
+        grouped = item.get_closest_marker("xdist_group") is not None
+        for name in () if grouped else getattr(item, "fixturenames", ()):
+            definitions = getattr(item, "_fixtureinfo", None)
+            defs = definitions.name2fixturedefs.get(name, ()) if definitions else ()
+            if defs and defs[-1].scope == "module":
+                item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
+                break
 
 
 @pytest.fixture
