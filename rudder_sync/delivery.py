@@ -3,7 +3,8 @@
 Accepted changes are committed in groups (every COMMIT_EVERY_EVENTS events or COMMIT_EVERY_SECONDS)
 rather than per request, to keep the state writes batched, on a thread beside the sending; a crash
 between delivery and commit only re-sends those events (at most RESEND_BOUND_EVENTS), with the same
-messageIds, at the next run.
+messageIds, at the next run. A commit logs the changes and records their IDs; the snapshot takes
+them all at the end of the delivery (`SyncState.settle_commits`).
 """
 
 from __future__ import annotations
@@ -80,7 +81,14 @@ class _Committer:
     def flush(self) -> None:
         if self.count:
             ids, self.ids, self.count = np.concatenate(self.ids), [], 0
-            self._submit(self.state.commit_changes, ids, self.run_id, self.status, self.destination)
+            self._submit(
+                self.state.commit_changes,
+                ids,
+                self.run_id,
+                self.status,
+                self.destination,
+                defer=True,
+            )
         self.last_flush = time.monotonic()
 
     def close(self) -> None:
@@ -91,9 +99,9 @@ class _Committer:
         finally:
             self._worker.shutdown(wait=True)
 
-    def _submit(self, work: Callable[..., object], *args: object) -> None:
+    def _submit(self, work: Callable[..., object], *args: object, **kwargs: object) -> None:
         self._wait()  # one at a time: the bound on re-sends, and the order of the state's writes
-        self._running = self._worker.submit(work, *args)
+        self._running = self._worker.submit(work, *args, **kwargs)
 
     def _wait(self) -> None:
         running, self._running = self._running, None
@@ -164,6 +172,10 @@ def deliver_pending(
                 committer.rejected(failures)
         finally:
             committer.close()
+        # The commits above logged the changes and recorded their IDs; the snapshot takes them
+        # here, in one transaction (`SyncState.commit_changes`, defer). Killed before: at the
+        # next open of the state.
+        state.settle_commits()
     return report
 
 

@@ -496,9 +496,12 @@ def _digest_sql(
 
 
 def _uuid_shape(digest: str) -> str:
-    """A 32-hex-digit digest as a UUID-shaped messageId."""
-    parts = [(1, 8), (9, 4), (13, 4), (17, 4), (21, 12)]
-    return " || '-' || ".join(f"substr({digest}, {start}, {length})" for start, length in parts)
+    """A 32-hex-digit digest as a UUID-shaped messageId (8-4-4-4-12, lower case).
+
+    DuckDB's text of the digest cast to UUID: the same characters as cutting the digest into
+    five substrings, which evaluated the md5 once per substring (0.3 s of a 200,000-row first
+    run's diff)."""
+    return f"cast(cast({digest} as uuid) as varchar)"
 
 
 def _summarize(

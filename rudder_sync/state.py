@@ -19,6 +19,10 @@ Tables (system columns start with `__rs_`):
   Every statement on `pending` and `rejected_rows` is a `SyncState` method (one window's rows
   chosen by `in_window`): the diff rebuilds them, delivery reads, commits or fails them.
 - `delivery_log`: one row per event per attempt.
+- `committed_ranges`: ranges of change IDs that the events step committed while it sent
+  (`commit_changes(defer=True)`): their events are delivered and logged, and the snapshot takes
+  them, pending drops them, in one statement each at `settle_commits` (the end of the delivery,
+  or the next open of the state after a crash). Empty between runs.
 - `meta`: schema version, initialised flag, destination (the data plane URL, recorded with the
   first accepted commit, so that a URL which never accepted anything binds nothing), and
   `message_id_salt`: a random value created with the state that every deterministic messageId
@@ -126,7 +130,12 @@ create table if not exists delivery_log (
     attempt integer,
     logged_at timestamptz
 );
+create table if not exists committed_ranges (
+    first_change_id bigint not null,
+    last_change_id bigint not null
+);
 """
+_COMMITTED_RANGES_SCHEMA = _SCHEMA[_SCHEMA.index("create table if not exists committed_ranges") :]
 
 
 def run(conn: duckdb.DuckDBPyConnection, sql: str, params: object = None) -> list[tuple]:
@@ -341,16 +350,82 @@ class SyncState:
         run_id: str,
         status: str,
         destination: str | None = None,
+        defer: bool = False,
     ) -> int:
         """Move accepted changes from `pending` into `snapshot`, logging them as `status`.
 
         ``destination``, where they were accepted, becomes the state's destination in the same
         transaction.
+
+        ``defer`` (the events step, which commits every few thousand events while it sends): the
+        transaction logs the changes and records their IDs in `committed_ranges`, and leaves the
+        rows where they are; `settle_commits` moves them all into the snapshot at the end. Each
+        commit then writes only its log rows, instead of rewriting snapshot and pending rows
+        (and DuckDB's checkpoints of them) every group: a first run of 200,000 events spent more
+        time in its commits than in sending (bench/RESULTS.md, "Initial sync"). A state that
+        repeats its commits elsewhere (`_mirror_commit`: in the warehouse) commits at once.
         """
         if not len(change_ids):
             return 0
+        if defer and type(self)._mirror_commit is SyncState._mirror_commit:
+            return self._commit_ranges(change_ids, run_id, status, destination)
         where, params = _change_ids_filter(change_ids)
         return self._commit(where, params, run_id, status, destination=destination)
+
+    def _commit_ranges(
+        self,
+        change_ids: Sequence[int] | np.ndarray,
+        run_id: str,
+        status: str,
+        destination: str | None,
+    ) -> int:
+        """One transaction: the delivery log records the changes, `committed_ranges` their IDs."""
+        firsts, lasts = _id_runs(change_ids)
+        where, params = _change_ids_filter(change_ids)
+        with self.transaction():
+            logged = run(
+                self.conn,
+                f"""
+                insert into delivery_log
+                select ?, __rs_window, __rs_change_id, __rs_pk, __rs_change, __rs_message_id, ?,
+                       null, __rs_attempts + 1, now()
+                from pending where {where}
+                """,
+                [run_id, status, *params],
+            )
+            run(
+                self.conn,
+                "insert into committed_ranges select unnest(?::bigint[]), unnest(?::bigint[])",
+                [firsts.tolist(), lasts.tolist()],
+            )
+            count = int(logged[0][0])
+            if destination is not None and count:
+                self.set_meta("destination", destination)
+        return count
+
+    def settle_commits(self) -> int:
+        """Move the changes of `committed_ranges` (see `commit_changes`) into the snapshot and out
+        of pending, in one transaction; how many. A no-op when there are none.
+
+        Run at the end of a delivery and whenever the state is opened, so that a run killed
+        before it settles nothing but a diff, a lookup of pending changes or a resync check
+        never sees a committed change as pending: the next run settles it first."""
+        ranges = run(
+            self.conn,
+            "select first_change_id, last_change_id from committed_ranges order by 1",
+        )
+        if not ranges:
+            return 0
+        if len(ranges) <= MAX_COMMIT_RANGES:
+            where = "(" + " or ".join("__rs_change_id between ? and ?" for _ in ranges) + ")"
+            params: list[object] = [int(bound) for pair in ranges for bound in pair]
+        else:
+            where = (
+                "__rs_change_id in (select p.__rs_change_id from pending p join committed_ranges "
+                "r on p.__rs_change_id between r.first_change_id and r.last_change_id)"
+            )
+            params = []
+        return self._commit(where, params, run_id="", status="committed", settles_ranges=True)
 
     def commit_silent_changes(self, window: str | None = None) -> int:
         """Commit the changes that send no event (a first-run baseline, an unsent change type).
@@ -375,10 +450,12 @@ class SyncState:
         status: str,
         initialize: bool = False,
         destination: str | None = None,
+        settles_ranges: bool = False,
     ) -> int:
         """One transaction: the snapshot takes the changes, pending drops them, the log records.
 
         Changes of a time window never touch the snapshot: windows diff against each other.
+        ``settles_ranges``: they are those of `committed_ranges` (logged already), emptied too.
         """
         with self.transaction():
             # Only the IDs and keys are copied: the rows themselves are read where they are.
@@ -388,7 +465,7 @@ class SyncState:
                 f"select __rs_change_id, __rs_pk, __rs_window from pending where {where}",
                 params,
             )
-            if where == _ID_LIST_FILTER:  # matched once: the list is not unnested again
+            if where == _ID_LIST_FILTER or settles_ranges:  # matched once, not again
                 where, params = "__rs_change_id in (select __rs_change_id from __rs_commit)", []
             run(
                 self.conn,
@@ -418,6 +495,8 @@ class SyncState:
                     [run_id, status, *params],
                 )
             run(self.conn, f"delete from pending where {where}", params)
+            if settles_ranges:
+                run(self.conn, "delete from committed_ranges")
             self._mirror_commit(run_id, status)
             count = self.count("__rs_commit")
             run(self.conn, "drop table __rs_commit")
@@ -793,6 +872,13 @@ def _in_chunks(
         yield from cursor.sql(chunk_sql(first, last)).to_arrow_reader(batch_rows)
 
 
+def _id_runs(change_ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first and last IDs of each run of consecutive ``change_ids`` (in any order)."""
+    ids = np.unique(np.asarray(change_ids, dtype=np.int64))  # sorted
+    breaks = np.flatnonzero(np.diff(ids) > 1)
+    return np.concatenate((ids[:1], ids[breaks + 1])), np.concatenate((ids[breaks], ids[-1:]))
+
+
 def _change_ids_filter(change_ids: Sequence[int] | np.ndarray) -> tuple[str, list[object]]:
     """SQL choosing these changes of `pending`: ranges of consecutive IDs where they are few.
 
@@ -801,12 +887,9 @@ def _change_ids_filter(change_ids: Sequence[int] | np.ndarray) -> tuple[str, lis
     through `in (unnest(...))` on a 1M-row pending table). Scattered IDs (many rejections in
     between) keep the list.
     """
-    ids = np.unique(np.asarray(change_ids, dtype=np.int64))  # sorted
-    breaks = np.flatnonzero(np.diff(ids) > 1)
-    if len(breaks) >= MAX_COMMIT_RANGES:
-        return _ID_LIST_FILTER, [ids.tolist()]
-    firsts = [ids[0], *ids[breaks + 1]]
-    lasts = [*ids[breaks], ids[-1]]
+    firsts, lasts = _id_runs(change_ids)
+    if len(firsts) > MAX_COMMIT_RANGES:
+        return _ID_LIST_FILTER, [np.unique(np.asarray(change_ids, dtype=np.int64)).tolist()]
     where = " or ".join("__rs_change_id between ? and ?" for _ in firsts)
     return f"({where})", [int(bound) for pair in zip(firsts, lasts, strict=True) for bound in pair]
 
@@ -870,6 +953,7 @@ def open_state(
                 f"'python -m rudder_sync.warehouse_state.move to-local {sync_name}' to bring it "
                 "back before removing state_schema."
             )
+        state.settle_commits()  # what a run killed mid-delivery committed (`commit_changes`)
         yield state
     except duckdb.Error as exc:
         named = state_file_error(sync_name, path, exc)
@@ -970,6 +1054,10 @@ def _ensure_schema(state: SyncState) -> None:
             )
         if version == "2":
             _migrate_2_to_3(state)
+        # A state written before `committed_ranges` gets the table; the version stays: the table
+        # is empty between runs (after a crash, a release without it would re-send the changes
+        # it holds, under the same messageIds, before committing them its own way).
+        run(state.conn, _COMMITTED_RANGES_SCHEMA)
         return
     with state.transaction():
         run(state.conn, _SCHEMA)
