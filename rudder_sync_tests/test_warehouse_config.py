@@ -115,7 +115,28 @@ def test_env_values_become_envvars_never_values(monkeypatch: pytest.MonkeyPatch)
                 "access_token": {"env": "HOME"},
                 "state_schema": "rudder_sync",
             },
-            ["key 'state_schema'", "not on databricks", "not executed yet"],
+            ["key 'state_schema'", "not on databricks", "state store (lock, commits) is not built"],
+        ),
+        (
+            {
+                "type": "snowflake",
+                "account": "a",
+                "user": "u",
+                "password": {"env": "HOME"},
+                "state_schema": "rudder_sync",
+            },
+            ["key 'state_schema' needs 'database'", "database: ANALYTICS"],
+        ),
+        (
+            {
+                "type": "redshift",
+                "host": "h",
+                "database": "d",
+                "user": "u",
+                "password": {"env": "HOME"},
+                "state_schema": "Rudder",
+            },
+            ["key 'state_schema' is 'Rudder'", "lower-case identifier"],
         ),
     ],
 )

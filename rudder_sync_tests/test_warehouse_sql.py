@@ -63,7 +63,7 @@ STATEMENTS = ("fingerprint", "delta", "changed_rows", "base_rows", "window_delta
 # The type every CAST(... AS <text>) of a rendering names.
 TEXT_TYPE = {
     "postgres": "TEXT",
-    "redshift": "VARCHAR(MAX)",
+    "redshift": "VARCHAR(65535)",  # VARCHAR(MAX) spelled so that PostgreSQL runs it too
     "snowflake": "VARCHAR",
     "bigquery": "STRING",
     "databricks": "STRING",

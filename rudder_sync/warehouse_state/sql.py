@@ -60,10 +60,15 @@ class Tables:
 
 
 def render(sql: str, dialect: str) -> str:
-    """PostgreSQL-syntax SQL in ``dialect`` (sqlglot), pretty-printed."""
+    """PostgreSQL-syntax SQL in ``dialect`` (sqlglot), pretty-printed.
+
+    Redshift's text is spelled `VARCHAR(65535)`, not sqlglot's `VARCHAR(MAX)`: the same type on
+    Redshift (MAX is 65535 bytes), and one PostgreSQL also runs, so every Redshift statement
+    executes on the PostgreSQL stand-in as it is sent to Redshift."""
     if dialect == "postgres":
         return sqlglot.transpile(sql, read="postgres", pretty=True)[0]
-    return sqlglot.transpile(sql, read="postgres", write=dialect, pretty=True)[0]
+    text = sqlglot.transpile(sql, read="postgres", write=dialect, pretty=True)[0]
+    return text.replace("VARCHAR(MAX)", "VARCHAR(65535)") if dialect == "redshift" else text
 
 
 def _text(column: str) -> str:

@@ -97,13 +97,7 @@ class PostgresSettings(WarehouseSettings):
     example: ClassVar[str] = "warehouse: {type: postgres, url: {env: PG_URL}}"
 
     def check(self, where: str) -> None:
-        if self.state_schema is not None and not re.fullmatch(
-            r"[a-z_][a-z0-9_]{0,62}", self.state_schema
-        ):
-            raise WarehouseSettingsError(
-                f"{where}: key 'state_schema' is {self.state_schema!r}. Fix: use a lower-case "
-                "identifier of letters, digits and '_' (at most 63), e.g. 'rudder_sync'."
-            )
+        _check_state_schema(where, self.state_schema)
         literal = isinstance(self.url, str)
         url = self.url if isinstance(self.url, str) else self.url.value()
         source = "key 'url'" if literal else f"key 'url' (from {self.url.env})"  # type: ignore[union-attr]
@@ -117,6 +111,16 @@ class PostgresSettings(WarehouseSettings):
                 f"{where}: key 'url' embeds a password in the YAML. Fix: write "
                 "'url: {env: PG_URL}' and export PG_URL with the URL."
             )
+
+
+def _check_state_schema(where: str, schema: str | None) -> None:
+    """A state schema is a lower-case identifier: quoted everywhere, so the same on every engine
+    (Snowflake keeps a quoted name's case)."""
+    if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+        raise WarehouseSettingsError(
+            f"{where}: key 'state_schema' is {schema!r}. Fix: use a lower-case "
+            "identifier of letters, digits and '_' (at most 63), e.g. 'rudder_sync'."
+        )
 
 
 class SnowflakeSettings(WarehouseSettings):
@@ -134,6 +138,8 @@ class SnowflakeSettings(WarehouseSettings):
     host: Text | None = None
     port: int | None = Field(default=None, gt=0, lt=65536)
     protocol: Literal["https", "http"] | None = None
+    # Set: syncs keep their state in this schema of `database` and diff there (warehouse_state).
+    state_schema: str | None = None
     secrets: ClassVar[tuple[str, ...]] = ("password", "private_key_passphrase")
     extra: ClassVar[str | None] = "snowflake"
     driver_module: ClassVar[str | None] = "snowflake.connector"
@@ -143,6 +149,12 @@ class SnowflakeSettings(WarehouseSettings):
     )
 
     def check(self, where: str) -> None:
+        _check_state_schema(where, self.state_schema)
+        if self.state_schema is not None and self.database is None:
+            raise WarehouseSettingsError(
+                f"{where}: key 'state_schema' needs 'database' (the state schema is created in "
+                "it). Fix: add e.g. 'database: ANALYTICS'."
+            )
         if (self.password is None) == (self.private_key_file is None):
             raise WarehouseSettingsError(
                 f"{where}: set exactly one of 'password' and 'private_key_file'. Fix: e.g. "
@@ -225,6 +237,8 @@ class RedshiftSettings(WarehouseSettings):
     password: Text
     # false: no TLS, allowed only on a loopback host (a local stand-in)
     ssl: bool = True
+    # Set: syncs keep their state in this schema and diff there (warehouse_state).
+    state_schema: str | None = None
     secrets: ClassVar[tuple[str, ...]] = ("password",)
     extra: ClassVar[str | None] = "redshift"
     driver_module: ClassVar[str | None] = "redshift_connector"
@@ -234,6 +248,7 @@ class RedshiftSettings(WarehouseSettings):
     )
 
     def check(self, where: str) -> None:
+        _check_state_schema(where, self.state_schema)
         if not self.ssl and not is_loopback(_text(self.host)):
             raise WarehouseSettingsError(
                 f"{where}: key 'ssl' is false (no TLS), allowed only for a loopback 'host' (a "
@@ -288,17 +303,17 @@ def parse_warehouse(raw: Any, where: str, base: Path) -> WarehouseSettings:
             f"{where}: key 'type' is {kind!r}{hint}. Fix: use one of {', '.join(SETTINGS)}."
         )
     cls = SETTINGS[kind]
-    if "state_schema" in raw and kind != "postgres":
+    if "state_schema" in raw and "state_schema" not in cls.model_fields:
         why = (
             "a DuckDB warehouse is local already"
             if kind == "duckdb"
             else f"its SQL for {kind} is generated and checked (docs/large-models.md) but "
-            "not executed yet"
+            "its state store (lock, commits) is not built yet"
         )
         raise WarehouseSettingsError(
-            f"{where}: key 'state_schema' (the diff inside the warehouse) runs on PostgreSQL in "
-            f"this version, not on {kind}: {why}. Fix: remove 'state_schema' to keep the "
-            "state in local DuckDB files."
+            f"{where}: key 'state_schema' (the diff inside the warehouse) runs on PostgreSQL, "
+            f"Snowflake and Redshift in this version, not on {kind}: {why}. Fix: remove "
+            "'state_schema' to keep the state in local DuckDB files."
         )
     allowed = {info.alias or name for name, info in cls.model_fields.items()}
     for key in raw:

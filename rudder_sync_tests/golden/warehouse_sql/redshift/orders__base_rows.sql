@@ -5,7 +5,7 @@ SELECT
   s.__rs_deleted,
   s.__rs_user_id,
   s.__rs_anonymous_id,
-  CAST(NULL AS VARCHAR(MAX)) AS __rs_props,
+  CAST(NULL AS VARCHAR(65535)) AS __rs_props,
   s.__rs_committed_at
 FROM "rudder_sync"."orders__snapshot" AS s
 JOIN __rs_keys AS k

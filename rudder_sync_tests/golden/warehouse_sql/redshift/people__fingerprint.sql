@@ -1,22 +1,22 @@
 CREATE TABLE "rudder_sync"."people__model" AS
 SELECT
   m.*,
-  CAST(m."Customer Key" AS VARCHAR(MAX)) AS __rs_wpk,
+  CAST(m."Customer Key" AS VARCHAR(65535)) AS __rs_wpk,
   MD5(
     'identify|User ID|AnonId|email=E-mail|plan=Plan|nickname=Say "Hi"' || ',' || COALESCE(
-      CAST(LENGTH(CAST(m."User ID" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."User ID" AS VARCHAR(MAX)),
+      CAST(LENGTH(CAST(m."User ID" AS VARCHAR(65535))) AS VARCHAR(65535)) || ':' || CAST(m."User ID" AS VARCHAR(65535)),
       'N'
     ) || ',' || COALESCE(
-      CAST(LENGTH(CAST(m."AnonId" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."AnonId" AS VARCHAR(MAX)),
+      CAST(LENGTH(CAST(m."AnonId" AS VARCHAR(65535))) AS VARCHAR(65535)) || ':' || CAST(m."AnonId" AS VARCHAR(65535)),
       'N'
     ) || ',' || COALESCE(
-      CAST(LENGTH(CAST(m."E-mail" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."E-mail" AS VARCHAR(MAX)),
+      CAST(LENGTH(CAST(m."E-mail" AS VARCHAR(65535))) AS VARCHAR(65535)) || ':' || CAST(m."E-mail" AS VARCHAR(65535)),
       'N'
     ) || ',' || COALESCE(
-      CAST(LENGTH(CAST(m."Plan" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."Plan" AS VARCHAR(MAX)),
+      CAST(LENGTH(CAST(m."Plan" AS VARCHAR(65535))) AS VARCHAR(65535)) || ':' || CAST(m."Plan" AS VARCHAR(65535)),
       'N'
     ) || ',' || COALESCE(
-      CAST(LENGTH(CAST(m."Say ""Hi""" AS VARCHAR(MAX))) AS VARCHAR(MAX)) || ':' || CAST(m."Say ""Hi""" AS VARCHAR(MAX)),
+      CAST(LENGTH(CAST(m."Say ""Hi""" AS VARCHAR(65535))) AS VARCHAR(65535)) || ':' || CAST(m."Say ""Hi""" AS VARCHAR(65535)),
       'N'
     )
   ) AS __rs_whash,
@@ -24,13 +24,13 @@ SELECT
     WHEN (
       (
         m."User ID" IS NULL
-        OR LOWER(CAST(m."User ID" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
-        OR NOT REGEXP_REPLACE(CAST(m."User ID" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '') ~ '[[:alnum:][:punct:]]'
+        OR LOWER(CAST(m."User ID" AS VARCHAR(65535))) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."User ID" AS VARCHAR(65535)), '\\\\[a-zA-Z0-9]*|"', '') ~ '[[:alnum:][:punct:]]'
       )
       AND (
         m."AnonId" IS NULL
-        OR LOWER(CAST(m."AnonId" AS VARCHAR(MAX))) IN ('null', 'nan', 'infinity', '-infinity')
-        OR NOT REGEXP_REPLACE(CAST(m."AnonId" AS VARCHAR(MAX)), '\\\\[a-zA-Z0-9]*|"', '') ~ '[[:alnum:][:punct:]]'
+        OR LOWER(CAST(m."AnonId" AS VARCHAR(65535))) IN ('null', 'nan', 'infinity', '-infinity')
+        OR NOT REGEXP_REPLACE(CAST(m."AnonId" AS VARCHAR(65535)), '\\\\[a-zA-Z0-9]*|"', '') ~ '[[:alnum:][:punct:]]'
       )
     )
     THEN 1

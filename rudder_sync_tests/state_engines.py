@@ -1,0 +1,166 @@
+"""The engines in-warehouse state (`state_schema`) runs on, as one fixture for the scenario table.
+
+`state_engine` is parametrised by engine:
+
+* `postgres`: the test PostgreSQL server through ADBC (the reference);
+* `snowflake`: fakesnow's server (Snowflake's REST protocol on DuckDB, rudder_sync_tests/engines)
+  through the real snowflake-connector-python;
+* `redshift`: the real redshift_connector through the start-up proxy to the test PostgreSQL
+  server (Redshift speaks PostgreSQL's protocol).
+
+Each gives a fresh database with the model's data, a way to run SQL there (the scenarios' changes
+and their checks of the state tables), and the sync YAML's warehouse section. The changes are
+written once, in SQL every engine runs (no `generate_series`: rows are generated here).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .helpers import Project
+from .postgres import SYNC_URL_ENV_VAR
+
+SCHEMA = "rudder_sync"
+SECRET_ENV = "RUDDER_SYNC_TEST_STATE_ENGINE_SECRET"
+SECRET = "state-Engine-pw-42"
+USERS_DDL = (
+    "create table users (id integer, user_id varchar(200), anon_id varchar(200), "
+    "email varchar(200), plan varchar(200), country varchar(200), updated_at timestamptz, "
+    "event_id varchar(200))"
+)
+_SELECT = re.compile(r"^\s*select\s+(?P<columns>.+?)\s+from\s+(?P<rest>.+)$", re.I | re.S)
+
+
+@dataclass
+class StateEngine:
+    """One engine for the scenarios: its SQL, its YAML and its database."""
+
+    kind: str
+    execute: Callable[[str], list[tuple]]
+    warehouse: dict[str, Any]
+    #: the sync YAML's environment (the warehouse's secret or URL)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def sql(self, *statements: str) -> list[tuple]:
+        """Run statements in order (each committed); the last one's rows."""
+        rows: list[tuple] = []
+        for statement in statements:
+            rows = self.execute(statement)
+        return rows
+
+    def users(self, ids: range | list[int], plan: str = "free", country: str = "DE") -> str:
+        """An INSERT of users with these IDs, as `seed_users` makes them."""
+        base = datetime(2024, 5, 1, 12, tzinfo=UTC)
+        values = ", ".join(
+            f"({i}, 'u{i}', 'a{i}', 'user{i}@example.com', '{plan}', '{country}', "
+            f"'{(base + timedelta(hours=i)).isoformat()}', 'e{i}')"
+            for i in ids
+        )
+        return f"insert into users values {values}"
+
+    def seed_users(self, count: int) -> None:
+        self.sql(USERS_DDL)
+        for start in range(1, count + 1, 1000):
+            self.sql(self.users(range(start, min(count, start + 999) + 1)))
+
+    def model(self, sql: str) -> str:
+        """A model as it must be written on this engine: Snowflake folds unquoted names to
+        upper case, so its columns are named as the sync names them."""
+        if self.kind != "snowflake":
+            return sql
+        match = _SELECT.match(sql.strip().rstrip(";"))
+        assert match, sql
+        columns = [c.strip() for c in match.group("columns").split(",")]
+        named = ", ".join(f'{c} as "{c}"' for c in columns)
+        return f"select {named} from {match.group('rest')}"
+
+    def table(self, role: str, sync: str) -> str:
+        return f'"{SCHEMA}"."{sync}__{role}"'
+
+    def write_project(
+        self,
+        root: Path,
+        syncs: dict[str, dict[str, Any]],
+        monkeypatch: pytest.MonkeyPatch,
+        state_schema: str | None = SCHEMA,
+    ) -> Project:
+        root.mkdir(parents=True, exist_ok=True)
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
+        warehouse = dict(self.warehouse)
+        if state_schema:
+            warehouse["state_schema"] = state_schema
+        own = {name: dict(sync, model=self.model(sync["model"])) for name, sync in syncs.items()}
+        path = root / "rudder_sync.yaml"
+        document = {"warehouse": warehouse, "state": "state", "syncs": own}
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        return Project(root=root, config_path=path)
+
+
+def _postgres(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
+    pg = request.getfixturevalue("pg")
+    yield StateEngine(
+        "postgres",
+        pg.sql,
+        {"type": "postgres", "url": {"env": SYNC_URL_ENV_VAR}},
+        {SYNC_URL_ENV_VAR: pg.url},
+    )
+
+
+def _redshift(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
+    engine = request.getfixturevalue("redshift_engine")
+    pg = request.getfixturevalue("pg")
+    warehouse = {
+        "type": "redshift",
+        **engine.yaml_keys(pg.name),
+        "password": {"env": SECRET_ENV},
+        "ssl": False,
+    }
+    yield StateEngine("redshift", pg.sql, warehouse, {SECRET_ENV: SECRET})
+
+
+def _snowflake(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
+    engine = request.getfixturevalue("snowflake_engine")
+    database = f"STATE_{uuid.uuid4().hex[:8].upper()}"
+    conn = engine.connect(autocommit=True)
+    cursor = conn.cursor()
+    cursor.execute(f"create database {database}")
+    cursor.execute(f"use database {database}")
+    cursor.execute("create schema app")
+    cursor.execute("use schema app")
+
+    def execute(statement: str) -> list[tuple]:
+        cursor.execute(statement)
+        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+
+    warehouse = {
+        "type": "snowflake",
+        "account": "rudder",
+        "user": "rudder_sync",
+        "password": {"env": SECRET_ENV},
+        "database": database,
+        "schema": "APP",
+        **engine.yaml_keys(),
+    }
+    try:
+        yield StateEngine("snowflake", execute, warehouse, {SECRET_ENV: SECRET})
+    finally:
+        conn.close()
+
+
+ENGINES = {"postgres": _postgres, "snowflake": _snowflake, "redshift": _redshift}
+
+
+@pytest.fixture(params=list(ENGINES))
+def state_engine(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
+    """A fresh database on each engine in-warehouse state runs on."""
+    yield from ENGINES[request.param](request)

@@ -1,0 +1,397 @@
+"""In-warehouse state (`state_schema`) on every engine that keeps it: the scenario table.
+
+Each scenario runs on PostgreSQL (ADBC), Snowflake (fakesnow's server, the real connector) and
+Redshift (the real redshift_connector against PostgreSQL), through `state_engines.state_engine`:
+real Dagster runs against the test gateway. Local mode on the same engine is the reference: the
+in-warehouse mode must send the same events byte for byte (both states start from one salt, so
+messageIds match too), read out only the changed rows, and keep the promises of
+test_warehouse_state.py (which holds the PostgreSQL-only scenarios: the advisory lock, the
+`state` commands in a subprocess, partitions).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rudder_sync.state import MOVED_KEY, open_state, state_path
+from rudder_sync.warehouse_state import state as warehouse_state_module
+
+from .gateway import TestGateway
+from .helpers import (
+    IDENTIFY_SYNC,
+    SEEDED_SYNC,
+    SMALL_BODIES_KB,
+    SYNC_NAME,
+    TRACK_SYNC,
+    Project,
+    assert_delivered_exactly,
+    asset_metadata,
+    change_key,
+    failure_text,
+    rudderstack_for,
+    run_sync,
+    wait_until_idle,
+)
+from .state_engines import SCHEMA, SECRET, StateEngine
+from .test_faults import FAULT_KINDS, _plan, _script
+from .test_quarantine import REASON, bad_plan
+from .test_resync import check_results, run_with
+
+# One xdist worker runs every test of the vendor engines (with --dist loadgroup), so that each
+# stand-in (rudder_sync_tests/engines/) starts once per run.
+pytestmark = pytest.mark.xdist_group("engines")
+
+SYNCS = {
+    "user_events": dict(
+        copy.deepcopy(TRACK_SYNC), send_initial_results=True, timestamp="updated_at"
+    ),
+    "user_traits": dict(copy.deepcopy(IDENTIFY_SYNC), timestamp="updated_at"),
+}
+SYNCS["user_traits"]["model"] = (
+    "select id, user_id, anon_id, email, plan, country, updated_at from users"
+)
+NOW = "'2024-06-01T00:00:00+00:00'"
+# The core history: a change, a removal, an addition, then a row without an ID, one without a
+# key, a duplicated key, a removed key coming back, and a change back to an earlier content.
+HISTORY = [
+    ["update users set plan = 'pro' where id = 2", "delete from users where id = 3"],
+    [f"insert into users values (9, 'u9', 'a9', 'n@x.io', 'free', 'FR', {NOW}, 'e9')"],
+    [
+        f"insert into users values (10, null, null, 'noid@x.io', 'free', 'FR', {NOW}, 'e10')",
+        f"insert into users values (null, 'u11', 'a11', 'nokey@x.io', 'free', 'FR', {NOW}, 'x')",
+        f"insert into users values (4, 'u4b', 'a4b', 'dup@x.io', 'free', 'FR', {NOW}, 'e12')",
+    ],
+    [
+        "delete from users where id = 4 and user_id = 'u4b'",
+        f"insert into users values (3, 'u3', 'a3', 'back@x.io', 'free', 'DE', {NOW}, 'e')",
+        "update users set plan = 'free' where id = 2",
+        "update users set user_id = 'u10' where id = 10",
+    ],
+]
+
+
+def _bodies(gateway: TestGateway) -> list[dict[str, Any]]:
+    """Every event as sent, without `sentAt`, and without the timestamp of a removed row's
+    event (the time the removal was first seen)."""
+    bodies = []
+    for request in gateway.requests:
+        if request.body:
+            for event in json.loads(request.body).get("batch", []):
+                event.pop("sentAt", None)
+                if event.get("event") == TRACK_SYNC["events"]["removed"]:
+                    event["timestamp"] = "(when first seen)"
+                bodies.append(event)
+    return bodies
+
+
+def _same_salt(local: Project, remote: Project, names: list[str]) -> None:
+    """Both projects' states start from one (empty) local state file: one messageId salt."""
+    for name in names:
+        with open_state(local.state_dir, name, dry_run=False):
+            pass
+        remote.state_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(
+            state_path(local.state_dir, name, False), state_path(remote.state_dir, name, False)
+        )
+
+
+def test_core_history_sends_what_local_mode_sends(
+    state_engine: StateEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_engine.seed_users(5)
+    local = state_engine.write_project(tmp_path / "local", SYNCS, monkeypatch, state_schema=None)
+    remote = state_engine.write_project(tmp_path / "remote", SYNCS, monkeypatch)
+    _same_salt(local, remote, list(SYNCS))
+    sent: dict[str, list[list[dict[str, Any]]]] = {"local": [], "remote": []}
+    transferred = []
+    with TestGateway() as to_local, TestGateway() as to_remote:
+        for step in [[], *HISTORY]:
+            state_engine.sql(*step)
+            for mode, project, gateway in (
+                ("local", local, to_local),
+                ("remote", remote, to_remote),
+            ):
+                before = len(_bodies(gateway))
+                for name in SYNCS:
+                    result = run_sync(project, name, rudderstack_for(gateway.url))
+                    if mode == "remote" and name == "user_traits":
+                        transferred.append(asset_metadata(result, name, "diff")["rows_transferred"])
+                sent[mode].append(_bodies(gateway)[before:])
+        assert to_remote.schema_errors == []
+    assert [len(run) for run in sent["remote"]] == [10, 3, 2, 0, 6]
+    assert sent["remote"] == sent["local"]
+    # only changed rows (and those held by a pending change or without an ID) leave
+    assert transferred[0] == 5 and transferred[1] == 1
+    assert SECRET not in json.dumps(sent)
+    live = state_engine.sql(
+        f"select count(*) from {state_engine.table('snapshot', 'user_events')} "
+        "where not __rs_deleted"
+    )
+    assert live == [(7,)]  # 1, 2, 3 (back), 4, 5, 9 and 10; the keyless row is not kept
+    with open_state(remote.state_dir, "user_events", dry_run=False) as moved:
+        assert moved.get_meta(MOVED_KEY)  # the empty local state went into the warehouse
+
+
+def test_a_one_percent_change_reads_out_only_the_changed_rows(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    state_engine.seed_users(1000)
+    sync = {"traits": SYNCS["user_traits"]}
+    project = state_engine.write_project(tmp_path, sync, monkeypatch)
+    first = run_sync(project, "traits", rudderstack_for(gateway.url))
+    assert asset_metadata(first, "traits", "diff")["rows_transferred"] == 1000
+    state_engine.sql(
+        "update users set plan = 'pro' where id <= 10",
+        "delete from users where id > 990",
+        state_engine.users(range(1001, 1011)),
+    )
+    result = run_sync(project, "traits", rudderstack_for(gateway.url))
+    diff = asset_metadata(result, "traits", "diff")
+    assert diff["model_rows"] == 1000
+    assert diff["rows_transferred"] == 20  # 10 changed + 10 added; removed keys stay inside
+    assert diff["state_rows_transferred"] == 20  # snapshot rows: 10 changed, 10 removed
+    assert len(gateway.events) == 1000 + 20
+    again = run_sync(project, "traits", rudderstack_for(gateway.url))
+    assert asset_metadata(again, "traits", "diff")["rows_transferred"] == 0
+
+
+# -- a seeded model: a committed baseline, then known changes ---------------------------------
+
+
+def _seed(
+    engine: StateEngine,
+    root: Path,
+    url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: int,
+    added: int,
+) -> tuple[Project, set[tuple[int, str]]]:
+    engine.seed_users(rows)
+    project = engine.write_project(root, {SYNC_NAME: SEEDED_SYNC}, monkeypatch)
+    run_sync(project, SYNC_NAME, rudderstack_for(url))
+    engine.sql(
+        "update users set plan = 'pro' where id - 4 * floor(id / 4) = 0",
+        "delete from users where id - 10 * floor(id / 10) = 1",
+    )
+    if added:
+        engine.sql(engine.users(range(rows + 1, rows + added + 1)))
+    expected = {(i, "removed") for i in range(1, rows + 1) if i % 10 == 1}
+    expected |= {(i, "changed") for i in range(1, rows + 1) if i % 4 == 0 and i % 10 != 1}
+    expected |= {(i, "added") for i in range(rows + 1, rows + added + 1)}
+    return project, expected
+
+
+def _assert_settled(engine: StateEngine) -> None:
+    """Nothing pending; the snapshot holds the model's rows, each with its warehouse hash."""
+    assert engine.sql(f"select count(*) from {engine.table('pending', SYNC_NAME)}") == [(0,)]
+    live = engine.sql(
+        f"select count(*), count(__rs_whash) from {engine.table('snapshot', SYNC_NAME)} "
+        "where not __rs_deleted"
+    )
+    (users,) = engine.sql("select count(*) from users")[0]
+    assert [tuple(int(v) for v in row) for row in live] == [(users, users)]
+
+
+def test_transient_gateway_faults_lose_nothing(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    project, expected = _seed(state_engine, tmp_path, gateway.url, monkeypatch, 400, 100)
+    _script(gateway, _plan(FAULT_KINDS, faults=10, seed=11))
+    resource = rudderstack_for(
+        gateway.url,
+        max_request_kb=SMALL_BODIES_KB,
+        retry_max_seconds=30.0,
+        request_timeout_seconds=0.7,
+    )
+    run_sync(project, SYNC_NAME, resource)
+    wait_until_idle(gateway)
+    gateway.clear_faults()
+    assert_delivered_exactly(gateway.events, expected)
+    _assert_settled(state_engine)
+
+
+def test_rejected_batches_stay_pending_with_their_message_ids(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    project, expected = _seed(state_engine, tmp_path, gateway.url, monkeypatch, 100, 20)
+    gateway.fail_next(503, times=10_000)
+    failed = run_sync(
+        project, SYNC_NAME, rudderstack_for(gateway.url, retry_max_seconds=0.2), False
+    )
+    assert not failed.success and "delivery stopped" in failure_text(failed)
+    pending = dict(
+        state_engine.sql(
+            f"select __rs_pk, __rs_message_id from {state_engine.table('pending', SYNC_NAME)}"
+        )
+    )
+    assert len(pending) == len(expected)
+    gateway.clear_faults()
+    run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert_delivered_exactly(gateway.events, expected)
+    assert {str(change_key(e)[0]): e["messageId"] for e in gateway.events} == pending
+    _assert_settled(state_engine)
+
+
+def test_a_second_run_waits_for_the_lock_then_fails_naming_it(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    """Another run holds the sync's lock: this one waits, fails naming the holder, sends
+    nothing; once it is gone (or its lock row expired) the sync runs."""
+    if state_engine.kind == "postgres":
+        pytest.skip("PostgreSQL's advisory lock: test_warehouse_state.py holds its scenario")
+    project, expected = _seed(state_engine, tmp_path, gateway.url, monkeypatch, 50, 5)
+    monkeypatch.setattr(warehouse_state_module, "LOCK_WAIT_SECONDS", 1.0)
+    locks = f'"{SCHEMA}"."rudder_sync_locks"'
+    # another run, alive on this host (this test's own process), with a fresh lock row
+    holder = f"{socket.gethostname()}:{os.getpid()}:other"
+    since = datetime.now(UTC).replace(microsecond=0)
+    later = since + timedelta(minutes=10)
+    state_engine.sql(
+        f"insert into {locks} values ('{SYNC_NAME}', '{holder}', "
+        f"'{since.isoformat()}', '{later.isoformat()}')"
+    )
+    started = time.monotonic()
+    refused = run_sync(project, SYNC_NAME, rudderstack_for(gateway.url), raise_on_error=False)
+    assert not refused.success and time.monotonic() - started >= 1.0
+    message = failure_text(refused)
+    assert "another run of this sync holds its state" in message
+    assert f"owner {holder}" in message and "since 20" in message and SCHEMA in message
+    assert gateway.events == []
+    # the holder died long ago: its row expired, and this run takes it over
+    state_engine.sql(
+        f"update {locks} set expires_at = '{(since - timedelta(minutes=1)).isoformat()}'"
+    )
+    run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert_delivered_exactly(gateway.events, expected)
+    assert state_engine.sql(f"select count(*) from {locks}") == [(0,)]  # released
+
+
+def test_guard_dry_run_and_resync_in_the_warehouse(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    project, _ = _seed(state_engine, tmp_path, gateway.url, monkeypatch, 100, 0)
+    state_engine.sql("delete from users where id > 30")  # 70% removed: the guard stops it
+    blocked = run_sync(project, SYNC_NAME, rudderstack_for(gateway.url), raise_on_error=False)
+    assert not blocked.success and gateway.events == []
+    diff = asset_metadata(blocked, SYNC_NAME, "diff")
+    assert diff["model_rows"] == 27 and diff["rows_transferred"] == 7
+    dry = run_sync(
+        project, SYNC_NAME, rudderstack_for(gateway.url), dry_run=True, approve_large_change=True
+    )
+    assert asset_metadata(dry, SYNC_NAME, "events")["status"] == "dry_run"
+    assert gateway.events == []
+    pending = state_engine.sql(f"select count(*) from {state_engine.table('pending', SYNC_NAME)}")
+    assert pending[0][0] > 0  # the dry run moved nothing
+    run_sync(project, SYNC_NAME, rudderstack_for(gateway.url), approve_large_change=True)
+    assert {change for _, change in map(change_key, gateway.events)} == {"removed", "changed"}
+    _assert_settled(state_engine)
+    before = len(gateway.events)
+    resync = run_sync(
+        project,
+        SYNC_NAME,
+        rudderstack_for(gateway.url),
+        approve_large_change=True,
+        diff_config={"resync": True},
+    )
+    assert asset_metadata(resync, SYNC_NAME, "diff")["rows_transferred"] == 27
+    again = gateway.events[before:]
+    assert len(again) == 27
+    assert not {e["messageId"] for e in again} & {e["messageId"] for e in gateway.events[:before]}
+
+
+def test_switching_on_moves_the_local_state_and_its_pending_changes(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    state_engine.seed_users(100)
+    syncs = {SYNC_NAME: SEEDED_SYNC}
+    project = state_engine.write_project(tmp_path, syncs, monkeypatch, state_schema=None)
+    run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))  # local baseline
+    state_engine.sql(
+        "update users set plan = 'pro' where id - 4 * floor(id / 4) = 0",
+        "delete from users where id = 1",
+    )
+    gateway.fail_next(503, times=10_000)
+    failed = run_sync(
+        project, SYNC_NAME, rudderstack_for(gateway.url, retry_max_seconds=0.2), False
+    )
+    assert not failed.success
+    gateway.clear_faults()
+    with open_state(project.state_dir, SYNC_NAME, False) as old:
+        pending = dict(old.conn.sql("select __rs_pk, __rs_message_id from pending").fetchall())
+    assert len(pending) == 26
+    state_engine.sql(state_engine.users([500]))
+
+    project = state_engine.write_project(tmp_path, syncs, monkeypatch)  # state_schema on
+    moved = run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
+    sent = {str(change_key(e)[0]): e["messageId"] for e in gateway.events}
+    assert set(sent) == set(pending) | {"500"}
+    assert {pk: sent[pk] for pk in pending} == pending
+    assert asset_metadata(moved, SYNC_NAME, "diff")["rows_transferred"] == 100  # once
+    again = run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert asset_metadata(again, SYNC_NAME, "diff")["rows_transferred"] == 0
+    assert len(gateway.events) == 27
+    # the local file is marked as moved: local mode refuses it
+    project = state_engine.write_project(tmp_path, syncs, monkeypatch, state_schema=None)
+    refused = run_sync(project, SYNC_NAME, rudderstack_for(gateway.url), raise_on_error=False)
+    assert not refused.success and "was moved to" in failure_text(refused)
+
+
+def test_quarantine_and_retry_quarantined_with_the_state_in_the_warehouse(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    state_engine.seed_users(3)
+    state_engine.sql("update users set plan = 'bad' where id = 2")
+    sync = dict(SYNCS["user_traits"], max_attempts=2)
+    project = state_engine.write_project(tmp_path, {"traits": sync}, monkeypatch)
+    gateway.reject_events_where(bad_plan, REASON)
+    for _ in range(3):
+        result = run_with(project, "traits", rudderstack_for(gateway.url))
+        assert result.success, failure_text(result)
+    assert sorted(e["userId"] for e in gateway.events) == ["u1", "u3"]
+    assert check_results(result)["quarantined_rows"].metadata["quarantined"].value == 1
+    pending = state_engine.table("pending", "traits")
+    rows = state_engine.sql(f"select __rs_pk, __rs_attempts from {pending}")
+    assert [(pk, int(attempts)) for pk, attempts in rows] == [("2", 2)]
+    rejections = state_engine.sql(
+        f"select count(*) from {state_engine.table('delivery_log', 'traits')} "
+        "where status = 'rejected'"
+    )
+    assert rejections == [(2,)]  # the third run did not send it
+    gateway.clear_faults()
+    retried = run_with(
+        project, "traits", rudderstack_for(gateway.url), diff={"retry_quarantined": True}
+    )
+    assert retried.success
+    assert sorted(e["userId"] for e in gateway.events) == ["u1", "u2", "u3"]
+    assert state_engine.sql(f"select count(*) from {pending}") == [(0,)]
