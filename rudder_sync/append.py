@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -197,14 +197,24 @@ class AppendStateBackend:
         if partitions is not None:
             return self._snapshot_windows(state, windows)
         bounds = self._bounds(state)
+        band = None
+        start, low = bounds.read_from, bounds.low
+        if start is not None and low is not None and start < low:
+            band = self._band_rows(state, start, low)
+            if band[0] <= band[1]:  # every row of the band is known: none came late
+                bounds = replace(bounds, read_from=low)
         sql, params = self._filtered(bounds)
         state.set_meta(READ_KEY, bounds.to_text())
         rows = self._read(state, "model_rows", sql, params)
-        metadata = {
+        metadata: dict[str, Any] = {
             "cursor": _shown(bounds.cursor),
             "read_from": _shown(bounds.read_from),
             "first_run": bounds.first,
         }
+        if band is not None:
+            # Rows in the band the last run left behind (below this run's bound), and how many
+            # of them the state knows: more rows than keys make this run read the band.
+            metadata.update(late_band_rows=band[0], late_band_known=band[1])
         return AppendSnapshot({"": rows}, column_types(state.conn, "model_rows"), False, metadata)
 
     def _snapshot_windows(self, state: SyncState, windows: Sequence[WindowSpec]) -> Snapshot:
@@ -303,6 +313,29 @@ class AppendStateBackend:
             low = start_at
         read_from = low if previous is None or low is None else min(previous, low)
         return Bounds(read_from, low, None, stored, first=False)
+
+    def _band_rows(self, state: SyncState, start: Cursor, end: Cursor) -> tuple[int, int]:
+        """Rows of the model in [start, end) (one count in the warehouse, bound the same way),
+        and the keys in that range the state knows (delivered or pending). A row the state
+        does not know there arrived after the run whose read passed it: too late."""
+        cursor = self._cursor_sql()
+        sql = (
+            f"select count(*) as rudder_sync_rows from ({statement_body(self.sync.model)}) t "
+            f"where {cursor} >= ${FROM_PARAM} and {cursor} < ${TO_PARAM}"
+        )
+        with self.warehouse.read_model(sql, {FROM_PARAM: start, TO_PARAM: end}) as reader:
+            rows = int(reader.read_all().column(0)[0].as_py())
+        known = 0
+        if state.has_table(CURSOR_TABLE):
+            known = int(
+                run(
+                    state.conn,
+                    f"select count(*) from {CURSOR_TABLE} where __rs_cursor >= ? "
+                    "and __rs_cursor < ?",
+                    [start, end],
+                )[0][0]
+            )
+        return rows, known
 
     def _current_end(self, state: SyncState) -> Cursor | None:
         """The largest cursor in the model now (one row out of the warehouse)."""

@@ -111,7 +111,11 @@ def test_first_run_sends_nothing_then_each_new_row_once(
 
     third = run_sync(project, SYNC, rudderstack_for(gateway.url))
     assert len(gateway.events) == 3  # nothing new, nothing again
-    assert rows_read(third) <= 6
+    # the band below this run's bound that the last run read (T0-2h..T0) holds only known keys
+    # (counted in the warehouse): it is not read again
+    meta = asset_metadata(third, SYNC, "snapshot")
+    assert meta["late_band_rows"] == meta["late_band_known"] == 2
+    assert rows_read(third) == 4  # T0 .. T0+2h
     # the state keeps no per-row snapshot: only the keys within the lookback (and the band
     # the next run checks for late rows)
     with read_state(project.state_dir / f"{SYNC}.duckdb") as conn:
@@ -168,6 +172,8 @@ def test_too_late_and_null_cursor_rows_are_reported_by_key(
     assert reasons["103"].startswith("arrived too late: cursor 2024-06-01 14:30:00+00")
     assert reasons["104"].startswith("null cursor (column created_at)")
     assert diff["too_late_rows"] == 1
+    snapshot = asset_metadata(result, SYNC, "snapshot")
+    assert snapshot["late_band_rows"] == snapshot["late_band_known"] + 1  # so the band was read
     assert any("103" in line and "too late" in line for line in result.run_logs)
 
 
