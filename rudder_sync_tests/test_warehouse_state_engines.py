@@ -12,38 +12,53 @@ test_warehouse_state.py (which holds the PostgreSQL-only scenarios: the advisory
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from rudder_sync.errors import StateError
 from rudder_sync.state import MOVED_KEY, open_state, state_path
+from rudder_sync.warehouse_state import rowlock_store
 from rudder_sync.warehouse_state import state as warehouse_state_module
+from rudder_sync.warehouse_state.state import open_warehouse_state
+from rudder_sync.warehouses import build_warehouse
 
 from .gateway import TestGateway
 from .helpers import (
+    DAGSTER,
+    HISTORY_SYNC,
     IDENTIFY_SYNC,
     SEEDED_SYNC,
     SMALL_BODIES_KB,
     SYNC_NAME,
     TRACK_SYNC,
+    WRITE_KEY,
     Project,
     assert_delivered_exactly,
     asset_metadata,
     change_key,
+    cli_env,
     failure_text,
     rudderstack_for,
     run_sync,
     wait_until_idle,
 )
 from .state_engines import SCHEMA, SECRET, StateEngine
+from .test_crash import kill_group
 from .test_faults import FAULT_KINDS, _plan, _script
+from .test_postgres import EDGES
 from .test_quarantine import REASON, bad_plan
 from .test_resync import check_results, run_with
 
@@ -395,3 +410,221 @@ def test_quarantine_and_retry_quarantined_with_the_state_in_the_warehouse(
     assert retried.success
     assert sorted(e["userId"] for e in gateway.events) == ["u1", "u2", "u3"]
     assert state_engine.sql(f"select count(*) from {pending}") == [(0,)]
+
+
+def test_a_user_without_create_rights_gets_the_grants_to_run(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    if state_engine.kind == "snowflake":
+        pytest.skip(
+            "fakesnow has no access control: Snowflake's denial and its GRANT statements "
+            "(snowflake_store.Store.grants) cannot be exercised on it"
+        )
+    if state_engine.kind == "postgres":
+        pytest.skip("PostgreSQL's: test_warehouse_state.py (a role with a password over TCP)")
+    state_engine.seed_users(5)
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    state_engine.sql(f"create role {role} login", f"grant select on users to {role}")
+    limited = dataclasses.replace(state_engine, warehouse={**state_engine.warehouse, "user": role})
+    project = limited.write_project(tmp_path, {"traits": SYNCS["user_traits"]}, monkeypatch)
+    try:
+        refused = run_sync(project, "traits", rudderstack_for(gateway.url), raise_on_error=False)
+        message = failure_text(refused)
+        assert not refused.success and "may not create its state schema" in message
+        assert f'CREATE SCHEMA "{SCHEMA}" AUTHORIZATION "{role}"' in message
+        assert "GRANT CREATE ON DATABASE" in message and SECRET not in message
+        # an administrator creates the schema for that user, as the message says
+        state_engine.sql(f'CREATE SCHEMA "{SCHEMA}" AUTHORIZATION "{role}"')
+        run_sync(project, "traits", rudderstack_for(gateway.url))
+        assert len(gateway.events) == 5
+    finally:
+        state_engine.sql(
+            f'drop schema if exists "{SCHEMA}" cascade',
+            f"drop owned by {role}",
+            f"drop role {role}",
+        )
+
+
+REQUEST_KB = 16
+FAST_REQUESTS = 430
+
+
+@pytest.mark.slow  # a Dagster CLI run in a subprocess, killed, then run again
+def test_sigkill_mid_delivery_then_rerun_sends_the_rest_under_the_same_ids(
+    state_engine: StateEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TestGateway(validate_schema=False, keep_bodies=False) as gateway:
+        project, expected = _seed(state_engine, tmp_path, gateway.url, monkeypatch, 2_000, 25_000)
+        document = yaml.safe_load(project.config_path.read_text())
+        document["delivery"] = {"max_request_kb": REQUEST_KB}
+        project.config_path.write_text(yaml.safe_dump(document))
+        home = tmp_path / "dagster_home"
+        home.mkdir()
+        env = cli_env(
+            RUDDER_SYNC_CONFIG=str(project.config_path),
+            RUDDERSTACK_DATA_PLANE_URL=gateway.url,
+            RUDDERSTACK_WRITE_KEY=WRITE_KEY,
+            DAGSTER_HOME=str(home),
+            **state_engine.env,
+        )
+        command = [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", SYNC_NAME]
+        for _ in range(FAST_REQUESTS):
+            gateway.delay_next(0.0)
+        gateway.delay_next(2.0, times=1_000)
+        with (tmp_path / "job.log").open("wb") as log:
+            killed = subprocess.Popen(
+                command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while sum(r.status == 200 for r in gateway.requests) < FAST_REQUESTS:
+                assert killed.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the delivery did not start"
+                time.sleep(0.05)
+            time.sleep(1.0)
+        finally:
+            kill_group(killed)
+        wait_until_idle(gateway, timeout=15)
+        gateway.clear_faults()
+        log_table = state_engine.table("delivery_log", SYNC_NAME)
+        committed = {
+            (int(pk), change)
+            for pk, change in state_engine.sql(
+                f"select pk, change from {log_table} where status = 'delivered'"
+            )
+        }
+        ids_before = dict(
+            state_engine.sql(
+                f"select __rs_pk || __rs_change, __rs_message_id from "
+                f"{state_engine.table('pending', SYNC_NAME)} "
+                f"union all select pk || change, message_id from {log_table}"
+            )
+        )
+        assert 0 < len(committed) < len(expected), "the kill did not land mid-delivery"
+        stored_before = len(gateway.events)
+        # the killed run's lock row names a process that is gone: the rerun takes it over
+        rerun = subprocess.run(
+            command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
+    assert assert_delivered_exactly(gateway.events, expected) > 0
+    rerun_keys = [change_key(event) for event in gateway.events[stored_before:]]
+    assert len(rerun_keys) == len(set(rerun_keys))
+    assert set(rerun_keys) == expected - committed
+    sent = {
+        f"{pk}{change}": e["messageId"] for e in gateway.events for pk, change in [change_key(e)]
+    }
+    assert sent == ids_before
+    _assert_settled(state_engine)
+
+
+@pytest.mark.slow  # the `state` command in a subprocess
+def test_moving_out_with_the_state_command_keeps_the_place(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    project, _ = _seed(state_engine, tmp_path, gateway.url, monkeypatch, 60, 10)
+    run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
+    delivered = len(gateway.events)
+    state_engine.sql("update users set plan = 'team' where id = 2")
+    env = cli_env(RUDDER_SYNC_CONFIG=str(project.config_path), **state_engine.env)
+    command = [sys.executable, "-m", "rudder_sync", "state", "to-local", SYNC_NAME]
+    moved = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert moved.returncode == 0, moved.stderr
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "moved already" in again.stderr
+    # local mode carries on from the same place: only the new change is sent
+    project = state_engine.write_project(
+        tmp_path, {SYNC_NAME: SEEDED_SYNC}, monkeypatch, state_schema=None
+    )
+    run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert [change_key(e) for e in gateway.events[delivered:]] == [(2, "changed")]
+    # switching on again moves it back, and again nothing is resent
+    project = state_engine.write_project(tmp_path, {SYNC_NAME: SEEDED_SYNC}, monkeypatch)
+    state_engine.sql("update users set plan = 'free' where id = 2")
+    run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
+    assert [change_key(e) for e in gateway.events[delivered:]] == [(2, "changed")] * 2
+    _assert_settled(state_engine)
+
+
+def test_the_lock_row_is_renewed_while_held_and_a_run_that_lost_it_cannot_commit(
+    state_engine: StateEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if state_engine.kind == "postgres":
+        pytest.skip("PostgreSQL's advisory lock lives as long as the session")
+    state_engine.seed_users(3)
+    project = state_engine.write_project(tmp_path, {"traits": SYNCS["user_traits"]}, monkeypatch)
+    warehouse = build_warehouse(project.config().warehouse).process_config_and_initialize()
+    monkeypatch.setattr(rowlock_store, "LOCK_TTL_SECONDS", 1.0)
+    monkeypatch.setattr(rowlock_store, "RENEW_SECONDS", 0.2)
+    with open_warehouse_state(warehouse, "traits", "id", False) as held:
+        time.sleep(2.5)  # longer than the row's lifetime: renewed all along
+        with (
+            pytest.raises(StateError, match="another run of this sync holds its state"),
+            open_warehouse_state(warehouse, "traits", "id", False, lock_wait_seconds=0.5),
+        ):
+            pass
+        # the run stalls (no renewal): its row expires, and another run takes it over
+        store = held.store
+        store._stop.set()  # noqa: SLF001 - stalling the renewal thread, as a hung host would
+        store._renewer.join()  # noqa: SLF001
+        time.sleep(1.5)
+        with open_warehouse_state(warehouse, "traits", "id", False, lock_wait_seconds=5) as other:
+            conn = store._connect()  # noqa: SLF001 - the stalled run wakes up and renews
+            try:
+                store.renew(conn)
+            finally:
+                conn.close()
+            with pytest.raises(StateError, match="lost its lock"), held.transaction():
+                held.set_meta("after_losing_the_lock", "x")
+            assert "after_losing_the_lock" not in other.store.get_meta()
+
+
+HISTORY_ROWS = """insert into users_history values
+    (1, 'u1', 'u1@x.io', 'free', '2023-12-31T00:00:00+00:00', '2024-01-05T12:00:00+00:00'),
+    (1, 'u1', 'u1@x.io', 'pro',  '2024-01-05T12:00:00+00:00', null),
+    (2, 'u2', 'u2@x.io', 'free', '2024-01-03T10:00:00+00:00', null),
+    (3, 'u3', 'u3@x.io', 'team', '2023-12-30T00:00:00+00:00', '2024-01-06T08:00:00+00:00'),
+    (4, 'u4', 'u4@x.io', 'free', '2024-01-04T01:00:00+00:00', '2024-01-04T02:00:00+00:00'),
+    (5, null, 'n@x.io',  'free', '2023-12-30T00:00:00+00:00', null),
+    (6, ' ',  'b@x.io',  'free', '2023-12-30T00:00:00+00:00', '2024-01-03T00:00:00+00:00'),
+    (6, 'u6', 'b@x.io',  'free', '2024-01-03T00:00:00+00:00', null),
+    (2, 'u2', 'd@x.io',  'free', '2024-01-04T00:00:00+00:00', '2024-01-04T12:00:00+00:00')"""
+
+
+def test_partitioned_windows_diff_in_the_warehouse_as_in_local_mode(
+    state_engine: StateEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_engine.sql(
+        "create table users_history (id integer, user_id varchar(100), email varchar(100), "
+        "plan varchar(100), valid_from timestamptz, valid_to timestamptz)",
+        HISTORY_ROWS,
+    )
+    syncs = {"history": HISTORY_SYNC}
+    local = state_engine.write_project(tmp_path / "local", syncs, monkeypatch, state_schema=None)
+    remote = state_engine.write_project(tmp_path / "remote", syncs, monkeypatch)
+    sent, rejected, transferred = {}, {}, {}
+    for mode, project in (("local", local), ("remote", remote)):
+        with TestGateway() as gateway:
+            result = run_sync(
+                project, "history", rudderstack_for(gateway.url), partition_range=EDGES
+            )
+            again = run_sync(  # one window again: the same events, again
+                project, "history", rudderstack_for(gateway.url), partition_key="2024-01-05"
+            )
+            sent[mode] = _bodies(gateway)
+            assert gateway.schema_errors == []
+        diff = asset_metadata(result, "history", "diff")
+        rejected[mode] = [(r["window"], r["key"], r["reason"]) for r in diff["rejected_sample"]]
+        transferred[mode] = asset_metadata(again, "history", "diff").get("rows_transferred")
+    assert sent["remote"] == sent["local"]
+    assert {e["userId"] for e in sent["remote"]} == {"u1", "u2", "u3", "u6"}
+    assert rejected["remote"] == rejected["local"]
+    # Jan 5 against Jan 4: u1 changed, u5 has no ID (read out to be reported), nothing else
+    assert transferred["remote"] == 4 and transferred["local"] is None

@@ -25,12 +25,12 @@ import sys
 from ..config import ProjectConfig, config_path_from_env, load_config
 from ..errors import RudderSyncError, StateError
 from ..state import LOCK_WAIT_SECONDS, MOVED_KEY, state_path
+from ..warehouse_state import state_in_warehouse
 from ..warehouse_state.move import copy_warehouse_into_local
-from ..warehouse_state.sql import TABLE_ROLES, WINDOW_INFIX, Tables
+from ..warehouse_state.sql import LOADED_INFIX, TABLE_ROLES, WINDOW_INFIX, Tables
 from ..warehouse_state.state import open_warehouse_state
-from ..warehouse_state.store import WarehouseStore
-from ..warehouses.postgres import PostgresWarehouse
-from ..warehouses.settings import PostgresSettings
+from ..warehouse_state.store import open_store
+from ..warehouses import WarehouseResource, build_warehouse
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m rudder_sync state") -> int:
@@ -53,18 +53,18 @@ def main(argv: list[str] | None = None, prog: str = "python -m rudder_sync state
     return 0
 
 
-def _warehouse(name: str) -> tuple[ProjectConfig, PostgresWarehouse]:
+def _warehouse(name: str) -> tuple[ProjectConfig, WarehouseResource]:
     """The project (RUDDER_SYNC_CONFIG) and its warehouse with its state_schema."""
     project = load_config(config_path_from_env())
-    settings = project.warehouse
-    schema = getattr(settings, "state_schema", None)
-    if not isinstance(settings, PostgresSettings) or not schema:
+    warehouse = None
+    if getattr(project.warehouse, "state_schema", None):
+        warehouse = build_warehouse(project.warehouse).process_config_and_initialize()
+    if warehouse is None or not state_in_warehouse(warehouse):
         raise StateError(
             f"sync '{name}': the config's warehouse has no state_schema, so this command cannot "
             "find the warehouse state. Fix: run it while state_schema is still set."
         )
-    url = settings.url if isinstance(settings.url, str) else settings.url.value()
-    return project, PostgresWarehouse(url=url, state_schema=schema)
+    return project, warehouse
 
 
 def _to_local(args: argparse.Namespace) -> str:
@@ -88,20 +88,18 @@ def _drop(args: argparse.Namespace) -> str:
             f"sync '{args.sync}' is still in the config. Fix: remove it from the config first "
             "(its state is dropped only for a sync that no longer runs)."
         )
-    assert warehouse.state_schema is not None
+    schema = getattr(warehouse, "state_schema", None)
+    assert schema is not None
     dropped: list[str] = []
     for prefix in (args.sync, f"{args.sync}__dry_run"):
-        store = WarehouseStore(warehouse, Tables(warehouse.state_schema, prefix), args.sync)
+        store = open_store(warehouse, Tables(schema, prefix), args.sync)
         try:
             store.lock(LOCK_WAIT_SECONDS)
             names = [
                 name
-                for (name,) in store.rows(
-                    "select tablename from pg_tables where schemaname = $1",
-                    [warehouse.state_schema],
-                )
+                for name in store.table_names(prefix)
                 if name in {store.tables.name(role) for role in TABLE_ROLES}
-                or name.startswith(prefix + WINDOW_INFIX)
+                or name.startswith((prefix + WINDOW_INFIX, prefix + LOADED_INFIX))
             ]
             if args.yes:
                 with store.transaction():

@@ -19,10 +19,8 @@ import pyarrow as pa
 from ..jsonvalues import quote_ident
 from ..warehouses.redshift import _driver_message, arrow_schema, record_batch
 from ..warehouses.vendor import utc_datetime
-from .rowlock_store import RowLockStore
+from .rowlock_store import RowLockStore, insert_values
 
-# The protocol's limit on one statement's parameters is 32767.
-_MAX_PARAMS = 30_000
 _MERGE_SOURCE = "__rs_merge_source"
 
 
@@ -60,17 +58,7 @@ class Store(RowLockStore):
         return pa.Table.from_batches([record_batch(rows, schema)], schema)
 
     def _insert_rows(self, target: str, columns: Sequence[str], rows: list[tuple]) -> None:
-        """Multi-row INSERTs, as many rows each as the protocol's parameters allow."""
-        per = max(1, _MAX_PARAMS // max(1, len(columns)))
-        one = "(" + ", ".join("?" for _ in columns) + ")"
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
-            values = [self._bind(v) for row in chunk for v in row]
-            self.cursor.execute(
-                f"insert into {target} ({', '.join(columns)}) values "
-                + ", ".join(one for _ in chunk),
-                values,
-            )
+        insert_values(self.cursor, target, columns, rows, self._bind)
 
     def _ingest_target(self, name: str) -> tuple[str, str]:
         return quote_ident(name), "create temp table"

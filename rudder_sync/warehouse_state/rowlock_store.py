@@ -5,9 +5,10 @@ state's SQL is written with), `information_schema` for what exists, meta rewritt
 insert, and the sync's lock as a row of `<state_schema>.rudder_sync_locks`:
 
 * taken by one transaction that deletes the sync's expired row and inserts this run's row only
-  if no row is left (a conditional insert). Snowflake runs the DELETE under a table lock that the
-  other taker waits for, and its INSERT then sees the committed row; Redshift's serializable
-  isolation lets only one of two such transactions commit (the other fails and tries again);
+  if no row is left (a conditional insert), then read back: the oldest row holds the lock.
+  Snowflake runs a DELETE under a lock of the table that another writer waits for (its INSERT
+  then sees the committed row); Redshift's serializable isolation lets only one of two such
+  transactions commit (the other fails and tries again);
 * renewed by a thread (its own connection) every `RENEW_SECONDS` while the state is open, for
   `LOCK_TTL_SECONDS` more; a row past its expiry (a run that died) is taken over. A row whose
   owner ran on this host in a process that is gone is taken over at once (a killed run);
@@ -27,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -424,6 +425,8 @@ class RowLockStore:
         self.conn.commit()
         if held and held[0][0] == self.owner:
             return None
+        if any(owner == self.owner for owner, _ in held[1:]):
+            self._take_over(self.owner)  # two rows (takers not serialised): the first one holds
         if not held:
             return ("(released meanwhile)", "")
         return str(held[0][0]), str(held[0][1])
@@ -440,32 +443,35 @@ class RowLockStore:
         """Extend the lock while the state is open, on a connection of its own."""
         conn = None
         try:
-            while not self._stop.wait(RENEW_SECONDS):
+            while not self._stop.wait(RENEW_SECONDS) and not self.lost_lock:
                 try:
                     if conn is None:
                         conn = self._connect()
-                    cursor = self._cursor(conn)
-                    query, args = qmark(
-                        f"update {self.lock_table} set expires_at = $1 "
-                        "where sync_key = $2 and owner = $3",
-                        [
-                            datetime.now(UTC) + timedelta(seconds=LOCK_TTL_SECONDS),
-                            self.tables.prefix,
-                            self.owner,
-                        ],
-                    )
-                    cursor.execute(query, [self._bind(v) for v in args or ()])
-                    renewed = cursor.rowcount
-                    conn.commit()
-                    if renewed == 0:
-                        self.lost_lock = "its lock row was taken over by another run"
-                        return
+                    self.renew(conn)
                 except Exception:  # noqa: BLE001, S112 - retried at the next renewal
                     continue
         finally:
             if conn is not None:
                 with suppress(Exception):
                     conn.close()
+
+    def renew(self, conn: Any) -> None:
+        """Extend this run's lock row by `LOCK_TTL_SECONDS`; a row that is gone (another run
+        took it over after it expired) marks the lock lost, so that nothing more commits."""
+        cursor = self._cursor(conn)
+        query, args = qmark(
+            f"update {self.lock_table} set expires_at = $1 where sync_key = $2 and owner = $3",
+            [
+                datetime.now(UTC) + timedelta(seconds=LOCK_TTL_SECONDS),
+                self.tables.prefix,
+                self.owner,
+            ],
+        )
+        cursor.execute(query, [self._bind(v) for v in args or ()])
+        renewed = cursor.rowcount
+        conn.commit()
+        if renewed == 0:
+            self.lost_lock = "its lock row expired and another run took it over"
 
     def alive(self) -> bool:
         try:
@@ -489,6 +495,30 @@ class RowLockStore:
                 step()
             except Exception:  # noqa: BLE001, S112 - closing after a failure may fail too
                 continue
+
+
+# PostgreSQL's protocol (Redshift's) allows 32,767 parameters in one statement.
+MAX_PARAMS = 30_000
+
+
+def insert_values(
+    cursor: Any,
+    target: str,
+    columns: Sequence[str],
+    rows: list[tuple],
+    bind: Callable[[Any], Any],
+    max_rows: int = MAX_PARAMS,
+) -> None:
+    """Rows into ``target`` by multi-row INSERTs of bound values, as many rows each as the
+    parameters allow."""
+    per = max(1, min(max_rows, MAX_PARAMS // max(1, len(columns))))
+    one = "(" + ", ".join("?" for _ in columns) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        cursor.execute(
+            f"insert into {target} ({', '.join(columns)}) values " + ", ".join(one for _ in chunk),
+            [bind(v) for row in chunk for v in row],
+        )
 
 
 def _column(name: str) -> str:

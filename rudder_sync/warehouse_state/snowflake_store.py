@@ -21,7 +21,8 @@ import pyarrow as pa
 from ..jsonvalues import quote_ident
 from ..warehouses.snowflake import _binding, _schema
 from ..warehouses.vendor import batches_of, first_line
-from .rowlock_store import RowLockStore
+from .rowlock_store import RowLockStore, insert_values
+from .sql import LOADED_INFIX
 
 # Snowflake errors of a statement denied for missing privileges.
 _DENIED = ("Insufficient privileges", "not authorized", "access control")
@@ -58,15 +59,14 @@ class Store(RowLockStore):
         return pa.Table.from_batches(list(batches_of(chunks, schema)), schema)
 
     def _insert_rows(self, target: str, columns: Sequence[str], rows: list[tuple]) -> None:
-        # Array binding (one request per call); times as ISO text, which TIMESTAMP_TZ parses.
-        values = [tuple(_text_time(v) for v in row) for row in rows]
-        marks = ", ".join("?" for _ in columns)
-        self.cursor.executemany(
-            f"insert into {target} ({', '.join(columns)}) values ({marks})", values
-        )
+        # Multi-row INSERTs with bound values (times as ISO text, which TIMESTAMP_TZ parses), at
+        # most 16,384 rows each (Snowflake's limit for a VALUES list). Not executemany: above a
+        # size its array binding uploads to a stage, which fakesnow does not serve.
+        insert_values(self.cursor, target, columns, rows, _text_time, max_rows=16_384)
 
     def _ingest_target(self, name: str) -> tuple[str, str]:
-        return self.tables.qualified(f"{self.tables.prefix}__in{name}"), "create transient table"
+        table = f"{self.tables.prefix}{LOADED_INFIX}{name.removeprefix('__rs_')}"
+        return self.tables.qualified(table), "create transient table"
 
     def _create_schema(self) -> None:
         """CREATE SCHEMA makes the new schema the session's current one, where the models'

@@ -30,6 +30,8 @@ from ..jsonvalues import quote_ident, quote_literal
 from ..warehouses.sql import statement_body
 
 WINDOW_INFIX = "__w_"
+# Tables a step loads rows into, where they are tables of the sync (Snowflake: `snowflake_store`).
+LOADED_INFIX = "__in__rs_"
 DIALECTS = ("postgres", "redshift", "snowflake", "bigquery", "databricks")
 _MODEL_PLACEHOLDER = "__rs_model_sql__"
 # The state tables of one sync, by role: `<prefix>__<role>`.
