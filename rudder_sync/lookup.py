@@ -344,6 +344,13 @@ def _open_reader(
     if getattr(project.warehouse, "state_schema", None):
         warehouse = build_warehouse(project.warehouse).process_config_and_initialize()
         if state_in_warehouse(warehouse):
+            if warehouse.kind != "postgres":
+                raise StateError(
+                    f"sync '{sync.name}': lookup reads an in-warehouse state on PostgreSQL only "
+                    f"in this version, not on {warehouse.kind}. Fix: query its tables "
+                    f"{getattr(warehouse, 'state_schema', '')}.{sync.name}__* in the warehouse "
+                    "(docs/operations.md shows the delivery log's)."
+                )
             with _WarehouseReader.open(warehouse, project, sync, dry_run_state) as reader:
                 yield reader
                 return

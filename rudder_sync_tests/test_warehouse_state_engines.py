@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from rudder_sync.errors import StateError
+from rudder_sync.lookup import lookup
 from rudder_sync.state import MOVED_KEY, open_state, state_path
 from rudder_sync.warehouse_state import rowlock_store
 from rudder_sync.warehouse_state import state as warehouse_state_module
@@ -72,8 +73,10 @@ SYNCS = {
     ),
     "user_traits": dict(copy.deepcopy(IDENTIFY_SYNC), timestamp="updated_at"),
 }
+# ends like a hand-written file: the model is nested as a subquery all the same
 SYNCS["user_traits"]["model"] = (
-    "select id, user_id, anon_id, email, plan, country, updated_at from users"
+    "select id, user_id, anon_id, email, plan, country, updated_at from users;\n"
+    "-- one row per user\n"
 )
 NOW = "'2024-06-01T00:00:00+00:00'"
 # The core history: a change, a removal, an addition, then a row without an ID, one without a
@@ -628,3 +631,29 @@ def test_partitioned_windows_diff_in_the_warehouse_as_in_local_mode(
     assert rejected["remote"] == rejected["local"]
     # Jan 5 against Jan 4: u1 changed, u5 has no ID (read out to be reported), nothing else
     assert transferred["remote"] == 4 and transferred["local"] is None
+    tables = {
+        str(name)
+        for (name,) in state_engine.sql(
+            f"select table_name from information_schema.tables where table_schema = '{SCHEMA}'"
+        )
+    }
+    assert {"history__w_2024_01_04", "history__w_2024_01_05"} <= tables
+    assert "history__w_2024_01_01" not in tables  # windows outside the last run are dropped
+
+
+def test_lookup_of_an_in_warehouse_state_says_where_it_runs(
+    state_engine: StateEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: TestGateway,
+) -> None:
+    """`rudder_sync lookup` reads PostgreSQL's state tables; elsewhere it says so, naming them."""
+    state_engine.seed_users(3)
+    project = state_engine.write_project(tmp_path, {"traits": SYNCS["user_traits"]}, monkeypatch)
+    run_sync(project, "traits", rudderstack_for(gateway.url))
+    if state_engine.kind == "postgres":
+        found = lookup(project.config(), "traits", "2")
+        assert found.kind == "warehouse" and found.snapshot is not None
+        return
+    with pytest.raises(StateError, match=f"PostgreSQL only.*not on {state_engine.kind}"):
+        lookup(project.config(), "traits", "2")

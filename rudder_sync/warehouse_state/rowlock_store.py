@@ -150,7 +150,8 @@ class RowLockStore:
         source = self._merge_source(self.snapshot_rows_sql(where))
         columns = [c.strip() for c in SNAPSHOT_COLUMNS.split(",")]
         self.execute(
-            f"merge into {snapshot} using {source} n on {snapshot}.__rs_pk = n.__rs_pk "
+            f"merge into {snapshot} using {source} n "
+            f"on {self.tables.bare('snapshot')}.__rs_pk = n.__rs_pk "
             "when matched then update set "
             + ", ".join(f"{c} = n.{c}" for c in columns[1:])
             + f" when not matched then insert ({SNAPSHOT_COLUMNS}) values ("
@@ -264,10 +265,9 @@ class RowLockStore:
         self.execute(f"insert into {self.tables.meta} (key, value) values ($1, $2)", [key, value])
 
     def refresh_snapshot_keys(self, fresh: str) -> None:
-        snapshot = self.tables.snapshot
         self.execute(
-            f"update {snapshot} set __rs_wpk = f.__rs_wpk, __rs_whash = f.__rs_whash "
-            f"from {fresh} f where {snapshot}.__rs_pk = f.__rs_pk"
+            f"update {self.tables.snapshot} set __rs_wpk = f.__rs_wpk, __rs_whash = f.__rs_whash "
+            f"from {fresh} f where {self.tables.bare('snapshot')}.__rs_pk = f.__rs_pk"
         )
 
     def snapshot_rows_sql(self, where: str) -> str:

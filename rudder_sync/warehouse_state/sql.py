@@ -53,6 +53,11 @@ class Tables:
             raise AttributeError(role)
         return self.qualified(self.name(role))
 
+    def bare(self, role: str) -> str:
+        """A role's table as a column qualifier (`"orders__pending".__rs_pk`): the schema-qualified
+        form is not a column qualifier on every engine."""
+        return quote_ident(self.name(role))
+
     def qualified(self, name: str) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(name)}"
 

@@ -136,7 +136,7 @@ class WarehouseSyncState(SyncState):
         self.store.execute(
             f"""
             update {t.pending} set __rs_attempts = __rs_attempts + 1, __rs_last_error = f.error
-            from {failed} f where {t.pending}.__rs_change_id = f.change_id
+            from {failed} f where {t.bare("pending")}.__rs_change_id = f.change_id
             """
         )
         self.store.execute(
