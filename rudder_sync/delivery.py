@@ -4,7 +4,7 @@ Accepted changes are committed in groups (every COMMIT_EVERY_EVENTS events or CO
 rather than per request, to keep the state writes batched, on a thread beside the sending; a crash
 between delivery and commit only re-sends those events (at most RESEND_BOUND_EVENTS), with the same
 messageIds, at the next run. A commit logs the changes and records their IDs; the snapshot takes
-them all at the end of the delivery (`SyncState.settle_commits`).
+them in groups of SETTLE_EVERY_EVENTS and at the end of the delivery (`SyncState.settle_commits`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ COMMIT_EVERY_EVENTS = 20_000
 COMMIT_EVERY_SECONDS = 5.0
 # Accepted but not yet committed, at most: the group being gathered and the one being committed.
 RESEND_BOUND_EVENTS = 2 * COMMIT_EVERY_EVENTS
+# Committed changes move into the snapshot (`SyncState.settle_commits`) once this many wait, on
+# the commit thread while the sending goes on, and the rest at the end: DuckDB's row group, so
+# that each such move is written straight to the file rather than through its log.
+SETTLE_EVERY_EVENTS = 122_880
 
 
 @dataclass
@@ -63,6 +67,7 @@ class _Committer:
         self.destination = destination
         self.ids: list[np.ndarray] = []
         self.count = 0
+        self.unsettled = 0  # committed by ranges, not yet in the snapshot
         self.last_flush = time.monotonic()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rudder_sync_commit")
         self._running: Future[object] | None = None
@@ -81,15 +86,19 @@ class _Committer:
     def flush(self) -> None:
         if self.count:
             ids, self.ids, self.count = np.concatenate(self.ids), [], 0
-            self._submit(
-                self.state.commit_changes,
-                ids,
-                self.run_id,
-                self.status,
-                self.destination,
-                defer=True,
-            )
+            self.unsettled += len(ids)
+            settle = self.unsettled >= SETTLE_EVERY_EVENTS
+            if settle:
+                self.unsettled = 0
+            self._submit(self._commit, ids, settle)
         self.last_flush = time.monotonic()
+
+    def _commit(self, ids: np.ndarray, settle: bool) -> None:
+        """On the commit thread: commit ``ids`` (logged, their IDs recorded), and with ``settle``
+        move what is committed so far into the snapshot."""
+        self.state.commit_changes(ids, self.run_id, self.status, self.destination, defer=True)
+        if settle:
+            self.state.settle_commits()
 
     def close(self) -> None:
         """Commit what is left and wait for it; raises the first commit's error, if any."""
@@ -99,9 +108,9 @@ class _Committer:
         finally:
             self._worker.shutdown(wait=True)
 
-    def _submit(self, work: Callable[..., object], *args: object, **kwargs: object) -> None:
+    def _submit(self, work: Callable[..., object], *args: object) -> None:
         self._wait()  # one at a time: the bound on re-sends, and the order of the state's writes
-        self._running = self._worker.submit(work, *args, **kwargs)
+        self._running = self._worker.submit(work, *args)
 
     def _wait(self) -> None:
         running, self._running = self._running, None
@@ -172,9 +181,8 @@ def deliver_pending(
                 committer.rejected(failures)
         finally:
             committer.close()
-        # The commits above logged the changes and recorded their IDs; the snapshot takes them
-        # here, in one transaction (`SyncState.commit_changes`, defer). Killed before: at the
-        # next open of the state.
+        # The commits above logged the changes and recorded their IDs; the snapshot takes the
+        # last of them here (`SyncState.commit_changes`, defer). Killed before: at the next open.
         state.settle_commits()
     return report
 

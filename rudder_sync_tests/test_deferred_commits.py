@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from rudder_sync import delivery
 from rudder_sync.diff import DiffMode
 from rudder_sync.state import SyncState, open_state, run
 from rudder_sync.steps import run_diff, take_snapshot
@@ -134,3 +136,27 @@ def _pending(state: SyncState) -> dict[int, tuple[str, str, str, int]]:
 
 def _snapshot(state: SyncState) -> list[tuple[str, int, bool]]:
     return run(state.conn, "select __rs_pk, __rs_version, __rs_deleted from snapshot")
+
+
+def test_long_deliveries_settle_on_the_way(
+    tmp_path: Path, gateway: TestGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every SETTLE_EVERY_EVENTS committed changes move into the snapshot on the commit thread,
+    while the sending goes on; the rest at the end. Scaled down: commits of 50, settles of 200."""
+    model = seed_model(tmp_path, gateway.url, rows=400, added=700)
+    monkeypatch.setattr(delivery, "COMMIT_EVERY_EVENTS", 50)
+    monkeypatch.setattr(delivery, "SETTLE_EVERY_EVENTS", 200)
+    settled: list[int] = []
+    settle = SyncState.settle_commits
+
+    def counted(self: SyncState) -> int:
+        settled.append(settle(self))
+        return settled[-1]
+
+    monkeypatch.setattr(SyncState, "settle_commits", counted)
+    run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url, max_request_kb=2))
+    assert_delivered_exactly(gateway.events, model.expected)
+    moved = [count for count in settled if count]
+    assert len(moved) >= 3 and sum(moved) == len(model.expected), settled
+    assert all(count >= 200 for count in moved[:-1])
+    assert_state_settled(model)
