@@ -155,6 +155,8 @@ class DiffStateBackend(LocalStateBackend):
 def _checked(
     opened: AbstractContextManager[SyncState], sync: SyncConfig, mode: str
 ) -> Iterator[SyncState]:
+    """The opened state, refused when the other mode wrote it (an initialised state without a
+    recorded mode is a diff sync's: append states record theirs with their first diff)."""
     with opened as state:
         recorded = state.get_meta(MODE_KEY) or ("diff" if state.initialized else None)
         if recorded not in (None, mode):
