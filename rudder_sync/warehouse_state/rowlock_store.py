@@ -4,11 +4,11 @@ A DB-API connection with autocommit off and `?` parameters (`store.qmark` renumb
 state's SQL is written with), `information_schema` for what exists, meta rewritten by delete and
 insert, and the sync's lock as a row of `<state_schema>.rudder_sync_locks`:
 
-* taken by one transaction that deletes the sync's expired row and inserts this run's row only
-  if no row is left (a conditional insert), then read back: the oldest row holds the lock.
-  Snowflake runs a DELETE under a lock of the table that another writer waits for (its INSERT
-  then sees the committed row); Redshift's serializable isolation lets only one of two such
-  transactions commit (the other fails and tries again);
+* taken, then read back (the oldest row holds the lock). Redshift: one transaction deletes the
+  sync's expired row and inserts this run's only if no row is left (a conditional insert); its
+  serializable isolation lets only one of two such transactions commit (the other fails and
+  tries again). Snowflake: one MERGE inserts the row, or takes over an expired one; Snowflake
+  runs MERGE statements on one table one at a time, each seeing what the one before committed;
 * renewed by a thread (its own connection) every `RENEW_SECONDS` while the state is open, for
   `LOCK_TTL_SECONDS` more; a row past its expiry (a run that died) is taken over. A row whose
   owner ran on this host in a process that is gone is taken over at once (a killed run);
@@ -396,22 +396,7 @@ class RowLockStore:
         now = datetime.now(UTC)
         key = self.tables.prefix
         try:
-            self.execute(
-                f"delete from {self.lock_table} where sync_key = $1 and expires_at < $2",
-                [key, now],
-            )
-            self.execute(
-                f"""
-                insert into {self.lock_table} (sync_key, owner, acquired_at, expires_at)
-                select s.sync_key, s.owner, s.acquired_at, s.expires_at
-                from (select cast($1 as {self.text_type}) as sync_key,
-                             cast($2 as {self.text_type}) as owner,
-                             cast($3 as timestamptz) as acquired_at,
-                             cast($4 as timestamptz) as expires_at) s
-                where not exists (select 1 from {self.lock_table} l where l.sync_key = $1)
-                """,
-                [key, self.owner, now, now + timedelta(seconds=LOCK_TTL_SECONDS)],
-            )
+            self._take_row(key, now, now + timedelta(seconds=LOCK_TTL_SECONDS))
             self.conn.commit()
         except self.error_types:
             # Two takers at once: the engine let the other one commit; see who holds it.
@@ -430,6 +415,25 @@ class RowLockStore:
         if not held:
             return ("(released meanwhile)", "")
         return str(held[0][0]), str(held[0][1])
+
+    def _take_row(self, key: str, now: datetime, expires: datetime) -> None:
+        """Delete the sync's expired row, then insert this run's if no row is left (one
+        transaction, committed by the caller)."""
+        self.execute(
+            f"delete from {self.lock_table} where sync_key = $1 and expires_at < $2", [key, now]
+        )
+        self.execute(
+            f"""
+            insert into {self.lock_table} (sync_key, owner, acquired_at, expires_at)
+            select s.sync_key, s.owner, s.acquired_at, s.expires_at
+            from (select cast($1 as {self.text_type}) as sync_key,
+                         cast($2 as {self.text_type}) as owner,
+                         cast($3 as timestamptz) as acquired_at,
+                         cast($4 as timestamptz) as expires_at) s
+            where not exists (select 1 from {self.lock_table} l where l.sync_key = $1)
+            """,
+            [key, self.owner, now, expires],
+        )
 
     def _take_over(self, owner: str) -> None:
         """Delete the row of a run that died on this host (its process is gone)."""

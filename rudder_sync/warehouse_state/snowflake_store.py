@@ -21,7 +21,7 @@ import pyarrow as pa
 from ..jsonvalues import quote_ident
 from ..warehouses.snowflake import _binding, _schema
 from ..warehouses.vendor import batches_of, first_line
-from .rowlock_store import RowLockStore, insert_values
+from .rowlock_store import LOCK_TABLE, RowLockStore, insert_values
 from .sql import LOADED_INFIX
 
 # Snowflake errors of a statement denied for missing privileges.
@@ -79,6 +79,25 @@ class Store(RowLockStore):
             conn.commit()
         finally:
             conn.close()
+
+    def _take_row(self, key: str, now: datetime, expires: datetime) -> None:
+        """One MERGE: insert this run's row, or take over the sync's expired one. Every value is
+        bound in the source (fakesnow does not bind parameters inside MERGE's clauses)."""
+        lock = self.lock_table
+        self.execute(
+            f"""
+            merge into {lock} using (
+                select cast($1 as text) as sync_key, cast($2 as text) as owner,
+                       cast($3 as timestamp_tz) as acquired_at,
+                       cast($4 as timestamp_tz) as expires_at
+            ) s on {quote_ident(LOCK_TABLE)}.sync_key = s.sync_key
+            when matched and {quote_ident(LOCK_TABLE)}.expires_at < s.acquired_at then update set
+                owner = s.owner, acquired_at = s.acquired_at, expires_at = s.expires_at
+            when not matched then insert (sync_key, owner, acquired_at, expires_at)
+                values (s.sync_key, s.owner, s.acquired_at, s.expires_at)
+            """,
+            [key, self.owner, now, expires],
+        )
 
     def _merge_source(self, select: str) -> str:
         return f"({select})"
