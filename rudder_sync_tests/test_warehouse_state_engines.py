@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -657,3 +658,37 @@ def test_lookup_of_an_in_warehouse_state_says_where_it_runs(
         return
     with pytest.raises(StateError, match=f"PostgreSQL only.*not on {state_engine.kind}"):
         lookup(project.config(), "traits", "2")
+
+
+def test_runs_that_open_the_state_at_once_hold_it_one_at_a_time(
+    state_engine: StateEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four openers of one sync's state at the same moment (threads, each with its own
+    connection, as four runs would): each gets the lock in turn, never two at once."""
+    state_engine.seed_users(3)
+    project = state_engine.write_project(tmp_path, {"traits": SYNCS["user_traits"]}, monkeypatch)
+    warehouse = build_warehouse(project.config().warehouse).process_config_and_initialize()
+    with open_warehouse_state(warehouse, "traits", "id", False):
+        pass  # the schema and tables exist: the openers below only contend for the lock
+    spans: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def run() -> None:
+        try:
+            start.wait()
+            with open_warehouse_state(warehouse, "traits", "id", False, lock_wait_seconds=60):
+                entered = time.monotonic()
+                time.sleep(0.3)
+                spans.append((entered, time.monotonic()))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [] and len(spans) == 4
+    ordered = sorted(spans)
+    assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:], strict=False)), ordered
