@@ -57,7 +57,7 @@ from .helpers import (
     run_sync,
     wait_until_idle,
 )
-from .state_engines import SCHEMA, SECRET, StateEngine
+from .state_engines import ENGINES, SCHEMA, SECRET, StateEngine
 from .test_crash import kill_group
 from .test_faults import FAULT_KINDS, _plan, _script
 from .test_postgres import EDGES
@@ -692,3 +692,38 @@ def test_runs_that_open_the_state_at_once_hold_it_one_at_a_time(
     assert errors == [] and len(spans) == 4
     ordered = sorted(spans)
     assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:], strict=False)), ordered
+
+
+def test_snowflake_names_its_grants_for_the_sessions_role_and_database(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fakesnow has no access control, so a denial cannot be provoked: Snowflake's own words for
+    one are recognised, and the statements name the session's role, database and the schema."""
+    from snowflake.connector.errors import ProgrammingError
+
+    from rudder_sync.warehouse_state.sql import Tables
+    from rudder_sync.warehouse_state.store import open_store
+
+    engine = ENGINES["snowflake"](request)
+    snowflake = next(engine)
+    project = snowflake.write_project(tmp_path, {"traits": SYNCS["user_traits"]}, monkeypatch)
+    warehouse = build_warehouse(project.config().warehouse).process_config_and_initialize()
+    store = open_store(warehouse, Tables(SCHEMA, "traits"), "traits")
+    try:
+        denial = ProgrammingError(
+            msg="SQL access control error: Insufficient privileges to operate on database "
+            f"'{snowflake.warehouse['database']}'",
+            errno=3001,
+        )
+        assert store.denied(denial)
+        assert not store.denied(ProgrammingError(msg="SQL compilation error: syntax", errno=1003))
+        (role, database) = store.rows("select current_role(), current_database()")[0]
+        text = store.grants()
+    finally:
+        store.close()
+        engine.close()  # the engine's connection and database
+    d, s, r = f'"{database}"', f'"{database}"."{SCHEMA}"', f'"{role}"'
+    assert f"GRANT USAGE ON DATABASE {d} TO ROLE {r};" in text
+    assert f"GRANT CREATE SCHEMA ON DATABASE {d} TO ROLE {r};" in text
+    assert f"GRANT USAGE, CREATE TABLE ON SCHEMA {s} TO ROLE {r};" in text
+    assert f"CREATE SCHEMA {s}; GRANT OWNERSHIP ON SCHEMA {s} TO ROLE {r};" in text

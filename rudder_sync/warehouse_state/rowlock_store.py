@@ -490,9 +490,10 @@ class RowLockStore:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=30)
-        if self._locked:
+        if self._locked:  # release: delete this run's row (a lost connection leaves it to expire)
             with suppress(Exception):
                 self.conn.rollback()
+            with suppress(Exception):
                 self._take_over(self.owner)
         for step in (self.cursor.close, self.conn.rollback, self.conn.close):
             try:
