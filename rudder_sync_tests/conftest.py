@@ -39,5 +39,5 @@ from rudder_sync_tests.engines.bigquery import bigquery_engine  # noqa: E402, F4
 from rudder_sync_tests.engines.databricks import spark_engine  # noqa: E402, F401
 from rudder_sync_tests.engines.redshift import redshift_engine  # noqa: E402, F401
 from rudder_sync_tests.engines.snowflake import snowflake_engine  # noqa: E402, F401
+from rudder_sync_tests.engines.state import state_engine  # noqa: E402, F401 - per engine
 from rudder_sync_tests.postgres import pg  # noqa: E402, F401 - a fixture: a fresh Postgres database
-from rudder_sync_tests.state_engines import state_engine  # noqa: E402, F401 - per engine

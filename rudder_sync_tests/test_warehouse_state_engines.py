@@ -1,7 +1,7 @@
 """In-warehouse state (`state_schema`) on every engine that keeps it: the scenario table.
 
 Each scenario runs on PostgreSQL (ADBC), Snowflake (fakesnow's server, the real connector) and
-Redshift (the real redshift_connector against PostgreSQL), through `state_engines.state_engine`:
+Redshift (the real redshift_connector against PostgreSQL), through `engines.state.state_engine`:
 real Dagster runs against the test gateway. Local mode on the same engine is the reference: the
 in-warehouse mode must send the same events byte for byte (both states start from one salt, so
 messageIds match too), read out only the changed rows, and keep the promises of
@@ -37,6 +37,7 @@ from rudder_sync.warehouse_state import state as warehouse_state_module
 from rudder_sync.warehouse_state.state import open_warehouse_state
 from rudder_sync.warehouses import build_warehouse
 
+from .engines.state import ENGINES, SCHEMA, SECRET, StateEngine
 from .gateway import TestGateway
 from .helpers import (
     DAGSTER,
@@ -57,7 +58,6 @@ from .helpers import (
     run_sync,
     wait_until_idle,
 )
-from .state_engines import ENGINES, SCHEMA, SECRET, StateEngine
 from .test_crash import kill_group
 from .test_faults import FAULT_KINDS, _plan, _script
 from .test_postgres import EDGES

@@ -1,9 +1,9 @@
-"""The engines in-warehouse state (`state_schema`) runs on, as one fixture for the scenario table.
+"""The engines in-warehouse state (`state_schema`) runs on, as one fixture for its scenario table.
 
 `state_engine` is parametrised by engine:
 
 * `postgres`: the test PostgreSQL server through ADBC (the reference);
-* `snowflake`: fakesnow's server (Snowflake's REST protocol on DuckDB, rudder_sync_tests/engines)
+* `snowflake`: fakesnow's server (Snowflake's REST protocol on DuckDB, snowflake.py here)
   through the real snowflake-connector-python;
 * `redshift`: the real redshift_connector through the start-up proxy to the test PostgreSQL
   server (Redshift speaks PostgreSQL's protocol).
@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from .helpers import Project
-from .postgres import SYNC_URL_ENV_VAR
+from ..helpers import Project
+from ..postgres import SYNC_URL_ENV_VAR
 
 SCHEMA = "rudder_sync"
 SECRET_ENV = "RUDDER_SYNC_TEST_STATE_ENGINE_SECRET"
