@@ -683,16 +683,17 @@ def _minus(sync: SyncConfig, value: Cursor | None, lookback: timedelta | int) ->
     if isinstance(lookback, timedelta):
         if not isinstance(value, datetime):
             raise ConfigError(
-                f"sync '{sync.name}': key 'lookback' is a duration but the cursor "
-                f"'{sync.cursor}' holds numbers. Fix: a whole number for 'lookback'."
+                f"sync '{sync.name}': key 'lookback' is a duration but column '{sync.cursor}' "
+                "(from 'cursor') is a number. Fix: give 'lookback' as a whole number of cursor "
+                "units."
             )
         return value - lookback
     if lookback == 0:
         return value
     if isinstance(value, datetime):
         raise ConfigError(
-            f"sync '{sync.name}': key 'lookback' is a number but the cursor '{sync.cursor}' "
-            "holds times. Fix: a duration such as 'lookback: 2h'."
+            f"sync '{sync.name}': key 'lookback' is a number but column '{sync.cursor}' (from "
+            "'cursor') is a time. Fix: give 'lookback' as a duration, e.g. 'lookback: 2h'."
         )
     return value - lookback
 

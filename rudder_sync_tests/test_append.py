@@ -302,6 +302,21 @@ def test_start_at_and_send_initial_results(tmp_path: Path, gateway: TestGateway)
     assert len(gateway.events) == 12
 
 
+def test_a_numeric_cursor_with_a_numeric_lookback(tmp_path: Path, gateway: TestGateway) -> None:
+    project = orders_project(tmp_path, cursor="order_id", lookback=2)
+    first = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert rows_read(first) == 3  # orders 98..100
+    add_orders(project, (101, "1"), (102, "1"))
+    second = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert sorted(order_ids(gateway.events)) == [101, 102]
+    assert asset_metadata(second, SYNC, "snapshot")["read_from"] == "98"
+    document = yaml.safe_load(project.config_path.read_text())
+    document["syncs"][SYNC]["lookback"] = "2h"
+    project.config_path.write_text(yaml.safe_dump(document))
+    wrong = run_sync(project, SYNC, rudderstack_for(gateway.url), raise_on_error=False)
+    assert "key 'lookback' is a duration but column 'order_id'" in failure_text(wrong)
+
+
 def test_partitioned_windows_are_cursor_ranges(tmp_path: Path, gateway: TestGateway) -> None:
     project = orders_project(
         tmp_path, rows=48, partitions={"start": "2024-05-30", "cadence": "daily"}
