@@ -57,6 +57,8 @@ from .warehouses.sql import statement_body
 MODE_KEY = "mode"  # meta: "append" once an append sync's diff ran on the state
 LOW_KEY = "append_low"  # meta: the lower bound of the last diff (the next run reads from it)
 READ_KEY = "append_read"  # meta: the bounds of the rows in model_rows (set by the snapshot)
+BELOW_KEY = "append_below"  # meta: rows below the last diff's lower bound, as counted then
+COUNTED_KEY = "append_counted"  # meta: this snapshot's counts below its bounds (for the diff)
 KIND_KEY = "append_cursor_kind"  # meta: tz, naive, date or number
 CURSOR_TABLE = "append_cursor"  # pending and delivered keys with their cursor
 # Parameters of the filter around the model; `$partition_*` stay the model's own.
@@ -201,10 +203,19 @@ class AppendStateBackend:
         bounds = self._bounds(state)
         band = None
         start, low = bounds.read_from, bounds.low
-        if start is not None and low is not None and start < low:
-            band = self._band_rows(state, start, low)
-            if band[0] <= band[1]:  # every row of the band is known: none came late
-                bounds = replace(bounds, read_from=low)
+        counted: dict[str, Any] = {}
+        if start is not None and low is not None:
+            below, band_rows = self._counts(start, low)
+            if start < low:
+                band = (band_rows, self._known(state, start, low))
+                if band[0] <= band[1]:  # every row of the band is known: none came late
+                    bounds = replace(bounds, read_from=low)
+            # Rows below the band that were not there when the last run counted them arrived
+            # later than the band can show: too late, and their keys are unknown here.
+            before = state.get_meta(BELOW_KEY)
+            late = max(0, below - int(before)) if before is not None else 0
+            counted = {"below_low": below + band_rows, "late_below": late, "before": str(start)}
+        state.set_meta(COUNTED_KEY, json.dumps(counted))
         sql, params = self._filtered(bounds)
         state.set_meta(READ_KEY, bounds.to_text())
         rows = self._read(state, "model_rows", sql, params)
@@ -217,6 +228,8 @@ class AppendStateBackend:
             # Rows in the band the last run left behind (below this run's bound), and how many
             # of them the state knows: more rows than keys make this run read the band.
             metadata.update(late_band_rows=band[0], late_band_known=band[1])
+        if counted.get("late_below"):
+            metadata["late_below_band"] = counted["late_below"]
         return AppendSnapshot({"": rows}, column_types(state.conn, "model_rows"), False, metadata)
 
     def _snapshot_windows(self, state: SyncState, windows: Sequence[WindowSpec]) -> Snapshot:
@@ -316,17 +329,22 @@ class AppendStateBackend:
         read_from = low if previous is None or low is None else min(previous, low)
         return Bounds(read_from, low, None, stored, first=False)
 
-    def _band_rows(self, state: SyncState, start: Cursor, end: Cursor) -> tuple[int, int]:
-        """Rows of the model in [start, end) (one count in the warehouse, bound the same way),
-        and the keys in that range the state knows (delivered or pending). A row the state
-        does not know there arrived after the run whose read passed it: too late."""
+    def _counts(self, start: Cursor, end: Cursor) -> tuple[int, int]:
+        """Rows of the model below ``start``, and in [start, end): one aggregate in the
+        warehouse over the cursor column, bound the same way; no row leaves it."""
         cursor = self._cursor_sql()
         sql = (
-            f"select count(*) as rudder_sync_rows from ({statement_body(self.sync.model)}) t "
-            f"where {cursor} >= ${FROM_PARAM} and {cursor} < ${TO_PARAM}"
+            f"select sum(case when {cursor} < ${FROM_PARAM} then 1 else 0 end) as below, "
+            f"sum(case when {cursor} >= ${FROM_PARAM} then 1 else 0 end) as band "
+            f"from ({statement_body(self.sync.model)}) t where {cursor} < ${TO_PARAM}"
         )
         with self.warehouse.read_model(sql, {FROM_PARAM: start, TO_PARAM: end}) as reader:
-            rows = int(reader.read_all().column(0)[0].as_py())
+            row = reader.read_all().to_pylist()[0]
+        return int(row["below"] or 0), int(row["band"] or 0)
+
+    def _known(self, state: SyncState, start: Cursor, end: Cursor) -> int:
+        """The keys in [start, end) the state knows (delivered or pending). A row of the band
+        the state does not know arrived after the run whose read passed it: too late."""
         known = 0
         if state.has_table(CURSOR_TABLE):
             known = int(
@@ -337,7 +355,7 @@ class AppendStateBackend:
                     [start, end],
                 )[0][0]
             )
-        return rows, known
+        return known
 
     def _current_end(self, state: SyncState) -> Cursor | None:
         """The largest cursor in the model now (one row out of the warehouse)."""
@@ -439,11 +457,24 @@ class AppendStateBackend:
             low_params * 2,
         )
         send = (bounds.sends or not bounds.first) and not mode.reset_baseline
+        counted = json.loads(state.get_meta(COUNTED_KEY) or "{}")
+        unknown = ""
+        if counted.get("late_below"):
+            # One entry for rows found only by count: the state keeps no keys down there.
+            reason = (
+                f"arrived too late: {counted['late_below']} row(s) with a cursor before "
+                f"{counted['before']}, below the rows this state still knows, so their keys "
+                "are unknown; not sent (raise 'lookback' to cover such rows)"
+            )
+            unknown = (
+                " union all select '(unknown)' as __rs_pk, null::ubigint as __rs_hash, "
+                f"{quote_literal(reason)} as reason"
+            )
         with state.transaction():
             state.replace_rejected_rows(
                 None,
                 "select coalesce(__rs_pk, '(null)') as __rs_pk, __rs_hash, reason "
-                "from __rs_seen where reason is not null",
+                f"from __rs_seen where reason is not null{unknown}",
                 now,
             )
             state.replace_pending(None, self._changes_sql(state, types, send, now, mode), now)
@@ -452,9 +483,12 @@ class AppendStateBackend:
             state.set_meta(KIND_KEY, kind)
             if bounds.low is not None:
                 state.set_meta(LOW_KEY, json.dumps(_encode(bounds.low)))
+            if "below_low" in counted:
+                state.set_meta(BELOW_KEY, str(counted["below_low"]))
         late = state.count(
-            "rejected_rows", "__rs_window is null and reason like 'arrived too late%'"
-        )
+            "rejected_rows",
+            "__rs_window is null and reason like 'arrived too late%' and __rs_pk <> '(unknown)'",
+        ) + int(counted.get("late_below", 0))
         summary = self._summary(state, None, bounds.first and not bounds.sends)
         run(state.conn, "drop table __rs_rows; drop table __rs_seen")
         return summary, {

@@ -177,6 +177,29 @@ def test_too_late_and_null_cursor_rows_are_reported_by_key(
     assert any("103" in line and "too late" in line for line in result.run_logs)
 
 
+def test_a_row_arriving_below_the_band_is_counted_and_reported_never_dropped_silently(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    """Below the band the state still knows, keys are gone (no per-row snapshot): a row landing
+    there is found by a count in the warehouse, reported once, and not sent."""
+    project = orders_project(tmp_path)
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    add_orders(project, (101, "5"))
+    run_sync(project, SYNC, rudderstack_for(gateway.url))  # cursor T0+5h, lower bound T0+3h
+    add_orders(project, (102, "-30"), (103, "-40"), (104, "6"))  # two orders days late
+    result = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert order_ids(gateway.events) == [101, 104]
+    diff = asset_metadata(result, SYNC, "diff")
+    reasons = {row["key"]: row["reason"] for row in diff["rejected_sample"]}
+    assert reasons["(unknown)"].startswith("arrived too late: 2 row(s) with a cursor before ")
+    assert diff["too_late_rows"] == 2
+    assert asset_metadata(result, SYNC, "snapshot")["late_below_band"] == 2
+    # Reported once: the next run's count includes them.
+    again = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert asset_metadata(again, SYNC, "diff")["too_late_rows"] == 0
+    assert len(gateway.events) == 2
+
+
 def test_duplicate_rows_of_a_key_send_one_event(tmp_path: Path, gateway: TestGateway) -> None:
     project = orders_project(tmp_path)
     run_sync(project, SYNC, rudderstack_for(gateway.url))
