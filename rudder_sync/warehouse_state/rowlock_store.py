@@ -250,7 +250,9 @@ class RowLockStore:
                 self.conn.rollback()
             raise StateError(
                 f"sync '{self.sync_name}': lost its lock on {self.where}: {self.lost_lock}; "
-                "nothing of this step was committed. Fix: run again once the other run ended."
+                "this change was rolled back (what the run committed before stands). Fix: run "
+                "again once the other run ended; renewals failed for the lock's lifetime, so "
+                "check the connection to the warehouse."
             )
         self.conn.commit()
 
