@@ -4,7 +4,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from rudder_sync_tests.dagster_instance import stamp_in_memory_instances_from_parsed_migrations
 from rudder_sync_tests.gateway import TestGateway
+
+# Every run's fresh ephemeral instance, without alembic re-parsing Dagster's migrations each time.
+stamp_in_memory_instances_from_parsed_migrations()
 
 # Stand-ins that start a process of their own (Spark's JVM, the BigQuery emulator) make a test
 # slow: `-m "not slow"` leaves their tests out of the inner loop.
