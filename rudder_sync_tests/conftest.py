@@ -13,12 +13,19 @@ stamp_in_memory_instances_from_parsed_migrations()
 # Stand-ins that start a process of their own (Spark's JVM, the BigQuery emulator) make a test
 # slow: `-m "not slow"` leaves their tests out of the inner loop.
 SLOW_FIXTURES = {"spark_engine", "bigquery_engine"}
+SLOW_STATE_ENGINES = {"snowflake", "redshift"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        # The in-warehouse scenario table on the Snowflake and Redshift stand-ins takes minutes
+        # (fakesnow translates every statement): the full suite runs it; the inner loop keeps
+        # the same table's PostgreSQL column.
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("state_engine") in SLOW_STATE_ENGINES:
             item.add_marker(pytest.mark.slow)
         # Tests sharing a module-scoped fixture (one costly set-up, e.g. a catalogue of runs)
         # run on one xdist worker, so the set-up is paid once rather than once per worker.
