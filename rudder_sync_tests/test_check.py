@@ -205,6 +205,37 @@ def test_connect_on_postgres_finds_a_missing_column(
     )
 
 
+def test_connect_reads_the_rights_state_schema_needs_and_names_the_grants(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pg.seed_users(1)
+    role = f"check_{pg.name}"
+    pg.sql(f"create role {role} login password 'check-pw-1'", f"grant select on users to {role}")
+    parts = urlsplit(pg.url)
+    netloc = f"{role}:check-pw-1@{parts.hostname}:{parts.port}"
+    limited = PgDatabase(url=urlunsplit(parts._replace(netloc=netloc)), name=pg.name)
+    schema = "rs_state_check"
+    project = write_pg_project(
+        tmp_path, limited, {"traits": IDENTIFY_SYNC}, monkeypatch, state_schema=schema
+    )
+    try:
+        problems = check(dry_run(project.config_path), connect=True).problems
+        assert len(problems) == 1, problems
+        assert problems[0].startswith(f"warehouse: user '{role}' lacks CREATE on database")
+        assert f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"' in problems[0]
+        assert "check-pw-1" not in problems[0]
+        # An administrator creates the schema for that user: nothing is missing any more.
+        pg.sql(f'create schema "{schema}" authorization "{role}"')
+        report = check(dry_run(project.config_path), connect=True)
+        assert report.problems == []
+        assert f"warehouse: user '{role}' may keep the syncs' state in schema '{schema}'" in (
+            report.passed
+        )
+    finally:
+        pg.sql(f"drop schema if exists {schema} cascade", f"drop owned by {role}")
+        pg.sql(f"drop role {role}")
+
+
 def test_connect_on_postgres_names_a_wrong_password_once_and_hides_it(
     tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch
 ) -> None:

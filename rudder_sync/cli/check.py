@@ -382,6 +382,9 @@ def check_warehouse(project: ProjectConfig, report: Report) -> None:
         report.problem(f"warehouse: {exc}{read}")
         return
     report.ok(f"warehouse {warehouse.describe()}: connected")
+    schema = getattr(project.warehouse, "state_schema", None)
+    if schema and warehouse.kind in _RIGHTS_ENGINES:
+        check_state_rights(warehouse, schema, report)
     for sync in project.syncs.values():
         try:
             columns = model_columns(warehouse, sync)
@@ -402,6 +405,51 @@ def check_warehouse(project: ProjectConfig, report: Report) -> None:
             report.problem(_model_problem(sync, exc, "key 'trigger.sql'"))
             continue
         report.ok(f"sync '{sync.name}': the trigger's query runs")
+
+
+# Engines whose catalog answers "may this user create the state schema, or use it?" without
+# writing anything (PostgreSQL's privilege functions; Redshift has the same).
+_RIGHTS_ENGINES = ("postgres", "redshift")
+
+
+def check_state_rights(warehouse: Any, schema: str, report: Report) -> None:
+    """`state_schema`: the rights a run needs (create the schema, or use and create in it, and
+    temporary tables), read from the catalog; the GRANT statements when one is missing."""
+    from ..jsonvalues import quote_literal
+    from ..warehouse_state.postgres_store import grants
+
+    sql = f"""
+        select current_user as rs_user, current_database() as rs_database,
+               has_database_privilege(current_database(), 'CREATE') as create_schema,
+               has_database_privilege(current_database(), 'TEMP') as temporary,
+               (select bool_and(has_schema_privilege(n.oid, 'USAGE')
+                                and has_schema_privilege(n.oid, 'CREATE'))
+                from pg_namespace n where n.nspname = {quote_literal(schema)}) as use_schema
+    """
+    try:
+        with warehouse.read_model(sql) as reader:
+            row = reader.read_all().to_pylist()[0]
+    except RudderSyncError as exc:
+        report.problem(f"warehouse: could not read the rights on state_schema '{schema}': {exc}")
+        return
+    user, database = str(row["rs_user"]), str(row["rs_database"])
+    exists = row["use_schema"] is not None
+    missing = []
+    if exists and not row["use_schema"]:
+        missing.append(f"USAGE and CREATE on schema '{schema}'")
+    if not exists and not row["create_schema"]:
+        missing.append(f"CREATE on database '{database}' (schema '{schema}' does not exist yet)")
+    if not row["temporary"]:
+        missing.append(f"TEMP on database '{database}'")
+    if missing:
+        report.problem(
+            f"warehouse: user '{user}' lacks {' and '.join(missing)}, which a sync's state in "
+            f"state_schema '{schema}' needs. Fix: {grants(schema, user, database)}"
+            + (f"; GRANT TEMP ON DATABASE {database} TO {user};" if not row["temporary"] else "")
+        )
+        return
+    where = f"schema '{schema}'" if exists else f"a new schema '{schema}'"
+    report.ok(f"warehouse: user '{user}' may keep the syncs' state in {where}")
 
 
 def _model_problem(sync: SyncConfig, exc: RudderSyncError, what: str = "the model") -> str:
