@@ -1,8 +1,17 @@
-"""Diff in the warehouse (`state_schema`) vs local mode: a 1 % change of an N-row PostgreSQL model.
+"""Diff in the warehouse (`state_schema`) vs local mode: a 1 % change of an N-row model, per engine.
+
+Engines (`--engine`, default postgres; `all` runs the three in one invocation):
+
+* `postgres`: PostgreSQL (``$RUDDER_SYNC_TEST_PG_URL``, or one started with ``.ci/postgres``);
+* `snowflake`: fakesnow's server (Snowflake's REST protocol on DuckDB), reached by the real
+  snowflake-connector-python through the YAML keys `host`, `port`, `protocol`. Its data lives in
+  the server, so the server runs in this (parent) process and the runs' child processes reach it;
+* `redshift`: the real redshift_connector through the tests' start-up proxy
+  (`rudder_sync_tests.engines.redshift.StartupProxy`, in this process) onto the PostgreSQL above.
 
 Both modes run in one invocation on the same data: a `users` table of N rows generated in the
-server (`generate_series`), a track sync without send_initial_results, delivering to the local
-gateway (`bench.gateway`). For each mode:
+engine (`generate_series`; on Snowflake `table(generator(...))`), a track sync without
+send_initial_results, delivering to the local gateway (`bench.gateway`). For each mode:
 
 1. the table is created afresh (and, in-warehouse, the state schema dropped); a first run
    commits the baseline and sends nothing (timed, for reference);
@@ -20,8 +29,10 @@ rows and its run is faster.
 
     .venv/bin/python -m bench.bench_warehouse_diff --rows 10000000
     .venv/bin/python -m bench.bench_warehouse_diff --rows 10000000 --link 100:10
+    .venv/bin/python -m bench.bench_warehouse_diff --rows 1000000 --engine all
 
-The server is ``$RUDDER_SYNC_TEST_PG_URL``, or one started with ``.ci/postgres`` and stopped after.
+The PostgreSQL server (postgres, redshift) is ``$RUDDER_SYNC_TEST_PG_URL``, or one started with
+``.ci/postgres`` and stopped after.
 """
 
 from __future__ import annotations
@@ -32,11 +43,13 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from . import common
@@ -44,6 +57,9 @@ from .bench_warehouse import postgres_server
 from .gateway import RunningGateway
 from .link import LinkSpec, ThrottledLink
 from .pg import ServerCpu, fresh_database, sql, through
+
+ENGINES = ("postgres", "snowflake", "redshift")
+SECRET_ENV_VAR = "RUDDER_SYNC_BENCH_WAREHOUSE_PASSWORD"
 
 SYNC_NAME = "bench_users"
 SCHEMA = "rudder_sync"
@@ -91,6 +107,42 @@ MUTATION = (
 
 
 # -- data and project --------------------------------------------------------------------------
+# Snowflake's version of the rows: the same values, from its row generator (CASE for arrays).
+PLANS = ("free", "starter", "pro", "team", "enterprise")
+COUNTRIES = ("DE", "FR", "US", "GB", "NL", "ES", "IT", "SE", "PL", "BR", "JP")
+SNOWFLAKE_DDL = (
+    "create table users (id bigint primary key, user_id text not null, email text, plan text, "
+    "country text, score double, updated_at timestamp_tz)"
+)
+
+
+def _case(expression: str, values: tuple[str, ...]) -> str:
+    return (
+        f"case {expression} "
+        + " ".join(f"when {i} then '{v}'" for i, v in enumerate(values))
+        + " end"
+    )
+
+
+def snowflake_rows(start: int, stop: int) -> str:
+    return (
+        "insert into users select g, 'usr_' || lpad(g::varchar, 9, '0'), "
+        "'user' || g || '@example.com', "
+        f"{_case('(g * 7) % 5', PLANS)}, {_case('(g * 13) % 11', COUNTRIES)}, "
+        "((g * 37) % 100000) / 100.0, "
+        "dateadd(second, g % 86400, '2024-06-01 00:00:00+00'::timestamp_tz) "
+        f"from (select seq8() + {start} as g "
+        f"from table(generator(rowcount => {stop - start + 1})))"
+    )
+
+
+SNOWFLAKE_MUTATION = (
+    "delete from users where id % 100 = 1",
+    "update users set plan = case when plan = 'free' then 'pro' else 'free' end, "
+    "updated_at = dateadd(day, 1, updated_at) where id % 100 = 2",
+)
+
+
 def create_users(url: str, rows: int) -> None:
     """The table afresh (autovacuum off: we vacuum it ourselves, so it never runs mid-run)."""
     sql(
@@ -108,6 +160,160 @@ def mutate_users(url: str, rows: int) -> None:
     sql(url, *MUTATION, added, "vacuum analyze")
 
 
+class Engine:
+    """One engine of the bench: its data set-up, the sync YAML's warehouse section and the
+    environment the runs need, and the CPU its server spends (None where not measurable)."""
+
+    name = "postgres"
+
+    def __init__(self, url: str, run_url: str) -> None:
+        self.url, self.run_url = url, run_url
+        self.server = ServerCpu(url)
+
+    def describe(self, link: LinkSpec | None) -> str:
+        if link:
+            return f"rudder_sync reaches PostgreSQL through a link of {link} (`bench/link.py`)."
+        return "PostgreSQL on this machine (loopback)."
+
+    def reset(self, rows: int) -> None:
+        """The users table afresh, no state schema."""
+        create_users(self.url, rows)
+        sql(self.url, f"drop schema if exists {SCHEMA} cascade")
+
+    def mutate(self, rows: int) -> None:
+        mutate_users(self.url, rows)
+
+    def model(self) -> str:
+        return str(SYNC["model"])
+
+    def warehouse(self) -> dict[str, Any]:
+        return {"type": "postgres", "url": {"env": URL_ENV_VAR}}
+
+    def env(self) -> dict[str, str]:
+        return {URL_ENV_VAR: self.run_url}
+
+    def server_seconds(self) -> float | None:
+        return self.server.seconds()
+
+    def server_note(self) -> str:
+        return "CPU time of all the PostgreSQL server's processes during the run"
+
+
+def _own_cpu() -> float:
+    """This process's CPU seconds (the stand-in servers run in its threads)."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+class RedshiftEngine(Engine):
+    """redshift_connector through the tests' start-up proxy (a thread here) onto PostgreSQL."""
+
+    name = "redshift"
+
+    def __init__(self, url: str, proxy_port: int) -> None:
+        super().__init__(url, url)
+        self.proxy_port = proxy_port
+
+    def describe(self, link: LinkSpec | None) -> str:
+        return (
+            "Redshift's stand-in: the real redshift_connector through the tests' start-up proxy "
+            "(`rudder_sync_tests/engines/redshift.py`) onto PostgreSQL on this machine."
+        )
+
+    def warehouse(self) -> dict[str, Any]:
+        return {
+            "type": "redshift",
+            "host": "127.0.0.1",
+            "port": self.proxy_port,
+            "database": DATABASE,
+            "user": "postgres",
+            "password": {"env": SECRET_ENV_VAR},
+            "ssl": False,
+        }
+
+    def env(self) -> dict[str, str]:
+        return {SECRET_ENV_VAR: "unused-trust"}
+
+    def server_seconds(self) -> float | None:
+        server = self.server.seconds()
+        return None if server is None else server + _own_cpu()
+
+    def server_note(self) -> str:
+        return (
+            "CPU time of the PostgreSQL server's processes and of the start-up proxy (threads "
+            "of the bench's parent process) during the run"
+        )
+
+
+class SnowflakeEngine(Engine):
+    """fakesnow's server (threads of this process), a database per mode."""
+
+    name = "snowflake"
+
+    def __init__(self, server: dict[str, Any]) -> None:
+        import snowflake.connector
+
+        self.kwargs = server
+        self.conn = snowflake.connector.connect(**server, autocommit=True)
+        self.database = ""
+
+    def describe(self, link: LinkSpec | None) -> str:
+        from importlib.metadata import version
+
+        return (
+            f"Snowflake's stand-in: fakesnow {version('fakesnow')}'s server (Snowflake's REST "
+            "protocol on DuckDB, a Python server in the bench's parent process) through the "
+            f"real snowflake-connector-python {version('snowflake-connector-python')}."
+        )
+
+    def sql(self, *statements: str) -> None:
+        cursor = self.conn.cursor()
+        for statement in statements:
+            cursor.execute(statement)
+
+    def reset(self, rows: int) -> None:
+        self.database = f"BENCH_DIFF_{uuid.uuid4().hex[:8].upper()}"
+        self.sql(
+            f"create database {self.database}",
+            f"use database {self.database}",
+            "create schema app",
+            "use schema app",
+            SNOWFLAKE_DDL,
+            snowflake_rows(1, rows),
+        )
+
+    def mutate(self, rows: int) -> None:
+        self.sql(*SNOWFLAKE_MUTATION, snowflake_rows(rows + 1, rows + rows // 100))
+
+    def model(self) -> str:
+        """Snowflake folds unquoted names to upper case: the columns are named as the sync
+        names them."""
+        columns = ("id", "user_id", "email", "plan", "country", "score", "updated_at")
+        return "select " + ", ".join(f'{c} as "{c}"' for c in columns) + " from users"
+
+    def warehouse(self) -> dict[str, Any]:
+        return {
+            "type": "snowflake",
+            "account": "rudder",
+            "user": "rudder_sync",
+            "password": {"env": SECRET_ENV_VAR},
+            "database": self.database,
+            "schema": "APP",
+            "host": self.kwargs["host"],
+            "port": self.kwargs["port"],
+            "protocol": self.kwargs["protocol"],
+        }
+
+    def env(self) -> dict[str, str]:
+        return {SECRET_ENV_VAR: "unused-fake"}
+
+    def server_seconds(self) -> float | None:
+        return _own_cpu()
+
+    def server_note(self) -> str:
+        return "CPU time of fakesnow's server (threads of the bench's parent process)"
+
+
 def expected_events(rows: int) -> dict[str, int]:
     """Event name -> count the measured run must send."""
     counts = {
@@ -118,15 +324,16 @@ def expected_events(rows: int) -> dict[str, int]:
     return {EVENTS[change]: count for change, count in counts.items()}
 
 
-def write_project(root: Path, mode: str) -> Path:
+def write_project(root: Path, mode: str, engine: Engine) -> Path:
     """A fresh project folder: the sync YAML (in-warehouse: with state_schema), state/ beside."""
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    warehouse: dict[str, Any] = {"type": "postgres", "url": {"env": URL_ENV_VAR}}
+    warehouse = engine.warehouse()
     if mode == "in_warehouse":
         warehouse["state_schema"] = SCHEMA
-    document = {"warehouse": warehouse, "state": "state", "syncs": {SYNC_NAME: SYNC}}
+    sync = dict(SYNC, model=engine.model())
+    document = {"warehouse": warehouse, "state": "state", "syncs": {SYNC_NAME: sync}}
     path = root / "rudder_sync.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
@@ -152,9 +359,8 @@ class Run:
 
 def execute(
     config: Path,
-    url: str,
+    engine: Engine,
     gateway: RunningGateway,
-    server: ServerCpu,
     label: str,
     args: argparse.Namespace,
 ) -> Run:
@@ -166,17 +372,17 @@ def execute(
         RUDDER_SYNC_CONFIG=str(config),
         RUDDERSTACK_DATA_PLANE_URL=gateway.url,
         RUDDERSTACK_WRITE_KEY=WRITE_KEY,
-        **{URL_ENV_VAR: url},
+        **engine.env(),
     )
     gateway.reset()
-    server_before, gateway_before = server.seconds(), gateway.cpu_seconds()
+    server_before, gateway_before = engine.server_seconds(), gateway.cpu_seconds()
     child = common.run_child(
         common.child_command("bench.bench_warehouse_diff", "--child", str(config)),
         env=env,
         timeout=args.timeout,
     )
     time.sleep(0.5)  # let the postmaster reap the run's backends (their CPU then counts)
-    server_after = server.seconds()
+    server_after = engine.server_seconds()
     server_cpu = (
         server_after - server_before
         if server_after is not None and server_before is not None
@@ -199,64 +405,78 @@ def execute(
 
 def run_mode(
     mode: str,
-    url: str,
-    run_url: str,
+    engine: Engine,
     rows: int,
     gateway: RunningGateway,
-    server: ServerCpu,
     args: argparse.Namespace,
 ) -> tuple[Run, Run]:
-    """First run (baseline), the 1 % / 1 % / 1 % change, then the measured run. The set-up uses
-    ``url``; the runs ``run_url`` (through the link, if any)."""
-    common.log(f"{mode}: {rows:,} rows")
-    create_users(url, rows)
-    sql(url, f"drop schema if exists {SCHEMA} cascade")
-    config = write_project(args.workdir / f"warehouse_diff_{rows}" / mode, mode)
-    first = execute(config, run_url, gateway, server, "1. first run", args)
+    """First run (baseline), the 1 % / 1 % / 1 % change, then the measured run. The set-up
+    goes to the engine directly; the runs as the sync YAML says (through the link, if any)."""
+    common.log(f"{engine.name}, {mode}: {rows:,} rows")
+    started = time.perf_counter()
+    engine.reset(rows)
+    common.log(f"  data set up in {time.perf_counter() - started:.1f}s")
+    root = args.workdir / f"warehouse_diff_{rows}" / engine.name / mode
+    config = write_project(root, mode, engine)
+    first = execute(config, engine, gateway, "1. first run", args)
     if first.events:
-        sys.exit(f"{mode}: the first run must send nothing, it sent {first.events}")
-    mutate_users(url, rows)
-    measured = execute(config, run_url, gateway, server, "2. 3 % changed", args)
+        sys.exit(f"{engine.name} {mode}: the first run must send nothing, it sent {first.events}")
+    engine.mutate(rows)
+    measured = execute(config, engine, gateway, "2. 3 % changed", args)
     if measured.events != expected_events(rows):
-        sys.exit(f"{mode}: sent {measured.events}, expected {expected_events(rows)}")
+        sys.exit(f"{engine.name} {mode}: sent {measured.events}, expected {expected_events(rows)}")
     return first, measured
 
 
 # -- the job (child side) ----------------------------------------------------------------------
 def count_transfers() -> dict[str, int]:
-    """Count what rudder_sync reads out of PostgreSQL and writes into it, as Arrow rows and
-    bytes (`RecordBatch.nbytes`), by wrapping the functions every bulk transfer goes through:
-    `PostgresWarehouse._batches` (model reads: local mode's whole model, in-warehouse mode's
-    changed rows), `WarehouseStore.arrow` (state reads: snapshot rows of the changed and removed
-    keys, pending changes, rejected rows) and `WarehouseStore.ingest` (uploads: the diff's
-    pending changes and keys). Small scalar queries (counts, meta) are not counted."""
-    from rudder_sync.warehouse_state.store import WarehouseStore
+    """Count what rudder_sync reads out of the warehouse and writes into it, as Arrow rows and
+    bytes (`RecordBatch.nbytes`), by wrapping the functions every bulk transfer goes through, on
+    each engine: the warehouse's `_batches` (model reads: local mode's whole model,
+    in-warehouse mode's changed rows; the state's streamed reads), the state store's `arrow`
+    (state reads: snapshot rows of the changed and removed keys, pending changes, rejected
+    rows) and its `ingest` (uploads: the diff's pending changes and keys). Small scalar queries
+    (counts, meta) are not counted."""
+    from rudder_sync.warehouse_state.postgres_store import Store as PostgresStore
+    from rudder_sync.warehouse_state.rowlock_store import RowLockStore
     from rudder_sync.warehouses.postgres import PostgresWarehouse
+    from rudder_sync.warehouses.redshift import RedshiftWarehouse
+    from rudder_sync.warehouses.snowflake import _SnowflakeReader
 
     counts = dict.fromkeys(
         ("model_rows_out", "model_bytes_out", "state_rows_out", "state_bytes_out", "bytes_in"), 0
     )
-    batches, arrow, ingest = PostgresWarehouse._batches, WarehouseStore.arrow, WarehouseStore.ingest
 
-    def counted_batches(self: Any, *args: Any) -> Iterator[Any]:
-        for batch in batches(self, *args):
-            counts["model_rows_out"] += batch.num_rows
-            counts["model_bytes_out"] += batch.nbytes
-            yield batch
+    def wrap_batches(cls: Any) -> None:
+        batches = cls._batches
 
-    def counted_arrow(self: Any, *args: Any) -> Any:
-        table = arrow(self, *args)
-        counts["state_rows_out"] += table.num_rows
-        counts["state_bytes_out"] += table.nbytes
-        return table
+        def counted_batches(self: Any, *args: Any) -> Iterator[Any]:
+            for batch in batches(self, *args):
+                counts["model_rows_out"] += batch.num_rows
+                counts["model_bytes_out"] += batch.nbytes
+                yield batch
 
-    def counted_ingest(self: Any, name: str, table: Any) -> str:
-        counts["bytes_in"] += table.nbytes
-        return ingest(self, name, table)
+        cls._batches = counted_batches
 
-    PostgresWarehouse._batches = counted_batches  # type: ignore[method-assign]
-    WarehouseStore.arrow = counted_arrow  # type: ignore[method-assign]
-    WarehouseStore.ingest = counted_ingest  # type: ignore[method-assign]
+    def wrap_store(cls: Any) -> None:
+        arrow, ingest = cls.arrow, cls.ingest
+
+        def counted_arrow(self: Any, *args: Any) -> Any:
+            table = arrow(self, *args)
+            counts["state_rows_out"] += table.num_rows
+            counts["state_bytes_out"] += table.nbytes
+            return table
+
+        def counted_ingest(self: Any, name: str, table: Any) -> str:
+            counts["bytes_in"] += table.nbytes
+            return ingest(self, name, table)
+
+        cls.arrow, cls.ingest = counted_arrow, counted_ingest
+
+    for warehouse in (PostgresWarehouse, RedshiftWarehouse, _SnowflakeReader):
+        wrap_batches(warehouse)
+    for store in (PostgresStore, RowLockStore):
+        wrap_store(store)
     return counts
 
 
@@ -292,7 +512,7 @@ def rows_out(run: Run) -> int:
 def report(
     rows: int,
     results: dict[str, tuple[Run, Run]],
-    server_cpu_known: bool,
+    engine: Engine,
     link: LinkSpec | None = None,
 ) -> str:
     mb = 1e6
@@ -347,11 +567,7 @@ def report(
         "country text, score double precision, updated_at timestamptz)`; a track sync "
         "(send_initial_results false) delivering to the local gateway; measured run after 1 % "
         f"removed, 1 % changed, 1 % added: {sum(local.events.values()):,} events in both modes. "
-        + (
-            f"rudder_sync reaches PostgreSQL through a link of {link} (`bench/link.py`)."
-            if link
-            else "PostgreSQL on this machine (loopback)."
-        ),
+        + engine.describe(link),
         "",
         common.markdown_table(headers, table),
         "",
@@ -372,15 +588,15 @@ def report(
         "STEP_SUCCESS durations; process s adds Python start-up, imports and loading the "
         "definitions. Peak RSS: the child's `ru_maxrss`. Model rows out: local mode, every "
         "row the snapshot read; in-warehouse, the diff's `rows_transferred` metadata. MB out / "
-        "in: Arrow bytes (`RecordBatch.nbytes`) of every result read from PostgreSQL "
-        "(`PostgresWarehouse.read_model`, `WarehouseStore.arrow`) and of every table written "
-        "to it (`WarehouseStore.ingest`), counted in the child by wrapping those functions; "
+        "in: Arrow bytes (`RecordBatch.nbytes`) of every result read from the warehouse "
+        "(the warehouse's `_batches`, the state store's `arrow`) and of every table written "
+        "to it (the state store's `ingest`), counted in the child by wrapping those functions; "
         "small scalar queries are not counted.",
     ]
-    if server_cpu_known:
+    if local.server_cpu is not None:
         lines[-1] += (
-            " Server CPU s: CPU time of all the PostgreSQL server's processes during the run "
-            "(the work in-warehouse mode moves there); other CPU % excludes it and the gateway."
+            f" Server CPU s: {engine.server_note()} (the work in-warehouse mode moves there); "
+            "other CPU % excludes it and the gateway."
         )
     return "\n".join(lines)
 
@@ -407,6 +623,12 @@ def main() -> None:
         help="MBIT:RTT_MS, e.g. 100:10: the runs reach PostgreSQL through a link of that "
         "bandwidth and round-trip time (bench/link.py); default: the loopback",
     )
+    parser.add_argument(
+        "--engine",
+        choices=(*ENGINES, "all"),
+        default="postgres",
+        help="the warehouse (its local stand-in for snowflake and redshift); all: the three",
+    )
     parser.add_argument("--no-record", action="store_true", help="do not update RESULTS.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -416,32 +638,58 @@ def main() -> None:
     if args.rows < 100:
         parser.error("--rows: at least 100 (1 % of the rows must be at least one row)")
 
-    with contextlib.ExitStack() as stack:
-        server_url = stack.enter_context(postgres_server())
-        gateway = stack.enter_context(RunningGateway(WRITE_KEY))
-        url = fresh_database(server_url, DATABASE)
-        run_url = url
-        if args.link:
-            host, port = through(url)
-            link = stack.enter_context(ThrottledLink(host, port, args.link))
-            run_url = through(url, link.port)
-            common.log(f"runs reach PostgreSQL through a link of {args.link}")
-        server = ServerCpu(url)
-        results = {
-            mode: run_mode(mode, url, run_url, args.rows, gateway, server, args) for mode in MODES
-        }
-        sql(server_url, f"drop database if exists {DATABASE} with (force)")
-    body = report(args.rows, results, server.postmaster is not None, args.link)
-    print(body)
-    if not args.no_record:
-        common.record_section(
-            "bench_warehouse_diff"
-            + (f"_link_{args.link.mbit:g}_{args.link.rtt_ms:g}" if args.link else ""),
-            "Diff in the warehouse vs local mode, "
-            + (f"through a link of {args.link}" if args.link else "loopback"),
-            body,
-            common.invocation(),
+    engines = ENGINES if args.engine == "all" else (args.engine,)
+    if args.link and engines != ("postgres",):
+        parser.error("--link: with --engine postgres only")
+    for name in engines:
+        with contextlib.ExitStack() as stack:
+            gateway = stack.enter_context(RunningGateway(WRITE_KEY))
+            engine = start_engine(name, stack, args)
+            results = {mode: run_mode(mode, engine, args.rows, gateway, args) for mode in MODES}
+        body = report(args.rows, results, engine, args.link)
+        print(body)
+        if not args.no_record:
+            record(name, body, args)
+
+
+def start_engine(name: str, stack: contextlib.ExitStack, args: argparse.Namespace) -> Engine:
+    """Start the engine (its stand-in, in this process: its data lives there) for the runs."""
+    if name == "snowflake":
+        import fakesnow
+
+        return SnowflakeEngine(stack.enter_context(fakesnow.server()))
+    server_url = stack.enter_context(postgres_server())
+    url = fresh_database(server_url, DATABASE)
+    stack.callback(sql, server_url, f"drop database if exists {DATABASE} with (force)")
+    if name == "redshift":
+        from rudder_sync_tests.engines.redshift import StartupProxy
+
+        ((directories, port),) = sql(
+            url, "select current_setting('unix_socket_directories'), current_setting('port')"
         )
+        socket_path = f"{str(directories).split(',')[0].strip()}/.s.PGSQL.{port}"
+        proxy = stack.enter_context(StartupProxy(socket_path))
+        return RedshiftEngine(url, proxy.port)
+    run_url = url
+    if args.link:
+        host, port = through(url)
+        link = stack.enter_context(ThrottledLink(host, port, args.link))
+        run_url = through(url, link.port)
+        common.log(f"runs reach PostgreSQL through a link of {args.link}")
+    return Engine(url, run_url)
+
+
+def record(name: str, body: str, args: argparse.Namespace) -> None:
+    """This engine's section of RESULTS.md (PostgreSQL keeps the section it always had)."""
+    if args.link:
+        section = f"bench_warehouse_diff_link_{args.link.mbit:g}_{args.link.rtt_ms:g}"
+        title = f"Diff in the warehouse vs local mode, through a link of {args.link}"
+    elif name == "postgres":
+        section, title = "bench_warehouse_diff", "Diff in the warehouse vs local mode, loopback"
+    else:
+        section = f"bench_warehouse_diff_{name}"
+        title = f"Diff in the warehouse vs local mode, {name.capitalize()} (local stand-in)"
+    common.record_section(section, title, body, common.invocation())
 
 
 if __name__ == "__main__":
