@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -657,7 +658,10 @@ def start_engine(name: str, stack: contextlib.ExitStack, args: argparse.Namespac
     if name == "snowflake":
         import fakesnow
 
-        return SnowflakeEngine(stack.enter_context(fakesnow.server()))
+        server = stack.enter_context(fakesnow.server())
+        # uvicorn's access log (a line per request, on stdout) would be part of what is timed
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+        return SnowflakeEngine(server)
     server_url = stack.enter_context(postgres_server())
     url = fresh_database(server_url, DATABASE)
     stack.callback(sql, server_url, f"drop database if exists {DATABASE} with (force)")
