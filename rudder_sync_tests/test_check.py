@@ -397,3 +397,15 @@ def test_a_dg_defs_yaml_is_checked_with_its_templates_rendered(
 
     defs.write_text(yaml.safe_dump(other))
     assert "no component of type rudder_sync.RudderstackSyncComponent" in check(defs).problems[0]
+
+
+def test_connect_finds_an_append_syncs_missing_cursor_column(tmp_path: Path) -> None:
+    sync = dict(
+        TRACK_SYNC, mode="append", cursor="created_at", lookback="2h", events={"added": "Signup"}
+    )
+    project = write_project(tmp_path, {"signups": sync}, users=2)
+    problems = check(dry_run(project.config_path), connect=True).problems
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(
+        "sync 'signups': the model does not return column 'created_at' (from 'cursor')"
+    )

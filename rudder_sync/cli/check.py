@@ -389,6 +389,13 @@ def check_warehouse(project: ProjectConfig, report: Report) -> None:
         try:
             columns = model_columns(warehouse, sync)
             check_model_columns(sync, columns)
+            if sync.mode == "append" and sync.cursor not in columns:
+                report.problem(
+                    f"sync '{sync.name}': the model does not return column '{sync.cursor}' (from "
+                    f"'cursor'). Its columns are: {', '.join(columns)}. Fix: select it in the "
+                    "model, or change 'cursor'."
+                )
+                continue
         except RudderSyncError as exc:
             report.problem(_model_problem(sync, exc))
             continue
