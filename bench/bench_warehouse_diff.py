@@ -60,6 +60,11 @@ from .link import LinkSpec, ThrottledLink
 from .pg import ServerCpu, fresh_database, sql, through
 
 ENGINES = ("postgres", "snowflake", "redshift")
+ENGINE_TITLES = {
+    "postgres": "PostgreSQL",
+    "snowflake": "Snowflake (fakesnow's server)",
+    "redshift": "Redshift (redshift_connector onto PostgreSQL)",
+}
 SECRET_ENV_VAR = "RUDDER_SYNC_BENCH_WAREHOUSE_PASSWORD"
 
 SYNC_NAME = "bench_users"
@@ -684,15 +689,16 @@ def start_engine(name: str, stack: contextlib.ExitStack, args: argparse.Namespac
 
 
 def record(name: str, body: str, args: argparse.Namespace) -> None:
-    """This engine's section of RESULTS.md (PostgreSQL keeps the section it always had)."""
+    """This engine's section of RESULTS.md. PostgreSQL alone keeps the section it always had
+    (the loopback one, or one per link); within `--engine all` each engine has its own."""
     if args.link:
         section = f"bench_warehouse_diff_link_{args.link.mbit:g}_{args.link.rtt_ms:g}"
         title = f"Diff in the warehouse vs local mode, through a link of {args.link}"
-    elif name == "postgres":
+    elif args.engine == "postgres":
         section, title = "bench_warehouse_diff", "Diff in the warehouse vs local mode, loopback"
     else:
         section = f"bench_warehouse_diff_{name}"
-        title = f"Diff in the warehouse vs local mode, {name.capitalize()} (local stand-in)"
+        title = f"Diff in the warehouse vs local mode, per engine: {ENGINE_TITLES[name]}"
     common.record_section(section, title, body, common.invocation())
 
 
