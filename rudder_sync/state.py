@@ -745,9 +745,9 @@ class SyncState:
 
         Read in chunks of SENDABLE_CHUNK_ROWS consecutive changes (the first one batch long),
         each sorted on its own, so DuckDB sorts one chunk of rendered events at a time and the
-        first events leave before the last are rendered: one ORDER BY over 10M events took 14 s before its first batch and
-        twice the CPU (1M: 0.76 s against 0.27 s, the same CPU). On a cursor of its own, so the
-        caller can commit on the state's connection while it reads.
+        first events leave before the last are rendered: one ORDER BY over 10M events took 14 s
+        before its first batch and twice the CPU (1M: 0.76 s against 0.27 s, the same CPU). On a
+        cursor of its own, so the caller can commit on the state's connection while it reads.
         """
         sendable = _sendable_sql(window, max_attempts, keys)
         columns = "".join(
