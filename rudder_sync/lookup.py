@@ -2,8 +2,9 @@
 
 Reads the state without changing it and without disturbing a run: a local state file is opened
 read-only (a running sync holds its write lock, which is said in one line rather than waited
-for), an in-warehouse state (`state_schema`) is read in one read-only transaction without the
-sync's advisory lock. The same queries serve both: DuckDB and PostgreSQL take `$n` parameters.
+for), an in-warehouse state (`state_schema`) through its engine's store, without the sync's lock
+(in one read-only transaction where the engine has them). The same queries serve every engine:
+they take `$n` parameters, which a store binds its driver's way.
 
 Keys are matched as the state stores them: the primary key cast to text by the diff (an integer
 42 is '42'; a NULL key's rejected row is '(null)').
@@ -18,12 +19,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import ProjectConfig, SyncConfig
 from .errors import StateError
 from .jsonvalues import quote_ident, quote_literal
 from .state import MOVED_KEY, SCHEMA_VERSION, state_path
+
+if TYPE_CHECKING:
+    from .warehouse_state.store import StateStore
 
 # The model's copy in an in-warehouse state carries its fingerprint: not the user's columns.
 _FINGERPRINT_COLUMNS = ("__rs_wpk", "__rs_whash")
@@ -88,6 +92,11 @@ class _Reader(Protocol):
         """SQL of a model copy's key as the state stores it."""
         ...
 
+    @property
+    def hash_sql(self) -> str:
+        """SQL of the snapshot's fingerprint as text."""
+        ...
+
 
 def lookup(
     project: ProjectConfig,
@@ -144,7 +153,7 @@ def _snapshot(reader: _Reader, sync: SyncConfig, key: str) -> dict[str, Any] | N
 
     rows = reader.rows(
         f"""
-        select __rs_version, __rs_deleted, cast(__rs_hash as varchar) as __rs_hash,
+        select __rs_version, __rs_deleted, {reader.hash_sql} as __rs_hash,
                __rs_committed_at, __rs_user_id, __rs_anonymous_id, __rs_props
         from {reader.table("snapshot")} where __rs_pk = $1
         """,
@@ -344,13 +353,6 @@ def _open_reader(
     if getattr(project.warehouse, "state_schema", None):
         warehouse = build_warehouse(project.warehouse).process_config_and_initialize()
         if state_in_warehouse(warehouse):
-            if warehouse.kind != "postgres":
-                raise StateError(
-                    f"sync '{sync.name}': lookup reads an in-warehouse state on PostgreSQL only "
-                    f"in this version, not on {warehouse.kind}. Fix: query its tables "
-                    f"{getattr(warehouse, 'state_schema', '')}.{sync.name}__* in the warehouse "
-                    "(docs/operations.md shows the delivery log's)."
-                )
             with _WarehouseReader.open(warehouse, project, sync, dry_run_state) as reader:
                 yield reader
                 return
@@ -436,13 +438,17 @@ class _LocalReader:
     def model_key_sql(self, primary_key: str) -> str:
         return f"cast({quote_ident(primary_key)} as varchar)"
 
+    hash_sql = "cast(__rs_hash as varchar)"  # a ubigint in DuckDB
+
 
 class _WarehouseReader:
-    """A state in the warehouse's `state_schema`, read in one read-only transaction."""
+    """A state in the warehouse's `state_schema`, through its engine's store (`StateStore`):
+    read in one read-only transaction where the engine has them, never locked, never written."""
 
     kind = "warehouse"
+    hash_sql = "__rs_hash"  # stored as text
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
         self.where = store.where
 
@@ -452,14 +458,14 @@ class _WarehouseReader:
         cls, warehouse: Any, project: ProjectConfig, sync: SyncConfig, dry_run_state: bool
     ) -> Iterator[Any]:
         from .warehouse_state.sql import Tables
-        from .warehouse_state.store import WarehouseStore
+        from .warehouse_state.store import open_store
 
         prefix = f"{sync.name}__dry_run" if dry_run_state else sync.name
-        store = WarehouseStore(warehouse, Tables(warehouse.state_schema, prefix), sync.name)
+        store = open_store(warehouse, Tables(warehouse.state_schema, prefix), sync.name)
         try:
             try:
-                store.execute("set transaction isolation level repeatable read, read only")
-                (exists,) = store.rows("select to_regclass($1) is not null", [store.tables.meta])[0]
+                store.begin_read_only()
+                exists = store.exists(store.tables.meta)
             except store.error_types as exc:
                 raise store.error("cannot read its state", exc) from None
             if not exists:
@@ -481,20 +487,13 @@ class _WarehouseReader:
         return str(getattr(self.store.tables, role))
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        self.store.cursor.execute(sql, list(params) or None)
-        names = [column[0] for column in self.store.cursor.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in self.store.cursor.fetchall()]
+        return self.store.arrow(sql, list(params) or None).to_pylist()
 
     def model_tables(self) -> dict[str | None, str]:
         from .warehouse_state.sql import WINDOW_INFIX
 
         tables = self.store.tables
-        names = [
-            row["tablename"]
-            for row in self.rows(
-                "select tablename from pg_tables where schemaname = $1", [tables.schema]
-            )
-        ]
+        names = self.store.table_names(tables.prefix)
         found: dict[str | None, str] = {}
         if tables.name("model") in names:
             found[None] = tables.model

@@ -429,6 +429,12 @@ def test_a_user_without_create_rights_gets_the_grants_to_run(
         )
     if state_engine.kind == "postgres":
         pytest.skip("PostgreSQL's: test_warehouse_state.py (a role with a password over TCP)")
+    if state_engine.kind == "bigquery":
+        pytest.skip(
+            "bqemulator has no access control (IAM): BigQuery's denials and its grants "
+            "(bigquery_store.Store.grants) are checked by "
+            "test_bigquery_names_its_grants_for_the_project_and_dataset"
+        )
     state_engine.seed_users(5)
     role = f"limited_{uuid.uuid4().hex[:8]}"
     state_engine.sql(f"create role {role} login", f"grant select on users to {role}")
@@ -642,22 +648,25 @@ def test_partitioned_windows_diff_in_the_warehouse_as_in_local_mode(
     assert "history__w_2024_01_01" not in tables  # windows outside the last run are dropped
 
 
-def test_lookup_of_an_in_warehouse_state_says_where_it_runs(
+def test_lookup_reads_an_in_warehouse_state_on_every_engine(
     state_engine: StateEngine,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     gateway: TestGateway,
 ) -> None:
-    """`rudder_sync lookup` reads PostgreSQL's state tables; elsewhere it says so, naming them."""
+    """`rudder_sync lookup` reads the state tables through the engine's store: the snapshot,
+    the model row that left, and the delivery with its messageId, as in local mode."""
     state_engine.seed_users(3)
     project = state_engine.write_project(tmp_path, {"traits": SYNCS["user_traits"]}, monkeypatch)
     run_sync(project, "traits", rudderstack_for(gateway.url))
-    if state_engine.kind == "postgres":
-        found = lookup(project.config(), "traits", "2")
-        assert found.kind == "warehouse" and found.snapshot is not None
-        return
-    with pytest.raises(StateError, match=f"PostgreSQL only.*not on {state_engine.kind}"):
-        lookup(project.config(), "traits", "2")
+    found = lookup(project.config(), "traits", "2")
+    assert found.kind == "warehouse" and "schema rudder_sync (traits__*)" in found.state
+    assert found.snapshot is not None and found.snapshot["status"] == "committed"
+    assert found.snapshot["last_event_content"]["traits"]["plan"] == "free"
+    sent = next(e for e in gateway.events if e["userId"] == "u2")
+    assert [d["message_id"] for d in found.deliveries] == [sent["messageId"]]
+    assert found.deliveries[0]["status"] == "delivered" and found.pending == []
+    assert lookup(project.config(), "traits", "404").found is False
 
 
 def test_runs_that_open_the_state_at_once_hold_it_one_at_a_time(
@@ -727,3 +736,106 @@ def test_snowflake_names_its_grants_for_the_sessions_role_and_database(
     assert f"GRANT CREATE SCHEMA ON DATABASE {d} TO ROLE {r};" in text
     assert f"GRANT USAGE, CREATE TABLE ON SCHEMA {s} TO ROLE {r};" in text
     assert f"CREATE SCHEMA {s}; GRANT OWNERSHIP ON SCHEMA {s} TO ROLE {r};" in text
+
+
+def test_bigquery_names_its_grants_for_the_project_and_dataset(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bqemulator has no access control, so a denial cannot be provoked: BigQuery's own words
+    for one (403 `accessDenied`, worded as Google's "Troubleshoot IAM permissions in BigQuery"
+    page and the service's answers quote them) are recognised, and the run fails with
+    BigQuery's statements for the project and the state's dataset."""
+    from google.api_core.exceptions import BadRequest, Forbidden
+
+    from rudder_sync.warehouse_state.sql import Tables
+    from rudder_sync.warehouse_state.store import open_store
+
+    engine = ENGINES["bigquery"](request)
+    bigquery = next(engine)
+    project = bigquery.write_project(tmp_path, {"traits": SYNCS["user_traits"]}, monkeypatch)
+    warehouse = build_warehouse(project.config().warehouse).process_config_and_initialize()
+    store = open_store(warehouse, Tables(SCHEMA, "traits"), "traits")
+    p = bigquery.warehouse["project"]
+    try:
+        denials = [
+            Forbidden(
+                f"Access Denied: Dataset {p}:{SCHEMA}: Permission bigquery.tables.create denied "
+                f"on dataset {p}:{SCHEMA} (or it may not exist)."
+            ),
+            Forbidden(
+                f"Access Denied: Project {p}: User does not have bigquery.datasets.create "
+                f"permission in project {p}."
+            ),
+            Forbidden(
+                f"Access Denied: Project {p}: User does not have bigquery.jobs.create "
+                f"permission in project {p}."
+            ),
+        ]
+        assert all(store.denied(denial) for denial in denials)
+        assert not store.denied(BadRequest("Syntax error: Unexpected keyword WHERE at [1:8]"))
+        with pytest.raises(StateError) as refused:
+            store._refuse(denials[0], "cannot create its state tables")  # noqa: SLF001
+    finally:
+        store.close()
+        engine.close()
+    text = str(refused.value)
+    d = f"`{p}.{SCHEMA}`"
+    assert text.startswith("sync 'traits': may not create its state schema or tables")
+    assert "Permission bigquery.tables.create denied" in text
+    grant = f'GRANT `roles/bigquery.dataEditor` ON SCHEMA {d} TO "serviceAccount:'
+    assert f"CREATE SCHEMA {d}; {grant}" in text
+    assert f"gcloud projects add-iam-policy-binding {p} --member=serviceAccount:" in text
+    assert "--role=roles/bigquery.user;" in text and "--role=roles/bigquery.jobUser;" in text
+
+
+ODD_VALUE = 'it\'s a \\ back\nslash, a "quote" and a tab\t: @p1 $1'
+
+
+def test_bigquery_a_commit_that_lands_after_a_takeover_changes_nothing(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed client does not stop its BigQuery job: a commit script that runs after another
+    run took the lock over must change nothing. Each commit is one script job whose fence
+    checks the lock row first; DML commits in one transaction, DDL in order."""
+    from rudder_sync.warehouse_state.bigquery_store import OWNER_LABEL, _token
+
+    engine = ENGINES["bigquery"](request)
+    bigquery = next(engine)
+    try:
+        bigquery.seed_users(3)
+        project = bigquery.write_project(tmp_path, {"traits": SYNCS["user_traits"]}, monkeypatch)
+        warehouse = build_warehouse(project.config().warehouse).process_config_and_initialize()
+        meta = bigquery.table("meta", "traits")
+        with open_warehouse_state(warehouse, "traits", "id", False) as held:
+            store = held.store
+            with held.transaction():  # values are literals in a script: they come back as set
+                held.set_meta("odd", ODD_VALUE)
+            assert store.get_meta()["odd"] == ODD_VALUE
+            store.execute(f"delete from {meta} where key = 'odd'")
+            with pytest.raises(RuntimeError, match="a read while 1 statement"):
+                store.rows(f"select count(*) from {meta}")  # it would not see the delete
+            store.rollback()
+            # every job carries its owner's token, which a takeover cancels and waits for
+            jobs = store.client.list_jobs(max_results=10_000)
+            assert _token(store.owner) in {(j.labels or {}).get(OWNER_LABEL) for j in jobs}
+            # the run stalls; another one took its lock over, then its commits arrive
+            store._stop.set()  # noqa: SLF001 - no renewal, as a killed or hung client
+            store._renewer.join()  # noqa: SLF001
+            bigquery.sql(
+                f'update "{SCHEMA}"."rudder_sync_locks" set owner = \'elsewhere:1:other\' '
+                "where sync_key = 'traits'"
+            )
+            with pytest.raises(StateError, match="lost its lock"), held.transaction():
+                held.set_meta("late", "x")  # DML: BEGIN TRANSACTION; fence; ...; COMMIT
+            model = bigquery.table("model", "traits")
+            store.lost_lock = None  # the fence, not this run's own record, refuses the next
+            with pytest.raises(StateError, match="lost its lock"), store.transaction():
+                store.execute(f"drop table if exists {model}")  # DDL: fence; drop; create
+                store.execute(f"create table {model} as select 1 as x")
+        assert "late" not in dict(bigquery.sql(f"select key, value from {meta}"))
+        assert not bigquery.sql(  # the fence stopped the DDL script before its first statement
+            f"select table_name from information_schema.tables where table_schema = '{SCHEMA}' "
+            "and table_name = 'traits__model'"
+        )
+    finally:
+        engine.close()

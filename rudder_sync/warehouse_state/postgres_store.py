@@ -154,6 +154,9 @@ class Store:
         with self.warehouse.read_on(self.conn, sql, params, read_only=read_only) as reader:
             yield reader
 
+    def begin_read_only(self) -> None:
+        self.execute("set transaction isolation level repeatable read, read only")
+
     def commit(self) -> None:
         self.conn.commit()
 

@@ -259,6 +259,11 @@ class RowLockStore:
     def rollback(self) -> None:
         self.conn.rollback()
 
+    def begin_read_only(self) -> None:
+        """Nothing to set: the statements that follow share the transaction the driver opens
+        (autocommit is off). Redshift's is serializable, so they see one snapshot; Snowflake's
+        statements each see what was committed when they started."""
+
     def get_meta(self) -> dict[str, str]:
         return dict(self.rows(f"select key, value from {self.tables.meta}"))
 
