@@ -340,6 +340,63 @@ def test_a_numeric_cursor_with_a_numeric_lookback(tmp_path: Path, gateway: TestG
     assert "key 'lookback' is a duration but column 'order_id'" in failure_text(wrong)
 
 
+@pytest.mark.parametrize(
+    ("cursor_sql", "lookback", "start_at", "first_ids", "stored", "late"),
+    [
+        # a date cursor: whole days, a lookback in days, start_at a date (its midnight)
+        (
+            "created_at::date",
+            "1d",
+            "2024-06-01",
+            list(range(88, 101)),
+            "2024-06-01T00:00:00",
+            ("0.5", "2024-06-01T00:00:00.000000Z"),  # the day before the cursor's
+        ),
+        # a timestamp without time zone: compared as UTC wall time, start_at given with a zone
+        (
+            "(created_at at time zone 'UTC')::timestamp",
+            "2h",
+            "2024-06-01T10:30:00Z",
+            [99, 100],
+            "2024-06-01T12:00:00",
+            ("13.5", "2024-06-02T01:30:00.000000Z"),  # 30 min before the cursor
+        ),
+    ],
+    ids=["date", "naive_timestamp"],
+)
+def test_date_and_naive_timestamp_cursors(
+    tmp_path: Path,
+    gateway: TestGateway,
+    cursor_sql: str,
+    lookback: str,
+    start_at: str,
+    first_ids: list[int],
+    stored: str,
+    late: tuple[str, str],
+) -> None:
+    project = orders_project(
+        tmp_path,
+        model=f"select order_id, user_id, amount, {cursor_sql} as at from orders",
+        cursor="at",
+        timestamp="at",
+        lookback=lookback,
+        start_at=start_at,
+    )
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert sorted(order_ids(gateway.events)) == first_ids
+    # the next day's orders once; a row back-dated within the lookback once; nothing twice
+    add_orders(project, (101, "13"), (102, "14"))
+    second = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert asset_metadata(second, SYNC, "snapshot")["cursor"] == stored  # the first run's end
+    add_orders(project, (103, late[0]))
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    sent = order_ids(gateway.events)
+    assert sorted(sent) == [*first_ids, 101, 102, 103] and len(sent) == len(set(sent))
+    event = next(e for e in gateway.events if e["properties"]["amount"] == 103 * 1.5)
+    assert event["timestamp"] == late[1]
+
+
 def test_partitioned_windows_are_cursor_ranges(tmp_path: Path, gateway: TestGateway) -> None:
     project = orders_project(
         tmp_path, rows=48, partitions={"start": "2024-05-30", "cadence": "daily"}
