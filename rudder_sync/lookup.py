@@ -97,6 +97,12 @@ class _Reader(Protocol):
         """SQL of the snapshot's fingerprint as text."""
         ...
 
+    @property
+    def committed_sql(self) -> str:
+        """SQL telling whether a pending change was delivered and committed by a run that
+        stopped before the snapshot took it (`committed_ranges`, settled at the next open)."""
+        ...
+
 
 def lookup(
     project: ProjectConfig,
@@ -221,7 +227,8 @@ def _pending(
     rows = reader.rows(
         f"""
         select __rs_window, __rs_change_id, __rs_change, __rs_send, __rs_message_id,
-               __rs_timestamp, __rs_attempts, __rs_last_error, __rs_first_seen, __rs_origin
+               __rs_timestamp, __rs_attempts, __rs_last_error, __rs_first_seen, __rs_origin,
+               {reader.committed_sql} as __rs_committed
         from {reader.table("pending")}
         where __rs_pk = $1 and {_window_filter("__rs_window", window)}
         order by __rs_change_id
@@ -231,7 +238,9 @@ def _pending(
     changes = []
     for row in rows:
         attempts = int(row["__rs_attempts"] or 0)
-        if not row["__rs_send"]:
+        if row["__rs_committed"]:
+            status = "delivered (the snapshot takes it at the sync's next run)"
+        elif not row["__rs_send"]:
             status = f"not sent ({sync.type} sync sends no '{row['__rs_change']}' event)"
         elif sync.max_attempts is not None and attempts >= sync.max_attempts:
             status = "quarantined"
@@ -421,12 +430,7 @@ class _LocalReader:
     def model_tables(self) -> dict[str | None, str]:
         from .partitions import _WINDOW_PREFIX
 
-        names = [
-            row["table_name"]
-            for row in self.rows(
-                "select table_name from duckdb_tables() where database_name = current_database()"
-            )
-        ]
+        names = self._tables()
         tables: dict[str | None, str] = {}
         if "model_rows" in names:
             tables[None] = "model_rows"
@@ -440,6 +444,23 @@ class _LocalReader:
 
     hash_sql = "cast(__rs_hash as varchar)"  # a ubigint in DuckDB
 
+    @property
+    def committed_sql(self) -> str:
+        if "committed_ranges" not in self._tables():  # a state older than the table
+            return "false"
+        return (
+            "exists (select 1 from committed_ranges c "
+            "where __rs_change_id between c.first_change_id and c.last_change_id)"
+        )
+
+    def _tables(self) -> list[str]:
+        return [
+            row["table_name"]
+            for row in self.rows(
+                "select table_name from duckdb_tables() where database_name = current_database()"
+            )
+        ]
+
 
 class _WarehouseReader:
     """A state in the warehouse's `state_schema`, through its engine's store (`StateStore`):
@@ -447,6 +468,7 @@ class _WarehouseReader:
 
     kind = "warehouse"
     hash_sql = "__rs_hash"  # stored as text
+    committed_sql = "false"  # commits there move the snapshot in the same transaction
 
     def __init__(self, store: StateStore) -> None:
         self.store = store

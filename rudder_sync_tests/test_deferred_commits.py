@@ -21,6 +21,7 @@ import pytest
 
 from rudder_sync import delivery
 from rudder_sync.diff import DiffMode
+from rudder_sync.lookup import lookup
 from rudder_sync.state import SyncState, open_state, run
 from rudder_sync.steps import run_diff, take_snapshot
 from rudder_sync.warehouses import build_warehouse
@@ -89,6 +90,13 @@ def test_a_run_killed_before_settling_its_commits_is_settled_by_the_next_open(
         (still_pending,) = conn.execute("select count(*) from pending where __rs_send").fetchone()
     assert ranges > 0
     assert logged == still_pending == len(model.expected)
+    # until then, a lookup shows such a change delivered (not pending), with its delivery
+    found = lookup(model.project.config(), SYNC_NAME, str(min(model.expected)[0]))
+    assert [c["status"] for c in found.pending] == [
+        "delivered (the snapshot takes it at the sync's next run)"
+    ]
+    assert [d["status"] for d in found.deliveries] == ["delivered"]
+    assert found.deliveries[0]["message_id"] == found.pending[0]["message_id"]
 
     run_sync(model.project, SYNC_NAME, rudderstack_for(gateway.url))
     assert len(gateway.events) == delivered, "a committed change was sent again"
