@@ -396,8 +396,8 @@ class AppendStateBackend:
             bounds = Bounds.from_text(str(state.get_meta(READ_KEY)))
             summary, extra = self._diff(state, bounds, mode, now)
             summaries = {"": summary}
-        frame = pending_frame(state, sync, [key for key in summaries if key])
-        return DiffResult(summaries, frame, readmitted, transfer=extra)
+        frame, left_out = pending_frame(state, sync, [key for key in summaries if key])
+        return DiffResult(summaries, frame, readmitted, transfer=extra, frame_left_out=left_out)
 
     def _rows_sql(self, table: str, types: dict[str, str]) -> str:
         """One row per key (append tables repeat rows): the earliest by cursor, then by content,

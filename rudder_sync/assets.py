@@ -276,7 +276,15 @@ def build_sync_assets(
             )
         for key, summary in result.summaries.items():
             log_diff(context.log, sync, summary, key, redaction)
-        metadata = diff_metadata(sync, result.summaries, result.frame, redaction)
+        if result.frame_left_out:
+            context.log.info(
+                f"sync '{sync.name}': the diff's output lists {len(result.frame):,} changes; "
+                f"{result.frame_left_out:,} more that send nothing (the baseline) are counted, "
+                "not listed: they are in the state"
+            )
+        metadata = diff_metadata(
+            sync, result.summaries, result.frame, redaction, result.frame_left_out
+        )
         metadata.update(resync=mode.resync, reset_baseline=mode.reset_baseline)
         if config.resync and not mode.resync:  # an earlier resync was finished instead
             metadata["resync_finished_earlier_one"] = True

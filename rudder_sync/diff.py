@@ -539,8 +539,17 @@ _SCALAR_CASTS = (
 )
 
 
-def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.DataFrame:
-    """The diff as users read it: (window,) key, change type, and the fields the event carries.
+# Changes that send nothing (a baseline's silent `added` rows, above all) kept in the diff's frame;
+# a first run of a 100M-row model would otherwise hold a frame of 100M rows in memory and on disk.
+FRAME_SILENT_ROWS = 10_000
+
+
+def pending_frame(
+    state: SyncState, sync: SyncConfig, windows: list[str]
+) -> tuple[pd.DataFrame, int]:
+    """The diff as users read it: (window,) key, change type, and the fields the event carries;
+    and how many changes that send nothing it leaves out (beyond `FRAME_SILENT_ROWS` of them:
+    they stay in the state, counted in the diff's metadata).
 
     Built by DuckDB: each field is extracted from the stored event content as JSON and typed by
     the values it holds (text, boolean, integer, float); only objects, arrays and mixed types are
@@ -548,8 +557,11 @@ def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.
     """
     fields = _frame_fields(sync)
     columns = [f"__rs_f{i}" for i in range(len(fields))]
-    state.store_pending_rows(
-        "__rs_frame", windows, list(zip(columns, (sql for _, sql in fields), strict=True))
+    left_out = state.store_pending_rows(
+        "__rs_frame",
+        windows,
+        list(zip(columns, (sql for _, sql in fields), strict=True)),
+        silent_limit=FRAME_SILENT_ROWS,
     )
     try:
         kinds = _json_types(state, columns)
@@ -572,7 +584,7 @@ def pending_frame(state: SyncState, sync: SyncConfig, windows: list[str]) -> pd.
     for (_, decode), column in zip(typed, field_columns, strict=True):
         if decode:
             frame[column] = [orjson.loads(v) if isinstance(v, str) else None for v in frame[column]]
-    return frame if sync.partitions else frame.drop(columns="partition")
+    return (frame if sync.partitions else frame.drop(columns="partition")), left_out
 
 
 def _json_types(state: SyncState, columns: list[str]) -> dict[str, set[str]]:

@@ -113,10 +113,14 @@ def diff_metadata(
     summaries: dict[str, DiffSummary],
     frame: pd.DataFrame,
     redaction: Redaction = NO_REDACTION,
+    frame_left_out: int = 0,
 ) -> dict[str, Any]:
     values = list(summaries.values())
     # The UI lists metadata in this order: the counts first, the preview after them.
     metadata: dict[str, Any] = {"dagster/row_count": len(frame)}
+    if frame_left_out:
+        # A baseline of millions of rows: its silent changes are counted, not all listed.
+        metadata["silent_changes_not_in_output"] = frame_left_out
     for change in CHANGE_TYPES:
         metadata[change] = sum(s.counts[change] for s in values)
     for change in CHANGE_TYPES:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -804,15 +805,34 @@ class SyncState:
         return [str(key) for (key,) in rows]
 
     def store_pending_rows(
-        self, table: str, windows: Sequence[str], fields: Sequence[tuple[str, str]] = ()
-    ) -> None:
+        self,
+        table: str,
+        windows: Sequence[str],
+        fields: Sequence[tuple[str, str]] = (),
+        silent_limit: int | None = None,
+    ) -> int:
         """The pending changes of these windows (none: of an unpartitioned sync), with ``fields``
         ((name, SQL expression over pending's columns)) computed by DuckDB, as temp table
-        ``table``; its `__rs_window`, `__rs_change_id` give their order.
+        ``table``; its `__rs_window`, `__rs_change_id` give their order. With ``silent_limit``,
+        only the first that many changes that send nothing are kept (every one that sends is);
+        how many were left out.
 
         A DuckDB table, not an Arrow one: it stays within DuckDB's memory limit (and spills), so
         a first run of millions of rows holds only the frame built from it in memory."""
         extra = "".join(f", {sql} as {quote_ident(name)}" for name, sql in fields)
+        in_windows = (
+            "((__rs_window is null and len(?::varchar[]) = 0) "
+            "or list_contains(?::varchar[], __rs_window))"
+        )
+        params: list[Any] = [list(windows), list(windows)]
+        kept = ""
+        if silent_limit is not None:
+            kept = f"""
+              and (__rs_send or __rs_change_id in (
+                  select __rs_change_id from pending where not __rs_send and {in_windows}
+                  order by __rs_window nulls first, __rs_change_id limit {int(silent_limit)}))
+            """
+            params += [list(windows), list(windows)]
         run(
             self.conn,
             f"""
@@ -820,11 +840,18 @@ class SyncState:
             select __rs_window, __rs_change_id, __rs_pk, __rs_change, __rs_send, __rs_message_id,
                    __rs_timestamp, __rs_user_id, __rs_anonymous_id{extra}
             from pending
-            where (__rs_window is null and len(?::varchar[]) = 0)
-               or list_contains(?::varchar[], __rs_window)
+            where {in_windows} {kept}
             """,
-            [list(windows), list(windows)],
+            params,
         )
+        if silent_limit is None:
+            return 0
+        (silent,) = run(
+            self.conn,
+            f"select count(*) from pending where not __rs_send and {in_windows}",
+            [list(windows), list(windows)],
+        )[0]
+        return max(0, int(silent) - int(silent_limit))
 
     def drop_tables_except(self, prefix: str, keep: set[str]) -> None:
         """Drop the tables whose name starts with ``prefix``, except those in ``keep``."""

@@ -151,6 +151,7 @@ class DiffResult:
     readmitted: int  # quarantined changes re-admitted by retry_quarantined
     # In-warehouse state: rows read out of the warehouse (rows_transferred, model_rows, ...).
     transfer: dict[str, int] | None = None
+    frame_left_out: int = 0  # changes that send nothing, beyond diff.FRAME_SILENT_ROWS
 
 
 def run_diff(
@@ -184,8 +185,8 @@ def run_diff(
         summaries = {
             spec.key: compute_diff(state, sync, now, diff_window(spec, state)) for spec in windows
         }
-    frame = pending_frame(state, sync, [key for key in summaries if key])
-    return DiffResult(summaries, frame, readmitted)
+    frame, left_out = pending_frame(state, sync, [key for key in summaries if key])
+    return DiffResult(summaries, frame, readmitted, frame_left_out=left_out)
 
 
 def _check_only_keys(

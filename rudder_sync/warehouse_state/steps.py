@@ -229,10 +229,10 @@ def _diff_windows(
         summary.base_rows += int(unchanged_before)
         model_total += int(model_rows)
         summaries[spec.key] = summary
-    frame = build_pending_frame(state, sync, list(summaries))
+    frame, left_out = build_pending_frame(state, sync, list(summaries))
     state.push_diff()
     transfer = {"rows_transferred": transferred, "model_rows": model_total}
-    return DiffResult(summaries, frame, readmitted, transfer)
+    return DiffResult(summaries, frame, readmitted, transfer, frame_left_out=left_out)
 
 
 def _window_table(state: WarehouseSyncState, key: str) -> str:
