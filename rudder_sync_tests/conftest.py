@@ -13,7 +13,7 @@ stamp_in_memory_instances_from_parsed_migrations()
 # Stand-ins that start a process of their own (Spark's JVM, the BigQuery emulator) make a test
 # slow: `-m "not slow"` leaves their tests out of the inner loop.
 SLOW_FIXTURES = {"spark_engine", "bigquery_engine"}
-SLOW_STATE_ENGINES = {"snowflake", "redshift"}
+SLOW_STATE_ENGINES = {"snowflake", "redshift", "bigquery"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks

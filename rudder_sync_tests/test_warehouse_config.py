@@ -138,6 +138,10 @@ def test_env_values_become_envvars_never_values(monkeypatch: pytest.MonkeyPatch)
             },
             ["key 'state_schema' is 'Rudder'", "lower-case identifier"],
         ),
+        (
+            {"type": "bigquery", "project": "p", "state_schema": "Rudder.Sync"},
+            ["key 'state_schema' is 'Rudder.Sync'", "lower-case identifier"],
+        ),
     ],
 )
 def test_bad_warehouse_sections_name_the_key_and_the_fix(

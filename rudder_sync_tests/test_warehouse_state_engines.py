@@ -797,8 +797,6 @@ def test_bigquery_a_commit_that_lands_after_a_takeover_changes_nothing(
     """A killed client does not stop its BigQuery job: a commit script that runs after another
     run took the lock over must change nothing. Each commit is one script job whose fence
     checks the lock row first; DML commits in one transaction, DDL in order."""
-    from rudder_sync.warehouse_state.bigquery_store import OWNER_LABEL, _token
-
     engine = ENGINES["bigquery"](request)
     bigquery = next(engine)
     try:
@@ -815,9 +813,6 @@ def test_bigquery_a_commit_that_lands_after_a_takeover_changes_nothing(
             with pytest.raises(RuntimeError, match="a read while 1 statement"):
                 store.rows(f"select count(*) from {meta}")  # it would not see the delete
             store.rollback()
-            # every job carries its owner's token, which a takeover cancels and waits for
-            jobs = store.client.list_jobs(max_results=10_000)
-            assert _token(store.owner) in {(j.labels or {}).get(OWNER_LABEL) for j in jobs}
             # the run stalls; another one took its lock over, then its commits arrive
             store._stop.set()  # noqa: SLF001 - no renewal, as a killed or hung client
             store._renewer.join()  # noqa: SLF001

@@ -149,12 +149,15 @@ class WarehouseSyncState(SyncState):
             [run_id],
         )
 
-    def _mirror_prune(self, cutoff: datetime) -> int:
+    def _mirror_prune(self, cutoff: datetime) -> int | None:
         t = self.tables
         sql = PRUNE_DELIVERY_LOG_SQL.format(
             log=t.delivery_log, pending=t.pending, rejected_rows=t.rejected_rows, cutoff="$1"
         )
-        return self.store.execute(sql, [cutoff])
+        count = self.store.execute(sql, [cutoff])
+        # Unknown where the commit is one later job (BigQuery: -1); the scratch copy's count is
+        # reported then (0: it holds no delivery log).
+        return count if count >= 0 else None
 
     def _mirror_end(self, commit: bool) -> None:
         if commit:

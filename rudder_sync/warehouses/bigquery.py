@@ -81,6 +81,11 @@ class BigQueryWarehouse(WarehouseResource):
     client_args: dict[str, Any] = Field(
         default={}, description="More keyword arguments for google.cloud.bigquery.Client."
     )
+    state_schema: str | None = Field(
+        default=None,
+        description="Keep each sync's state in this dataset (of `project`, in `location`) and "
+        "diff there: only changed rows leave the warehouse (docs/large-models.md).",
+    )
 
     def describe(self) -> str:
         text = f"bigquery project {self.project or '(from credentials)'}"

@@ -183,12 +183,15 @@ class BigQuerySettings(WarehouseSettings):
     # as host:port.
     api_endpoint: Text | None = None
     storage_api_endpoint: Text | None = None
+    # Set: syncs keep their state in this dataset of `project` and diff there (warehouse_state).
+    state_schema: str | None = None
     secrets: ClassVar[tuple[str, ...]] = ("gcp_credentials",)
     extra: ClassVar[str | None] = "bigquery"
     driver_module: ClassVar[str | None] = "google.cloud.bigquery"
     example: ClassVar[str] = "warehouse: {type: bigquery, project: my-project, location: EU}"
 
     def check(self, where: str) -> None:
+        _check_state_schema(where, self.state_schema)
         keys = ("credentials_file", "gcp_credentials", "credentials")
         given = [key for key in keys if getattr(self, key) is not None]
         if len(given) > 1:
@@ -312,7 +315,7 @@ def parse_warehouse(raw: Any, where: str, base: Path) -> WarehouseSettings:
         )
         raise WarehouseSettingsError(
             f"{where}: key 'state_schema' (the diff inside the warehouse) runs on PostgreSQL, "
-            f"Snowflake and Redshift in this version, not on {kind}: {why}. Fix: remove "
+            f"Snowflake, BigQuery and Redshift in this version, not on {kind}: {why}. Fix: remove "
             "'state_schema' to keep the state in local DuckDB files."
         )
     allowed = {info.alias or name for name, info in cls.model_fields.items()}

@@ -41,12 +41,13 @@ class BigQueryEngine:
             "storage_api_endpoint": self.storage_api_endpoint,
         }
 
-    def client(self) -> Any:
+    def client(self, project: str | None = None) -> Any:
+        """A client of the emulator, for this project (or another: the emulator makes any)."""
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import bigquery
 
         return bigquery.Client(
-            project=self.project,
+            project=project or self.project,
             credentials=AnonymousCredentials(),
             client_options={"api_endpoint": self.api_endpoint},
         )

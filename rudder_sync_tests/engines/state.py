@@ -6,7 +6,9 @@
 * `snowflake`: fakesnow's server (Snowflake's REST protocol on DuckDB, snowflake.py here)
   through the real snowflake-connector-python;
 * `redshift`: the real redshift_connector through the start-up proxy to the test PostgreSQL
-  server (Redshift speaks PostgreSQL's protocol).
+  server (Redshift speaks PostgreSQL's protocol);
+* `bigquery`: bqemulator (BigQuery's REST API on DuckDB, bigquery.py here) through the real
+  google-cloud-bigquery client, a project of its own per test (the emulator makes any).
 
 Each gives a fresh database with the model's data, a way to run SQL there (the scenarios' changes
 and their checks of the state tables), and the sync YAML's warehouse section. The changes are
@@ -74,7 +76,10 @@ class StateEngine:
 
     def model(self, sql: str) -> str:
         """A model as it must be written on this engine: Snowflake folds unquoted names to
-        upper case, so its columns are named as the sync names them."""
+        upper case, so its columns are named as the sync names them; BigQuery names a table with
+        its dataset."""
+        if self.kind == "bigquery":
+            return re.sub(r"\bfrom (users\w*)", rf"from {BIGQUERY_DATASET}.\1", sql)
         if self.kind != "snowflake":
             return sql
         match = _SELECT.match(sql.strip().rstrip(";"))
@@ -157,7 +162,48 @@ def _snowflake(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
         conn.close()
 
 
-ENGINES = {"postgres": _postgres, "snowflake": _snowflake, "redshift": _redshift}
+BIGQUERY_DATASET = "app"
+_INFORMATION_SCHEMA = re.compile(
+    r"from information_schema\.tables where table_schema = '(\w+)'", re.IGNORECASE
+)
+
+
+def _bigquery(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
+    """A project of its own (fresh datasets), the model's tables in dataset `app` (the default
+    dataset of the scenarios' statements, which are PostgreSQL's, transpiled)."""
+    from google.cloud import bigquery
+
+    from rudder_sync.warehouse_state.bigquery_store import transpile
+
+    engine = request.getfixturevalue("bigquery_engine")
+    project = f"rs-{uuid.uuid4().hex[:12]}"
+    client = engine.client(project)
+    client.create_dataset(BIGQUERY_DATASET)
+    config = bigquery.QueryJobConfig(default_dataset=f"{project}.{BIGQUERY_DATASET}")
+
+    def execute(statement: str) -> list[tuple]:
+        if _INFORMATION_SCHEMA.search(statement):  # BigQuery's is one per dataset (and
+            # bqemulator fails such a query when given a default dataset)
+            sql = _INFORMATION_SCHEMA.sub(
+                r"from \1.INFORMATION_SCHEMA.TABLES where true", statement
+            )
+            return [tuple(row.values()) for row in client.query(sql).result()]
+        sql = re.sub(r"STRING\(\d+\)", "STRING", transpile(statement))
+        return [tuple(row.values()) for row in client.query(sql, job_config=config).result()]
+
+    warehouse = {"type": "bigquery", **engine.yaml_keys(), "project": project}
+    try:
+        yield StateEngine("bigquery", execute, warehouse)
+    finally:
+        client.close()
+
+
+ENGINES = {
+    "postgres": _postgres,
+    "snowflake": _snowflake,
+    "redshift": _redshift,
+    "bigquery": _bigquery,
+}
 
 
 @pytest.fixture(params=list(ENGINES))
