@@ -159,8 +159,12 @@ def deliver_pending(
     # to refuse everything, the rows were not at fault and their attempt does not count.
     failures: list[tuple[ChangeId, str]] = []
     # The outcomes are acyclic: keep the collector from walking Dagster's whole heap while
-    # thousands of them come and go (it once took a third of the delivery's time).
-    gc.freeze()
+    # thousands of them come and go (it once took a third of the delivery's time). When the
+    # host process froze its heap already (gc.freeze before forking workers, or a test
+    # session), that freeze does the same and stays: unfreeze would release it too.
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
     try:
         for outcome in rudderstack.deliver(events, stats=report.stats, log=log):
             if outcome.accepted:
@@ -172,7 +176,8 @@ def deliver_pending(
         failures.clear()
         raise
     finally:
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
         events.close()
         report.rejected.extend(failures)
         # Whatever happens (a 401, retries exhausted, a crash of our own), keep what was accepted.
