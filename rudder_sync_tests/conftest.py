@@ -1,5 +1,6 @@
 """Shared fixtures: a real RudderStack-like gateway per test."""
 
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -36,6 +37,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if defs and defs[-1].scope == "module":
                 item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
                 break
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Freeze the heap the imports built (Dagster, DuckDB, pyarrow: ~280k objects) out of the
+    cyclic garbage collector's sight: each full collection, automatic or the tests' own
+    `gc.collect()` before reading a state file, then walks only what the tests made since
+    (~0.2 s less each). The delivery keeps a freeze it finds (delivery.py)."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture
