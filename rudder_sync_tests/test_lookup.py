@@ -13,6 +13,7 @@ import gc
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +77,10 @@ def copying_the_model(project: Project) -> Project:
     return project
 
 
-@pytest.fixture
-def two_runs(tmp_path: Path, gateway: TestGateway) -> Project:
+def run_twice(root: Path, gateway: TestGateway) -> Project:
     """A track sync run twice against the gateway, with CHANGES in between; the state keeps the
     model's rows."""
-    project = copying_the_model(write_project(tmp_path, {"events": SYNC}))
+    project = copying_the_model(write_project(root, {"events": SYNC}))
     assert run_sync(project, "events", rudderstack_for(gateway.url)).success
     for statement in CHANGES:
         sql(project.warehouse, statement)
@@ -88,18 +88,42 @@ def two_runs(tmp_path: Path, gateway: TestGateway) -> Project:
     return project
 
 
+@pytest.fixture
+def two_runs(tmp_path: Path, gateway: TestGateway) -> Project:
+    """The two runs in this test's own folder: for tests that hold or compare the state file."""
+    return run_twice(tmp_path, gateway)
+
+
+@pytest.fixture(scope="module")
+def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Project, TestGateway]]:
+    """The two runs made once for the tests that only read them (lookup never writes the state:
+    test_lookup_never_writes_the_state), with the gateway that received their events."""
+    with TestGateway() as gateway:
+        yield run_twice(tmp_path_factory.mktemp("two_runs"), gateway), gateway
+
+
+@pytest.fixture
+def shared(shared_runs: tuple[Project, TestGateway]) -> Project:
+    return shared_runs[0]
+
+
+@pytest.fixture
+def shared_gateway(shared_runs: tuple[Project, TestGateway]) -> TestGateway:
+    return shared_runs[1]
+
+
 def sent_ids(gateway: TestGateway, user_id: str) -> list[str]:
     return [e["messageId"] for e in gateway.events if e.get("userId") == user_id]
 
 
 def test_a_delivered_key_shows_its_snapshot_model_row_and_delivery(
-    two_runs: Project, gateway: TestGateway, capsys: pytest.CaptureFixture[str]
+    shared: Project, shared_gateway: TestGateway, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = str(two_runs.config_path)
+    config = str(shared.config_path)
     doc = lookup_json(capsys, "events", "1", config)
     assert doc["state"] == {
         "kind": "local",
-        "location": str(state_path(two_runs.state_dir, "events", False)),
+        "location": str(state_path(shared.state_dir, "events", False)),
     }
     snapshot = doc["snapshot"]
     assert snapshot["status"] == "committed" and snapshot["version"] == 1
@@ -113,7 +137,7 @@ def test_a_delivered_key_shows_its_snapshot_model_row_and_delivery(
     assert row["values"]["id"] == 1 and row["values"]["email"] == "user1@example.com"
     assert doc["pending"] == [] and doc["rejected"] == []
     (delivery,) = doc["deliveries"]
-    assert delivery["message_id"] == sent_ids(gateway, "u1")[0]
+    assert delivery["message_id"] == sent_ids(shared_gateway, "u1")[0]
     assert delivery["status"] == "delivered" and delivery["change"] == "added"
     assert delivery["event_type"] == "track" and delivery["event"] == "User Signed Up"
     assert delivery["run_id"] and delivery["time"] and delivery["attempt"] == 1
@@ -130,14 +154,14 @@ def test_a_delivered_key_shows_its_snapshot_model_row_and_delivery(
 
 
 def test_a_changed_key_lists_both_deliveries_in_order(
-    two_runs: Project, gateway: TestGateway, capsys: pytest.CaptureFixture[str]
+    shared: Project, shared_gateway: TestGateway, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    doc = lookup_json(capsys, "events", "2", str(two_runs.config_path))
+    doc = lookup_json(capsys, "events", "2", str(shared.config_path))
     assert doc["snapshot"]["version"] == 2
     assert doc["snapshot"]["last_event_content"]["properties"]["plan"] == "pro"
     assert doc["model_rows"][0]["values"]["plan"] == "pro"
     changes = [(d["change"], d["event"], d["message_id"]) for d in doc["deliveries"]]
-    first, second = sent_ids(gateway, "u2")
+    first, second = sent_ids(shared_gateway, "u2")
     assert changes == [
         ("added", "User Signed Up", first),
         ("changed", "User Changed Subscription", second),
@@ -146,28 +170,28 @@ def test_a_changed_key_lists_both_deliveries_in_order(
 
 
 def test_a_removed_key_has_a_tombstone_and_no_model_row(
-    two_runs: Project, gateway: TestGateway, capsys: pytest.CaptureFixture[str]
+    shared: Project, shared_gateway: TestGateway, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    doc = lookup_json(capsys, "events", "3", str(two_runs.config_path))
+    doc = lookup_json(capsys, "events", "3", str(shared.config_path))
     assert doc["snapshot"]["status"] == "removed" and doc["snapshot"]["version"] == 2
     # a sync that sends 'removed' keeps the last content: the removed event carried it
     assert doc["snapshot"]["last_event_content"]["properties"]["email"] == "user3@example.com"
     assert doc["model_rows"] == []
     assert [d["event"] for d in doc["deliveries"]] == ["User Signed Up", "User Deleted Account"]
-    assert [d["message_id"] for d in doc["deliveries"]] == sent_ids(gateway, "u3")
+    assert [d["message_id"] for d in doc["deliveries"]] == sent_ids(shared_gateway, "u3")
 
 
 def test_a_rejected_row_shows_why_and_since_when(
-    two_runs: Project, capsys: pytest.CaptureFixture[str]
+    shared: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    doc = lookup_json(capsys, "events", "6", str(two_runs.config_path))
+    doc = lookup_json(capsys, "events", "6", str(shared.config_path))
     assert doc["snapshot"] is None and doc["deliveries"] == [] and doc["pending"] == []
     (rejected,) = doc["rejected"]
     assert rejected["status"] == "rejected" and rejected["attempts"] == 1
     assert "user_id" in rejected["reason"] and rejected["first_seen"]
     assert doc["model_rows"][0]["values"]["user_id"] is None
 
-    code, out, _ = lookup(capsys, "events", "6", str(two_runs.config_path))
+    code, out, _ = lookup(capsys, "events", "6", str(shared.config_path))
     assert code == 0
     assert "snapshot: none (never committed)" in out
     assert f"rejected: {rejected['reason']} (diffs in a row: 1" in out
@@ -175,20 +199,20 @@ def test_a_rejected_row_shows_why_and_since_when(
 
 
 def test_an_unknown_key_says_so_and_exits_1(
-    two_runs: Project, capsys: pytest.CaptureFixture[str]
+    shared: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = lookup(capsys, "events", "99", str(two_runs.config_path))
+    code, out, err = lookup(capsys, "events", "99", str(shared.config_path))
     assert code == 1 and err == ""
     assert "key '99' was never seen: the state has no snapshot row" in out
-    assert lookup_json(capsys, "events", "99", str(two_runs.config_path))["found"] is False
+    assert lookup_json(capsys, "events", "99", str(shared.config_path))["found"] is False
 
 
 def test_an_integer_key_typed_with_leading_zeros_is_matched_as_stored(
-    two_runs: Project, capsys: pytest.CaptureFixture[str]
+    shared: Project, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    doc = lookup_json(capsys, "events", "007", str(two_runs.config_path))
+    doc = lookup_json(capsys, "events", "007", str(shared.config_path))
     assert doc["found"] is False and doc["key"] == "7"
-    doc = lookup_json(capsys, "events", "+02", str(two_runs.config_path))
+    doc = lookup_json(capsys, "events", "+02", str(shared.config_path))
     assert doc["key"] == "2" and doc["snapshot"]["version"] == 2
 
 
@@ -247,9 +271,9 @@ def test_a_quarantined_change_shows_its_attempts_and_last_error(
 
 
 def test_unknown_sync_missing_state_and_window_of_an_unpartitioned_sync(
-    two_runs: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shared: Project, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = str(two_runs.config_path)
+    config = str(shared.config_path)
     code, out, err = lookup(capsys, "evnets", "1", config)
     assert (code, out) == (1, "")
     assert err == "error: no sync 'evnets' in the config. Fix: name one of: events.\n"
@@ -434,19 +458,19 @@ def test_a_partitioned_sync_with_its_state_in_postgresql(
 
 
 @pytest.mark.slow
-def test_python_m_rudder_sync_lookup(two_runs: Project, gateway: TestGateway) -> None:
-    env = cli_env(RUDDER_SYNC_CONFIG=str(two_runs.config_path), RUDDERSTACK_WRITE_KEY=WRITE_KEY)
+def test_python_m_rudder_sync_lookup(shared: Project, shared_gateway: TestGateway) -> None:
+    env = cli_env(RUDDER_SYNC_CONFIG=str(shared.config_path), RUDDERSTACK_WRITE_KEY=WRITE_KEY)
     done = subprocess.run(
         [sys.executable, "-m", "rudder_sync", "lookup", "events", "2", "--json"],
         env=env,
-        cwd=two_runs.root,
+        cwd=shared.root,
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
-    assert [d["message_id"] for d in document["deliveries"]] == sent_ids(gateway, "u2")
+    assert [d["message_id"] for d in document["deliveries"]] == sent_ids(shared_gateway, "u2")
     assert WRITE_KEY not in done.stdout + done.stderr
 
 
