@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -67,7 +68,7 @@ from .reporting import (
     windows_metadata,
 )
 from .rudderstack import RudderstackError, RudderstackResource
-from .state import SyncState
+from .state import SyncState, memory_fix
 from .state_backend import StateBackend
 from .steps import deliver_windows, settle_diff
 from .warehouses import WarehouseError, WarehouseResource
@@ -540,7 +541,10 @@ def failures_named(sync: SyncConfig) -> Iterator[None]:
     try:
         yield
     except WarehouseError as exc:
-        raise Failure(f"sync '{sync.name}': the model failed: {exc}") from None
+        raise Failure(f"sync '{sync.name}': the model failed: {exc}{memory_fix(exc)}") from None
+    except duckdb.OutOfMemoryException as exc:
+        text = " ".join(str(exc).split())
+        raise Failure(f"sync '{sync.name}': the diff failed: {text}{memory_fix(exc)}") from None
     except RudderstackError as exc:
         raise Failure(
             f"sync '{sync.name}': delivery stopped: {exc}. Changes that were accepted "

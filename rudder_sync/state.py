@@ -1051,6 +1051,19 @@ def _connect_with_wait(path: Path, sync_name: str, wait: float) -> duckdb.DuckDB
             delay = min(delay * 2, 2.0)
 
 
+def memory_fix(error: BaseException) -> str:
+    """The fix to append to an error of DuckDB's memory limit (empty for any other error): a
+    statement of the state's diff that DuckDB could not spill to disk within the limit."""
+    if "Out of Memory Error" not in str(error):
+        return ""
+    limit = os.environ.get(MEMORY_LIMIT_ENV_VAR, "").strip() or DEFAULT_MEMORY_LIMIT
+    return (
+        f". Fix: raise the state's DuckDB memory limit ({MEMORY_LIMIT_ENV_VAR}, now {limit}) "
+        f"where the machine has the RAM, e.g. {MEMORY_LIMIT_ENV_VAR}=4GB, or keep the state in "
+        "the warehouse ('state_schema', docs/large-models.md)"
+    )
+
+
 def _configure(conn: duckdb.DuckDBPyConnection) -> None:
     """Bound DuckDB's memory so a diff of a huge model spills to disk instead of growing RSS."""
     limit = os.environ.get(MEMORY_LIMIT_ENV_VAR, "").strip() or DEFAULT_MEMORY_LIMIT
