@@ -155,7 +155,32 @@ DOWN_MODES = {
 }
 
 
-@pytest.mark.parametrize(("mode", "last_error"), list(DOWN_MODES.items()), ids=list(DOWN_MODES))
+# The inner loop runs the whole-run contract (nothing committed, the recorded IDs delivered once
+# the data plane is back) on two of the modes; the other two reach it through the same give-up
+# (RudderstackUnavailableError), which these faster tests check for them.
+SLOW_DOWN_MODES = {
+    "503-forever": "test_retry_budget_is_configurable (503 all run long, in Dagster) and "
+    "test_rudderstack.py::test_persistent_503_gives_up_naming_the_last_error",
+    "429-retry-after-beyond-the-budget": (
+        "test_rudderstack.py::test_retry_after_beyond_the_budget_gives_up_at_once"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("mode", "last_error"),
+    [
+        pytest.param(
+            mode,
+            last_error,
+            id=mode,
+            marks=[pytest.mark.slow(reason=f"covered by {SLOW_DOWN_MODES[mode]}")]
+            if mode in SLOW_DOWN_MODES
+            else [],
+        )
+        for mode, last_error in DOWN_MODES.items()
+    ],
+)
 def test_data_plane_down_for_the_whole_run(
     tmp_path: Path, pinned_gateway: FixedPortGateway, mode: str, last_error: str
 ) -> None:
