@@ -27,6 +27,7 @@ from .helpers import (
     HISTORY,
     HISTORY_SYNC,
     TRACK_SYNC,
+    Project,
     asset_metadata,
     failure_text,
     read_state,
@@ -79,17 +80,26 @@ def pending_attempts(state_dir: Path) -> dict[str, int]:
     return {pk: attempts for pk, attempts in rows}
 
 
-@pytest.fixture
-def changed(tmp_path: Path) -> tuple[Any, Any]:
-    """A delivered project whose 5 rows then changed, and its twin (a copy, same state salt)."""
-    project = write_project(tmp_path / "main", {SYNC: copy.deepcopy(TRACK_SYNC)})
+@pytest.fixture(scope="module")
+def delivered(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A delivered project whose 5 rows then changed, made once: each test runs on copies."""
+    project = write_project(tmp_path_factory.mktemp("main"), {SYNC: copy.deepcopy(TRACK_SYNC)})
     with TestGateway() as gateway:
         assert run_sync(project, SYNC, rudderstack_for(gateway.url)).success  # the baseline
     sql(project.warehouse, CHANGE_ALL)
-    shutil.copytree(project.root, tmp_path / "twin")
-    twin = copy.copy(project)
-    twin.root, twin.config_path = tmp_path / "twin", tmp_path / "twin" / "rudder_sync.yaml"
-    return project, twin
+    return project
+
+
+def _copy(project: Project, root: Path) -> Project:
+    """The project's folder (YAML, warehouse, state) copied to `root`: the same state salt."""
+    shutil.copytree(project.root, root)
+    return Project(root=root, config_path=root / project.config_path.name)
+
+
+@pytest.fixture
+def changed(delivered: Project, tmp_path: Path) -> tuple[Project, Project]:
+    """This test's copy of the delivered project, and its twin (another copy)."""
+    return _copy(delivered, tmp_path / "main"), _copy(delivered, tmp_path / "twin")
 
 
 def test_only_keys_sends_those_rows_first_then_the_rest(changed: tuple[Any, Any]) -> None:
