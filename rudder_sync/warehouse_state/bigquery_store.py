@@ -10,18 +10,20 @@ is a DB-API-like connection whose commit is ONE job:
   permanent tables cannot run inside a BigQuery transaction: a script of DDL (the state's tables
   created if missing, the model, the delta, window tables rebuilt) runs without one, statement
   after statement; each of those tables is derived or created if missing, so a script that stops
-  half-way is rebuilt by the next run. Values are written into scripts as literals (bqemulator
-  binds no parameters in a script); a single statement outside a transaction binds them.
+  half-way is rebuilt by the next run. Written values are literals in the statements (bqemulator
+  binds no parameters in a script); reads bind theirs as named parameters.
 * The fence: the script of a run that holds the lock first checks that the lock row still names
-  it (`IF NOT EXISTS (...) THEN RAISE`). A killed client does not stop its job: a commit that
-  lands after another run took the lock over changes nothing.
+  it (`SELECT IF(EXISTS (...), 1, ERROR(...))`). A killed client does not stop its job: a commit
+  that lands after another run took the lock over changes nothing.
 * Reads (`rows`, `arrow`) run at once, over REST (the Storage Read API does not read query
   results on bqemulator); `reader` is the warehouse's own read path (`read_model`). A read while
   writes wait in the script would not see them: it is a bug, and raises.
 * `ingest` loads the rows by a load job (Parquet) into `<sync>__in__rs_<name>` in the state
-  dataset, replaced at each use.
+  dataset, replaced at each use (25,000 rows on bqemulator: 0.24 s; as multi-row INSERTs of
+  1,000 rows, 364 s).
 * Every job carries the label `rudder_sync_owner=<token of the lock owner>`: taking over the lock
-  of a run that died first cancels that run's jobs still running and waits until they end.
+  of a run that died (or whose row expired) first cancels that run's jobs still running and waits
+  until they end.
 
 The state's SQL is PostgreSQL's (transpiled here by sqlglot); the diff's statements arrive in
 BigQuery's already (`sql.render`; their quoted names are in backticks, which PostgreSQL's never
