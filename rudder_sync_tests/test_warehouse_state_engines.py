@@ -1,7 +1,8 @@
 """In-warehouse state (`state_schema`) on every engine that keeps it: the scenario table.
 
-Each scenario runs on PostgreSQL (ADBC), Snowflake (fakesnow's server, the real connector) and
-Redshift (the real redshift_connector against PostgreSQL), through `engines.state.state_engine`:
+Each scenario runs on PostgreSQL (ADBC), Snowflake (fakesnow's server, the real connector),
+Redshift (the real redshift_connector against PostgreSQL) and BigQuery (bqemulator, the real
+google-cloud-bigquery), through `engines.state.state_engine`:
 real Dagster runs against the test gateway. Local mode on the same engine is the reference: the
 in-warehouse mode must send the same events byte for byte (both states start from one salt, so
 messageIds match too), read out only the changed rows, and keep the promises of
