@@ -207,7 +207,7 @@ def _seed(
         "delete from users where id - 10 * floor(id / 10) = 1",
     )
     if added:
-        engine.sql(engine.users(range(rows + 1, rows + added + 1)))
+        engine.insert_users(range(rows + 1, rows + added + 1))
     expected = {(i, "removed") for i in range(1, rows + 1) if i % 10 == 1}
     expected |= {(i, "changed") for i in range(1, rows + 1) if i % 4 == 0 and i % 10 != 1}
     expected |= {(i, "added") for i in range(rows + 1, rows + added + 1)}
