@@ -15,7 +15,11 @@ band between the previous run's lower bound and this one's: a row found there th
 delivered nor pending arrived too late, and is reported by key with why instead of being dropped.
 
 Partitioned append syncs read each window's cursor range; a window's events depend only on the
-rows in it (re-running one re-sends the same messageIds), as for partitioned diff syncs.
+rows in it (re-running one re-sends the same messageIds), as for partitioned diff syncs. A row in
+no window is reported, not dropped: each partitioned run also reads the model's null-cursor rows
+(`<cursor> is null`, in the warehouse) and reports them by key, and counts the rows before the
+first window's start (one aggregate) and reports them as one entry, under the run's `(no window)`
+summary.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ BELOW_KEY = "append_below"  # meta: rows below the last diff's lower bound, as c
 COUNTED_KEY = "append_counted"  # meta: this snapshot's counts below its bounds (for the diff)
 KIND_KEY = "append_cursor_kind"  # meta: tz, naive, date or number
 CURSOR_TABLE = "append_cursor"  # pending and delivered keys with their cursor
+NULL_ROWS = "append_null_rows"  # a partitioned run's rows with a null cursor (in no window)
+BEFORE_START_KEY = "append_before_start"  # meta: a partitioned run's rows before the first window
+NO_WINDOW = "(no window)"  # the summary of a partitioned run's rows that are in no window
+BEFORE_START = "(before start)"  # the key of the one entry reporting those rows
 # Parameters of the filter around the model; `$partition_*` stay the model's own.
 FROM_PARAM, TO_PARAM = "rudder_sync_cursor_from", "rudder_sync_cursor_to"
 WINDOW_START, WINDOW_END = "rudder_sync_window_start", "rudder_sync_window_end"
@@ -199,7 +207,7 @@ class AppendStateBackend:
         windows: Sequence[WindowSpec],
     ) -> Snapshot:
         if partitions is not None:
-            return self._snapshot_windows(state, windows)
+            return self._snapshot_windows(state, partitions, windows)
         bounds = self._bounds(state)
         band = None
         start, low = bounds.read_from, bounds.low
@@ -232,8 +240,15 @@ class AppendStateBackend:
             metadata["late_below_band"] = counted["late_below"]
         return AppendSnapshot({"": rows}, column_types(state.conn, "model_rows"), False, metadata)
 
-    def _snapshot_windows(self, state: SyncState, windows: Sequence[WindowSpec]) -> Snapshot:
-        """Each window's rows: the cursor range [start, end) of the window."""
+    def _snapshot_windows(
+        self,
+        state: SyncState,
+        partitions: TimeWindowPartitionsDefinition,
+        windows: Sequence[WindowSpec],
+    ) -> Snapshot:
+        """Each window's rows: the cursor range [start, end) of the window. And the rows no
+        window reads, so that the diff reports them: those with a null cursor (read, filtered in
+        the warehouse) and those before the first window's start (counted there)."""
         rows: dict[str, int] = {}
         keep = {window_table(spec.key) for spec in windows}
         state.drop_tables_except("window__", keep)
@@ -252,7 +267,29 @@ class AppendStateBackend:
             }
             rows[spec.key] = self._read(state, window_table(spec.key), sql, params)
         types = column_types(state.conn, window_table(windows[-1].key))
-        return AppendSnapshot(rows, types, False, {"cursor_ranges": len(windows)})
+        # A model's own `$partition_*` get the run's whole range for the rows in no window.
+        whole = {"partition_start": windows[0].start, "partition_end": windows[-1].end}
+        nulls = self._read(
+            state,
+            NULL_ROWS,
+            f"select * from ({body}) as rudder_sync_model where {cursor} is null",
+            whole,
+        )
+        first = partitions.get_first_partition_window()
+        start = first.start if first is not None else partitions.start
+        count_sql = (
+            f"select count(*) as rudder_sync_before from ({body}) t where {cursor} < ${FROM_PARAM}"
+        )
+        with self.warehouse.read_model(count_sql, {**whole, FROM_PARAM: start}) as reader:
+            before = int(reader.read_all().column(0)[0].as_py() or 0)
+        with state.transaction():
+            state.set_meta(BEFORE_START_KEY, json.dumps([before, start.isoformat()]))
+        metadata = {
+            "cursor_ranges": len(windows),
+            "null_cursor_rows": nulls,
+            "rows_before_first_window": before,
+        }
+        return AppendSnapshot(rows, types, False, metadata)
 
     def _read(self, state: SyncState, table: str, sql: str, params: dict[str, Any]) -> int:
         """Run the filtered model, its rows into ``table``; a missing cursor column names the
@@ -387,6 +424,7 @@ class AppendStateBackend:
         readmitted = state.readmit_quarantined(sync.max_attempts) if retry_quarantined else 0
         if windows:
             summaries = {spec.key: self._diff_window(state, spec, now) for spec in windows}
+            summaries[NO_WINDOW] = self._diff_no_window(state, now)
             extra: dict[str, Any] = {}
         else:
             if not state.has_table("model_rows") or state.get_meta(READ_KEY) is None:
@@ -396,7 +434,7 @@ class AppendStateBackend:
             bounds = Bounds.from_text(str(state.get_meta(READ_KEY)))
             summary, extra = self._diff(state, bounds, mode, now)
             summaries = {"": summary}
-        frame, left_out = pending_frame(state, sync, [key for key in summaries if key])
+        frame, left_out = pending_frame(state, sync, [spec.key for spec in windows])
         return DiffResult(summaries, frame, readmitted, transfer=extra, frame_left_out=left_out)
 
     def _rows_sql(self, table: str, types: dict[str, str]) -> str:
@@ -614,6 +652,55 @@ class AppendStateBackend:
             )
             state.replace_pending(spec.key, changes, now)
         summary = self._summary(state, spec.key, False)
+        run(state.conn, "drop table __rs_rows")
+        return summary
+
+    def _diff_no_window(self, state: SyncState, now: datetime) -> DiffSummary:
+        """A partitioned run's rows that no window reads, reported as rejected rows of the sync
+        (not of a window), as an unpartitioned run reports them: each null-cursor row by key,
+        and the rows before the first window's start as one counted entry (they may be the
+        table's whole history: no key is kept for them)."""
+        sync = self.sync
+        if not state.has_table(NULL_ROWS):
+            raise StateError(
+                f"sync '{sync.name}': the rows in no window were not read; materialize "
+                f"{sync.name}/snapshot for this run's windows first."
+            )
+        types = column_types(state.conn, NULL_ROWS)
+        run(
+            state.conn,
+            f"create or replace temp table __rs_rows as {self._rows_sql(NULL_ROWS, types)}",
+        )
+        before, start = json.loads(state.get_meta(BEFORE_START_KEY) or "[0, null]")
+        null_reason = quote_literal(
+            f"null cursor (column {sync.cursor}): cannot tell when the row came, so no "
+            "window holds it"
+        )
+        rows_sql = (
+            f"select coalesce(__rs_pk, '(null)') as __rs_pk, __rs_hash, {null_reason} as reason "
+            "from __rs_rows"
+        )
+        if before:
+            reason = (
+                f"before the first window: {before} row(s) with a cursor before {start} (the "
+                "first partition's start) are in no window; not sent (move 'partitions.start' "
+                "earlier to send them, or filter them out in the model)"
+            )
+            rows_sql += (
+                f" union all select {quote_literal(BEFORE_START)} as __rs_pk, "
+                f"null::ubigint as __rs_hash, {quote_literal(reason)} as reason"
+            )
+        with state.transaction():
+            state.replace_rejected_rows(None, rows_sql, now)
+        rejected_count, rejected_sample = state.rejected(None, REJECTED_SAMPLE)
+        none = dict.fromkeys(("added", "changed", "removed"), 0)
+        summary = DiffSummary(
+            model_rows=state.count("__rs_rows"),
+            counts=none,
+            to_send=dict(none),
+            rejected_count=rejected_count,
+            rejected_sample=rejected_sample,
+        )
         run(state.conn, "drop table __rs_rows")
         return summary
 

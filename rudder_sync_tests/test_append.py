@@ -397,18 +397,43 @@ def test_date_and_naive_timestamp_cursors(
     assert event["timestamp"] == late[1]
 
 
-def test_partitioned_windows_are_cursor_ranges(tmp_path: Path, gateway: TestGateway) -> None:
+def test_partitioned_windows_are_cursor_ranges_and_rows_in_no_window_are_reported(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    # orders from 2024-05-30 13:00 (11 of them before the first window) to 2024-06-01 12:00
     project = orders_project(
-        tmp_path, rows=48, partitions={"start": "2024-05-30", "cadence": "daily"}
+        tmp_path, rows=48, partitions={"start": "2024-05-31", "cadence": "daily"}
     )
+    sql(project.warehouse, "insert into orders values (104, 'u1', 1, null), (105, 'u2', 2, null)")
     result = run_sync(project, SYNC, rudderstack_for(gateway.url), partition_key="2024-05-31")
     # the orders of 2024-05-31 (UTC): hours 0..23
     assert len(gateway.events) == 24
     assert all(e["timestamp"].startswith("2024-05-31") for e in gateway.events)
-    assert rows_read(result) == 24
+    snapshot = asset_metadata(result, SYNC, "snapshot")
+    assert snapshot["dagster/row_count"] == 24
+    assert snapshot["null_cursor_rows"] == 2 and snapshot["rows_before_first_window"] == 11
+    # the rows no window reads are rejected rows of the sync, by key (null cursor) or counted
+    diff = asset_metadata(result, SYNC, "diff")
+    assert diff["rejected_rows"] == 3
+    reasons = {row["key"]: row["reason"] for row in diff["rejected_sample"]}
+    assert set(reasons) == {"104", "105", "(before start)"}
+    assert reasons["104"].startswith("null cursor (column created_at): cannot tell when")
+    assert reasons["(before start)"].startswith(
+        "before the first window: 11 row(s) with a cursor before 2024-05-31T00:00:00+00:00"
+    )
+    assert any("104" in line and "null cursor" in line for line in result.run_logs)
     first_ids = sorted(e["messageId"] for e in gateway.events)
-    run_sync(project, SYNC, rudderstack_for(gateway.url), partition_key="2024-05-31")
+    again = run_sync(project, SYNC, rudderstack_for(gateway.url), partition_key="2024-05-31")
     assert sorted(e["messageId"] for e in gateway.events[24:]) == first_ids  # a re-run: same IDs
+    # reported while they exist: a null cursor filled in puts the row in its window
+    sql(project.warehouse, "update orders set created_at = timestamptz '2024-05-31 05:30+00' "
+        "where order_id = 104")  # fmt: skip
+    assert asset_metadata(again, SYNC, "diff")["rejected_rows"] == 3
+    run_sync(project, SYNC, rudderstack_for(gateway.url), partition_key="2024-05-31")
+    assert len(gateway.events) == 24 * 3 + 1
+    with read_state(project.state_dir / f"{SYNC}.duckdb") as conn:
+        left = conn.execute("select __rs_pk from rejected_rows order by 1").fetchall()
+    assert left == [("(before start)",), ("105",)]
 
 
 # -- load-time errors, one line each ---------------------------------------------------------------
