@@ -376,8 +376,10 @@ class AppendStateBackend:
             f"from ({statement_body(self.sync.model)}) t where {cursor} < ${TO_PARAM}"
         )
         with self.warehouse.read_model(sql, {FROM_PARAM: start, TO_PARAM: end}) as reader:
-            row = reader.read_all().to_pylist()[0]
-        return int(row["below"] or 0), int(row["band"] or 0)
+            table = reader.read_all()
+        # By position: Snowflake names the unquoted aliases BELOW and BAND.
+        below, band = (table.column(i)[0].as_py() for i in range(2))
+        return int(below or 0), int(band or 0)
 
     def _known(self, state: SyncState, start: Cursor, end: Cursor) -> int:
         """The keys in [start, end) the state knows (delivered or pending). A row of the band
