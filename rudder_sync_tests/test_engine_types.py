@@ -22,6 +22,8 @@ from rudder_sync.jsonvalues import json_object_sql, quote_ident
 from rudder_sync.warehouses.base import stream
 from rudder_sync.warehouses.vendor import batches_of
 
+from .engines.databricks import to_arrow
+
 # One xdist worker runs every test of the vendor engines (with --dist loadgroup), so that each
 # stand-in (rudder_sync_tests/engines/) starts once per run.
 pytestmark = pytest.mark.xdist_group("engines")
@@ -106,7 +108,7 @@ def test_databricks_types_from_spark_sql(spark_engine: Any) -> None:
         select 2L, null, null, null, null, null, array(), named_struct('city', null, 'zip', 0),
         map(), null, null, null"""
     )
-    table = frame.toArrow()
+    table = to_arrow(frame)
     # the cursor description Databricks' connector gives: (name, type name, ...)
     description = [(f.name, f.dataType.typeName()) for f in frame.schema.fields]
     schema = normalised_schema(table.schema, description)
