@@ -3,10 +3,14 @@ model is bound by each real connector (Snowflake: fakesnow's server; BigQuery: b
 Redshift: redshift_connector onto the test PostgreSQL), and the events must be those the same
 history sends on a DuckDB file (messageId aside).
 
-Two syncs on one `orders` table, run together in each Dagster run: a zone-aware timestamp cursor
-(`start_at` for its first run, `lookback: 2h`) and a numeric one (`send_initial_results`,
-`lookback: 20`). The history: a first run; two new orders; a late order inside both lookbacks
-(sent once), a null-cursor order (reported by key), a new order; a run with nothing new.
+Three syncs on one `orders` table, run together in each Dagster run: a zone-aware timestamp
+cursor (`lookback: 2h`) whose first run sends from `start_at`, the same without it (its first run
+records the table's end: `max(created_at)` in the warehouse), and a numeric cursor
+(`send_initial_results`, `lookback: 20`). The history: a first run; two new orders; a late order
+inside the lookbacks (sent once), a null-cursor order (reported by key), a new order; a run with
+nothing new. Then a partitioned append sync's backfill of four hourly windows (each window's
+cursor range bound; the null-cursor row read and the rows before the first window counted, both
+reported).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ SECRET = "engine-Secret-31x"
 COLUMNS = ("order_id", "user_id", "amount", "created_at", "seq")
 T0 = "2024-06-01 12:00:00+00:00"
 BY_TIME, BY_NUMBER = "orders_by_time", "orders_by_number"
+RECORDED, BACKFILL = "orders_recorded", "orders_backfill"
 SYNCS: dict[str, dict[str, Any]] = {
     BY_TIME: {
         "mode": "append",
@@ -47,6 +52,17 @@ SYNCS: dict[str, dict[str, Any]] = {
         "user_id": "user_id",
         "mapping": {"amount": "amount"},
         "events": {"added": "Order Completed"},
+        "timestamp": "created_at",
+    },
+    RECORDED: {
+        "mode": "append",
+        "cursor": "created_at",
+        "lookback": "2h",
+        "primary_key": "order_id",
+        "type": "track",
+        "user_id": "user_id",
+        "mapping": {"amount": "amount"},
+        "events": {"added": "Order Recorded"},
         "timestamp": "created_at",
     },
     BY_NUMBER: {
@@ -79,8 +95,17 @@ CHANGES: list[list[tuple] | None] = [
     None,  # run 3: 13 and 15; 14 reported
     None,  # run 4: nothing new; 14 reported again
 ]
+# The backfill: hourly windows from 10:00 (orders 1..7 are before it), run 10:00 to 13:00.
+PARTITIONED = {
+    **SYNCS[BY_TIME],
+    "events": {"added": "Order Backfilled"},
+    "partitions": {"start": "2024-06-01T10:00:00Z", "cadence": "hourly"},
+}
+del PARTITIONED["start_at"]
+BACKFILL_RANGE = ("2024-06-01-10:00", "2024-06-01-13:00")
 EXPECTED = {  # order ids sent per run, by sync
     BY_TIME: [[8, 9, 10], [11, 12], [13, 15], []],
+    RECORDED: [[], [11, 12], [13, 15], []],
     BY_NUMBER: [list(range(1, 11)), [11, 12], [13, 15], []],
 }
 
@@ -127,17 +152,20 @@ BIGQUERY = Dialect(("INT64", "STRING", "FLOAT64", "TIMESTAMP", "INT64"), "TIMEST
 
 def _project(root: Path, warehouse: dict[str, Any] | str, model: str) -> Project:
     root.mkdir(parents=True, exist_ok=True)
-    syncs = {name: dict(copy.deepcopy(body), model=model) for name, body in SYNCS.items()}
+    syncs = {
+        name: dict(copy.deepcopy(body), model=model)
+        for name, body in {**SYNCS, BACKFILL: PARTITIONED}.items()
+    }
     path = root / "rudder_sync.yaml"
     document = {"warehouse": warehouse, "state": "state", "syncs": syncs}
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return Project(root=root, config_path=path)
 
 
-def _run_both(project: Project, gateway: TestGateway) -> Any:
-    """One Dagster run materializing both syncs' assets (as their jobs would, together)."""
+def _run(project: Project, gateway: TestGateway, names: list[str], **tags: str) -> Any:
+    """One Dagster run materializing these syncs' assets (as their jobs would, together)."""
     config = project.config()
-    assets = [a for name in SYNCS for a in build_sync_assets(config.syncs[name], config.state)]
+    assets = [a for name in names for a in build_sync_assets(config.syncs[name], config.state)]
     return materialize(
         assets,
         resources={
@@ -146,7 +174,26 @@ def _run_both(project: Project, gateway: TestGateway) -> Any:
             IO_MANAGER_KEY: SyncOutputIOManager(directory=str(config.state / "outputs")),
         },
         instance=DagsterInstance.ephemeral(),
+        tags=tags,
     )
+
+
+def _record(result: Any, name: str, event: str, sent: list[dict[str, Any]]) -> dict[str, Any]:
+    """One sync's part of a run: its events (messageId aside, sorted), rejected rows, reads."""
+    snapshot = asset_metadata(result, name, "snapshot")
+    diff = asset_metadata(result, name, "diff")
+    record = {
+        "events": sorted(
+            ({k: v for k, v in e.items() if k != "messageId"} for e in sent if e["event"] == event),
+            key=repr,
+        ),
+        "rejected": diff.get("rejected_sample", []),
+        "rows_read": snapshot["dagster/row_count"],
+    }
+    for key in ("cursor", "read_from", "null_cursor_rows", "rows_before_first_window"):
+        if key in snapshot:
+            record[key] = snapshot[key]
+    return record
 
 
 def _history(project: Project, change: Callable[[list[tuple]], None]) -> list[dict[str, Any]]:
@@ -158,24 +205,30 @@ def _history(project: Project, change: Callable[[list[tuple]], None]) -> list[di
                 change(step)
                 continue
             before = len(gateway.events)
-            result = _run_both(project, gateway)
+            result = _run(project, gateway, list(SYNCS))
             sent = gateway.events[before:]
             record: dict[str, Any] = {"schema_errors": list(gateway.schema_errors)}
             for name, body in SYNCS.items():
-                events = [e for e in sent if e["event"] == body["events"]["added"]]
-                snapshot = asset_metadata(result, name, "snapshot")
-                diff = asset_metadata(result, name, "diff")
-                record[name] = {
-                    "events": sorted(
-                        ({k: v for k, v in e.items() if k != "messageId"} for e in events),
-                        key=repr,
-                    ),
-                    "rejected": diff.get("rejected_sample", []),
-                    "rows_read": snapshot["dagster/row_count"],
-                    "cursor": snapshot["cursor"],
-                    "read_from": snapshot["read_from"],
-                }
+                record[name] = _record(result, name, body["events"]["added"], sent)
             runs.append(record)
+        before = len(gateway.events)
+        start, end = BACKFILL_RANGE
+        result = _run(
+            project,
+            gateway,
+            [BACKFILL],
+            **{
+                "dagster/asset_partition_range_start": start,
+                "dagster/asset_partition_range_end": end,
+            },
+        )
+        sent = gateway.events[before:]
+        runs.append(
+            {
+                "schema_errors": list(gateway.schema_errors),
+                BACKFILL: _record(result, BACKFILL, "Order Backfilled", sent),
+            }
+        )
     return runs
 
 
@@ -191,15 +244,23 @@ def on_duckdb(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     sql(project.warehouse, DUCKDB.ddl("orders"))
     sql(project.warehouse, DUCKDB.insert("orders", SEED))
     runs = _history(project, lambda rows: sql(project.warehouse, DUCKDB.insert("orders", rows)))
-    for name, expected in EXPECTED.items():  # the reference itself is what the history says
-        assert [_order_ids(run, name) for run in runs] == expected
-        assert [[r["key"] for r in run[name]["rejected"]] for run in runs] == [
-            [],
-            [],
-            ["14"],
-            ["14"],
-        ]
+    _check_history(runs)
     return runs
+
+
+def _check_history(runs: list[dict[str, Any]]) -> None:
+    """What the history sends and reports, whatever the engine."""
+    assert [run["schema_errors"] for run in runs] == [[]] * len(runs)
+    for name, expected in EXPECTED.items():
+        assert [_order_ids(run, name) for run in runs[:4]] == expected, name
+        rejected = [[r["key"] for r in run[name]["rejected"]] for run in runs[:4]]
+        assert rejected == [[], [], ["14"], ["14"]], name
+    backfill = runs[4][BACKFILL]
+    assert _order_ids(runs[4], BACKFILL) == [8, 9, 10, 11, 13]  # 10:00 to 14:00
+    reasons = {r["key"]: r["reason"] for r in backfill["rejected"]}
+    assert set(reasons) == {"14", "(before start)"}
+    assert reasons["(before start)"].startswith("before the first window: 7 row(s)")
+    assert backfill["null_cursor_rows"] == 1 and backfill["rows_before_first_window"] == 7
 
 
 def _keep_null_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,9 +355,7 @@ def test_an_append_history_on_the_engine_sends_what_duckdb_sends(
     on_duckdb: list[dict[str, Any]],
 ) -> None:
     runs = ENGINES[engine](request, tmp_path / engine)
-    assert [run["schema_errors"] for run in runs] == [[]] * len(runs)
-    for name, expected in EXPECTED.items():
-        assert [_order_ids(run, name) for run in runs] == expected, name
+    _check_history(runs)
     # the same events (bodies, timestamps), rejected rows, rows read and bounds, run by run
     assert runs == on_duckdb
     assert SECRET not in repr(runs)
