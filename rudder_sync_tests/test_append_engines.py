@@ -1,7 +1,9 @@
 """`mode: append` on the vendor warehouses' stand-ins, end to end: the cursor filter around the
 model is bound by each real connector (Snowflake: fakesnow's server; BigQuery: bqemulator;
-Redshift: redshift_connector onto the test PostgreSQL), and the events must be those the same
-history sends on a DuckDB file (messageId aside).
+Redshift: redshift_connector onto the test PostgreSQL; Databricks: Spark SQL on pyspark, through
+the DB-API stand-in for databricks-sql-connector in engines/databricks.py, with native `:name`
+parameters), and the events must be those the same history sends on a DuckDB file (messageId
+aside).
 
 Three syncs on one `orders` table, run together in each Dagster run: a zone-aware timestamp
 cursor (`lookback: 2h`) whose first run sends from `start_at`, the same without it (its first run
@@ -148,6 +150,7 @@ SNOWFLAKE = Dialect(
     ("number(38,0)", "varchar", "float", "timestamp_tz", "number(38,0)"), "timestamp_tz"
 )
 BIGQUERY = Dialect(("INT64", "STRING", "FLOAT64", "TIMESTAMP", "INT64"), "TIMESTAMP")
+SPARK = Dialect(("int", "string", "double", "timestamp", "int"), "timestamp")
 
 
 def _project(root: Path, warehouse: dict[str, Any] | str, model: str) -> Project:
@@ -342,11 +345,51 @@ def _on_redshift(request: pytest.FixtureRequest, root: Path) -> list[dict[str, A
     return _history(project, lambda rows: pg.sql(POSTGRES.insert("orders", rows)))
 
 
-ENGINES = {"snowflake": _on_snowflake, "bigquery": _on_bigquery, "redshift": _on_redshift}
+def _on_databricks(request: pytest.FixtureRequest, root: Path) -> list[dict[str, Any]]:
+    from databricks import sql as dbsql
+
+    from .engines.databricks import SparkConnection
+
+    spark = request.getfixturevalue("spark_engine")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setattr(dbsql, "connect", lambda **kwargs: SparkConnection(spark, **kwargs))
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    schema = f"append_{uuid.uuid4().hex[:8]}"
+    spark.sql(f"create database `{schema}`")
+    orders = f"`{schema}`.orders"
+    try:
+        spark.sql(SPARK.ddl(orders) + " using parquet")
+        spark.sql(SPARK.insert(orders, SEED))
+        warehouse = {
+            "type": "databricks",
+            "server_hostname": "dbc-1.cloud.databricks.com",
+            "http_path": "/sql/1.0/warehouses/abc",
+            "access_token": {"env": SECRET_ENV},
+            "catalog": "spark_catalog",
+            "schema": schema,
+        }
+        project = _project(root, warehouse, f"select {', '.join(COLUMNS)} from orders")
+        return _history(project, lambda rows: spark.sql(SPARK.insert(orders, rows)) and None)
+    finally:
+        spark.sql(f"drop database if exists `{schema}` cascade")
+
+
+ENGINES = {
+    "snowflake": _on_snowflake,
+    "bigquery": _on_bigquery,
+    "redshift": _on_redshift,
+    "databricks": _on_databricks,
+}
 
 
 @pytest.mark.parametrize(
-    "engine", ["snowflake", pytest.param("bigquery", marks=pytest.mark.slow), "redshift"]
+    "engine",
+    [
+        "snowflake",
+        pytest.param("bigquery", marks=pytest.mark.slow),
+        "redshift",
+        pytest.param("databricks", marks=pytest.mark.slow),
+    ],
 )
 def test_an_append_history_on_the_engine_sends_what_duckdb_sends(
     engine: str,
