@@ -30,8 +30,8 @@ TOKEN = "dapi-secret-token-42"
 
 @pytest.fixture
 def databricks_on_spark(spark_engine: Any, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """`databricks.sql.connect` reaches the local Spark (the connector cannot: engines/databricks.py); the
-    keyword arguments of each connection, for the test to check."""
+    """`databricks.sql.connect` reaches the local Spark (the connector cannot: see
+    engines/databricks.py); the keyword arguments of each connection, for the test to check."""
     from databricks import sql as dbsql
 
     calls: list[dict] = []
@@ -117,6 +117,6 @@ def test_a_failing_model_names_the_fix_and_hides_the_token(
         warehouse.read_model(f"select * from nowhere.missing where x = '{TOKEN}'"),
     ):
         pass
-    message = str(failed.value)
+    message = str(failed.value)  # the stand-in raises the connector's ServerOperationError
     assert "check the table names, 'catalog' and 'schema'" in message
     assert TOKEN not in message

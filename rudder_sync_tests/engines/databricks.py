@@ -150,6 +150,9 @@ def spark_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         .config(catalog, "org.apache.iceberg.spark.SparkCatalog")
         .config(f"{catalog}.type", "hadoop")
         .config(f"{catalog}.warehouse", str(root / "iceberg"))
+        # each connection is a session of its own: without this, a session's catalog keeps the
+        # table versions it loaded and misses another session's commits
+        .config(f"{catalog}.cache-enabled", "false")
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("ERROR")
@@ -197,8 +200,16 @@ class SparkCursor:
         args = None
         if parameters:
             args = dict(parameters) if isinstance(parameters, dict) else list(parameters)
-        frame = self.session.sql(operation, args=args)
-        self._table = to_arrow(frame)  # statements run here, at once, as on the server
+        from databricks.sql.exc import ServerOperationError
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import PySparkException
+
+        try:
+            frame = self.session.sql(operation, args=args)
+            self._table = to_arrow(frame)  # statements run here, at once, as on the server
+        except (PySparkException, Py4JJavaError) as exc:
+            # the connector's error for a statement the server refused, with Spark's message
+            raise ServerOperationError(str(exc)) from exc
         self._offset = 0
         fields = frame.schema.fields
         self.description = [(f.name, _type_name(f.dataType), None, None, None, None, None)
