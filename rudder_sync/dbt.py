@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import sqlglot
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, Failure
 from pydantic import BaseModel, ConfigDict
-from sqlglot import exp
 
 from .errors import ConfigError, WarehouseError
 from .warehouses.settings import DuckDBSettings, WarehouseSettings
@@ -284,6 +282,8 @@ def _relation(
     """database.schema.alias in the warehouse's dialect, each part quoted where dbt quotes it
     (its relation_name: PostgreSQL and DuckDB quote, Snowflake by default not, so that names fold
     to upper case as dbt created them)."""
+    from sqlglot import exp  # here, not at import: a project without dbt never needs sqlglot
+
     dialect = warehouse.type
     database, schema = node.get("database"), node.get("schema")
     alias = node.get("alias") or node.get("identifier") or node["name"]
@@ -312,6 +312,9 @@ def _relation(
 def _quoting(relation_name: str | None, dialect: str) -> dict[str, bool]:
     """Which parts (catalog, db, this) dbt quoted in the node's relation_name; all when unknown,
     but none on Snowflake (dbt-snowflake's default)."""
+    import sqlglot
+    from sqlglot import exp
+
     default = dialect != "snowflake"
     if not relation_name:
         return {"catalog": default, "db": default, "this": default}
