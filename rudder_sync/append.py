@@ -249,24 +249,12 @@ class AppendStateBackend:
         """Each window's rows: the cursor range [start, end) of the window. And the rows no
         window reads, so that the diff reports them: those with a null cursor (read, filtered in
         the warehouse) and those before the first window's start (counted there)."""
+        sync = self.sync
         rows: dict[str, int] = {}
         keep = {window_table(spec.key) for spec in windows}
         state.drop_tables_except("window__", keep)
         cursor = self._cursor_sql()
-        body = statement_body(self.sync.model)
-        sql = (
-            f"select * from ({body}) as rudder_sync_model where {cursor} >= ${WINDOW_START} "
-            f"and {cursor} < ${WINDOW_END}"
-        )
-        for spec in windows:
-            params = {
-                "partition_start": spec.start,
-                "partition_end": spec.end,
-                WINDOW_START: spec.start,
-                WINDOW_END: spec.end,
-            }
-            rows[spec.key] = self._read(state, window_table(spec.key), sql, params)
-        types = column_types(state.conn, window_table(windows[-1].key))
+        body = statement_body(sync.model)
         # A model's own `$partition_*` get the run's whole range for the rows in no window.
         whole = {"partition_start": windows[0].start, "partition_end": windows[-1].end}
         nulls = self._read(
@@ -275,12 +263,36 @@ class AppendStateBackend:
             f"select * from ({body}) as rudder_sync_model where {cursor} is null",
             whole,
         )
+        # The bounds are bound as the cursor's kind (its type, from that read): a window's
+        # instants as UTC wall time for a timestamp without zone or a date, as the unpartitioned
+        # runs compare them, not cast by the warehouse session's time zone.
+        kind = _kind(sync, _arrow_type(state, NULL_ROWS, str(sync.cursor)))
+        if kind == "number":
+            raise ConfigError(
+                f"sync '{sync.name}': key 'partitions' makes windows of time, but column "
+                f"'{sync.cursor}' (from 'cursor') is a number. Fix: name a timestamp or date "
+                "column in 'cursor', or remove 'partitions'."
+            )
+        sql = (
+            f"select * from ({body}) as rudder_sync_model where {cursor} >= ${WINDOW_START} "
+            f"and {cursor} < ${WINDOW_END}"
+        )
+        for spec in windows:
+            params = {
+                "partition_start": spec.start,
+                "partition_end": spec.end,
+                WINDOW_START: _normal(spec.start, kind),
+                WINDOW_END: _normal(spec.end, kind),
+            }
+            rows[spec.key] = self._read(state, window_table(spec.key), sql, params)
+        types = column_types(state.conn, window_table(windows[-1].key))
         first = partitions.get_first_partition_window()
         start = first.start if first is not None else partitions.start
         count_sql = (
             f"select count(*) as rudder_sync_before from ({body}) t where {cursor} < ${FROM_PARAM}"
         )
-        with self.warehouse.read_model(count_sql, {**whole, FROM_PARAM: start}) as reader:
+        bound = {**whole, FROM_PARAM: _normal(start, kind)}
+        with self.warehouse.read_model(count_sql, bound) as reader:
             before = int(reader.read_all().column(0)[0].as_py() or 0)
         with state.transaction():
             state.set_meta(BEFORE_START_KEY, json.dumps([before, start.isoformat()]))
@@ -349,6 +361,8 @@ class AppendStateBackend:
         current end (recorded as the baseline, not sent)."""
         sync = self.sync
         kind = state.get_meta(KIND_KEY)
+        if kind is None and sync.start_at is not None and not state.initialized:
+            kind = self._probe_kind(state)  # start_at is bound as the cursor's kind
         start_at = _normal(_start(sync.start_at), kind)
         if not state.initialized:
             if start_at is not None:
@@ -395,6 +409,16 @@ class AppendStateBackend:
                 )[0][0]
             )
         return known
+
+    def _probe_kind(self, state: SyncState) -> str:
+        """The cursor's kind, from the model's columns (a query that returns no row)."""
+        sql = f"select * from ({statement_body(self.sync.model)}) as rudder_sync_model where 1 = 0"
+        with self.warehouse.read_model(sql, {}) as reader:
+            self._check_columns(reader.schema)
+            kind = _kind(self.sync, reader.schema.field(str(self.sync.cursor)).type)
+        with state.transaction():
+            state.set_meta(KIND_KEY, kind)
+        return kind
 
     def _current_end(self, state: SyncState) -> Cursor | None:
         """The largest cursor in the model now (one row out of the warehouse)."""

@@ -518,6 +518,24 @@ def test_append_on_postgres(
     assert rows_read(second) == 5
 
 
+def test_a_partitioned_append_sync_on_a_numeric_cursor_fails_naming_the_fix(
+    tmp_path: Path, gateway: TestGateway
+) -> None:
+    project = orders_project(
+        tmp_path, rows=3, cursor="order_id", lookback=0,
+        partitions={"start": "2024-05-30", "cadence": "daily"},
+    )  # fmt: skip
+    failed = run_sync(
+        project,
+        SYNC,
+        rudderstack_for(gateway.url),
+        raise_on_error=False,
+        partition_key="2024-05-31",
+    )
+    assert "key 'partitions' makes windows of time, but column 'order_id'" in failure_text(failed)
+    assert gateway.events == []
+
+
 # -- SIGKILL in the events step, then a rerun -----------------------------------------------------
 
 
