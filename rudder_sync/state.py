@@ -651,10 +651,7 @@ class SyncState:
         their row is among them unchanged (see `_keep_started_resync`).
         """
         scope = in_window(window)
-        run(
-            self.conn,
-            f"""
-            create or replace temp table __rs_new_pending as
+        new_pending = f"""
             select ?::varchar as __rs_window,
                    (select coalesce(max(__rs_change_id), 0) from pending where not ({scope}))
                    + row_number() over (order by c.__rs_change, c.__rs_pk) as __rs_change_id,
@@ -672,7 +669,15 @@ class SyncState:
               on o.__rs_pk = c.__rs_pk and o.__rs_change = c.__rs_change
              and o.__rs_hash is not distinct from c.__rs_hash
              and o.__rs_version = c.__rs_version
-            """,
+        """
+        if not run(self.conn, f"select exists (select 1 from pending where {scope})")[0][0]:
+            # Nothing pending here (a first run, or the last run delivered all): no messageId to
+            # keep, nothing to delete or carry on, so the rows are written once, not staged.
+            run(self.conn, f"insert into pending by name {new_pending}", [window, now])
+            return
+        run(
+            self.conn,
+            f"create or replace temp table __rs_new_pending as {new_pending}",
             [window, now],
         )
         if keep_started_resync_of is not None:
