@@ -404,55 +404,68 @@ def test_an_append_history_on_the_engine_sends_what_duckdb_sends(
     assert SECRET not in repr(runs)
 
 
-def test_a_naive_cursor_is_bound_as_utc_wall_time_whatever_the_session_time_zone(
+def test_cursor_bounds_are_bound_as_the_cursor_s_type_whatever_the_session_time_zone(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A `timestamp` (no zone) cursor holds UTC wall time, as the unpartitioned runs compare it:
-    `start_at` and a window's bounds are bound as such, not as instants the server casts the
-    column to in its session's time zone (New York here: 4 hours off). On Redshift (its driver
-    binds zone-aware values as `timestamptz`), in a database whose time zone is New York."""
+    """A `timestamp` (no zone) cursor holds UTC wall time, as the unpartitioned runs compare it,
+    and a `timestamptz` one instants: `start_at` and a window's bounds are bound as such, never
+    as a type the server converts with its session's time zone (New York here: 4 hours off). On
+    Redshift (its driver binds zone-aware values as `timestamptz`, others as `timestamp`), in a
+    database whose time zone is New York."""
     engine = request.getfixturevalue("redshift_engine")
     pg = request.getfixturevalue("pg")
     monkeypatch.setenv(SECRET_ENV, SECRET)
     pg.sql(
         f"alter database {pg.name} set timezone to 'America/New_York'",
         "create table orders (order_id integer, user_id varchar, amount double precision, "
-        "created_at timestamp)",
-        # one an hour, 2024-05-30 12:00 (order 1) to 2024-06-01 12:00 (order 49)
+        "created_at timestamp, created_tz timestamptz)",
+        # one an hour, 2024-05-30 12:00 UTC (order 1) to 2024-06-01 12:00 UTC (order 49)
         """insert into orders select i, 'u' || i, i * 1.5,
-               timestamp '2024-05-30 12:00:00' + make_interval(hours => i - 1)
+               timestamp '2024-05-30 12:00:00' + make_interval(hours => i - 1),
+               timestamptz '2024-05-30 12:00:00+00' + make_interval(hours => i - 1)
             from generate_series(1, 49) as t(i)""",
     )
     body = {k: v for k, v in SYNCS[BY_TIME].items() if k != "start_at"}
-    backfill = {**body, "partitions": {"start": "2024-05-31", "cadence": "daily"}}
-    root = tmp_path / "naive"
-    root.mkdir()
-    path = root / "rudder_sync.yaml"
+    start_at = "2024-06-01T09:30:00Z"
+    model = "select order_id, user_id, amount, created_at, created_tz from orders"
+    syncs = {
+        BY_TIME: {**body, "model": model, "start_at": start_at},
+        RECORDED: {
+            **body,
+            "model": model,
+            "start_at": start_at,
+            "cursor": "created_tz",
+            "timestamp": "created_tz",
+            "events": {"added": "Order Recorded"},
+        },
+        BACKFILL: {
+            **body,
+            "model": model,
+            "partitions": {"start": "2024-05-31", "cadence": "daily"},
+        },
+    }
     warehouse = {
         "type": "redshift",
         **engine.yaml_keys(pg.name),
         "password": {"env": SECRET_ENV},
         "ssl": False,
     }
-    model = "select order_id, user_id, amount, created_at from orders"
-    syncs = {
-        BY_TIME: {**body, "model": model, "start_at": "2024-06-01T09:30:00Z"},
-        BACKFILL: {**backfill, "model": model},
-    }
+    root = tmp_path / "zones"
+    root.mkdir()
+    path = root / "rudder_sync.yaml"
     path.write_text(yaml.safe_dump({"warehouse": warehouse, "state": "state", "syncs": syncs}))
     project = Project(root=root, config_path=path)
     with TestGateway() as gateway:
-        first = _run(project, gateway, [BY_TIME])
-        # read in the warehouse: 10:00, 11:00 and 12:00, none of them before start_at
-        assert asset_metadata(first, BY_TIME, "snapshot")["dagster/row_count"] == 3
-        assert asset_metadata(first, BY_TIME, "diff")["rejected_rows"] == 0
-        assert sorted(round(e["properties"]["amount"] / 1.5) for e in gateway.events) == [
-            47,
-            48,
-            49,
-        ]
+        first = _run(project, gateway, [BY_TIME, RECORDED])
+        for name, event in ((BY_TIME, "Order Completed"), (RECORDED, "Order Recorded")):
+            # read in the warehouse: 10:00, 11:00 and 12:00, none of them before start_at
+            assert asset_metadata(first, name, "snapshot")["dagster/row_count"] == 3, name
+            assert asset_metadata(first, name, "diff")["rejected_rows"] == 0, name
+            sent = [e for e in gateway.events if e["event"] == event]
+            assert _order_ids({name: {"events": sent}}, name) == [47, 48, 49], name
+        before = len(gateway.events)
         result = _run(project, gateway, [BACKFILL], **{"dagster/partition": "2024-05-31"})
-        window = gateway.events[3:]
+        window = gateway.events[before:]
     assert asset_metadata(result, BACKFILL, "snapshot")["dagster/row_count"] == 24
-    assert sorted(round(e["properties"]["amount"] / 1.5) for e in window) == list(range(13, 37))
+    assert _order_ids({BACKFILL: {"events": window}}, BACKFILL) == list(range(13, 37))
     assert all(e["timestamp"].startswith("2024-05-31") for e in window)
