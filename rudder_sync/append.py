@@ -3,7 +3,9 @@ without diffing the whole table.
 
 Each run reads only the rows past the stored cursor minus `lookback`, with the bound pushed into
 the warehouse as a bound parameter around the model (`select * from (<model>) where <cursor> >=
-$from`), never pasted into the SQL. The rows read become `added` changes in the state's own
+$from`), never pasted into the SQL, and bound as the cursor's type (an instant in UTC for a
+zone-aware cursor, UTC wall time without a zone for a naive one or a date), so that no
+warehouse session's time zone converts it. The rows read become `added` changes in the state's own
 `pending` table, unless their key was delivered already (`snapshot` keeps only the keys delivered
 within the lookback, with their cursor in `append_cursor`), so the events step is the same code as
 for diff syncs (`steps.deliver_windows`): the same messageIds on a retry, commits only of what
