@@ -198,18 +198,19 @@ def build_sync_assets(
     )
     def snapshot(context: AssetExecutionContext) -> MaterializeResult:
         warehouse = warehouse_of(context)
-        if sync.dbt_models:
-            check_dbt_upstream(
-                sync.name,
-                sync.dbt_models,
-                dbt_upstream,
-                sync.require_checks,
-                context.instance,
-                warehouse,
-            )
-        backend = sync_backend(sync, warehouse, state_dir)
-        with _open_state(sync, backend, rudderstack_of(context)) as state:
-            taken = backend.take_snapshot(state, partitions, windows(context))
+        with warehouse.session():  # its reads (dbt checks, windows, append bounds) share one
+            if sync.dbt_models:
+                check_dbt_upstream(
+                    sync.name,
+                    sync.dbt_models,
+                    dbt_upstream,
+                    sync.require_checks,
+                    context.instance,
+                    warehouse,
+                )
+            backend = sync_backend(sync, warehouse, state_dir)
+            with _open_state(sync, backend, rudderstack_of(context)) as state:
+                taken = backend.take_snapshot(state, partitions, windows(context))
         for key, rows in taken.rows_by_window.items():
             context.log.info(f"sync '{sync.name}'{in_window(key)}: model returned {rows} rows")
         where, moved = backend.location(state), state.notice  # a local state moved in, if any

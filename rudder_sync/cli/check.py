@@ -368,11 +368,17 @@ def _url_of(destination: DestinationConfig) -> str:
 def check_warehouse(project: ProjectConfig, report: Report) -> None:
     """Connect once, then read each model's columns and run each trigger's query with LIMIT 0
     (no rows, nothing written)."""
-    from ..diff import check_model_columns
     from ..warehouses import build_warehouse
-    from ..warehouses.sql import statement_body
 
     warehouse = build_warehouse(project.warehouse).process_config_and_initialize()
+    with warehouse.session():  # one login for all the reads below
+        _check_reads(project, warehouse, report)
+
+
+def _check_reads(project: ProjectConfig, warehouse: Any, report: Report) -> None:
+    from ..diff import check_model_columns
+    from ..warehouses.sql import statement_body
+
     try:
         with warehouse.read_model("select 1 as connected") as reader:
             reader.read_all()

@@ -10,12 +10,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, ClassVar
 
 import dagster as dg
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ..errors import WarehouseError
 
@@ -34,11 +34,61 @@ class WarehouseResource(dg.ConfigurableResource):
         description="Cancel a model that runs longer than this (seconds). Default: no limit.",
     )
 
+    # thread -> [the connection its `session` shares (None before the first read), in use]
+    _sessions: dict[int, list[Any]] = PrivateAttr(default_factory=dict)
+
     def read_model(
         self, sql: str, params: Mapping[str, Any] | None = None
     ) -> AbstractContextManager[pa.RecordBatchReader]:
         """Run `sql` read-only, binding `$partition_start`/`$partition_end` from `params`."""
         raise NotImplementedError
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """The reads inside it (on this thread) share one connection, opened by the first and
+        closed at the end: a step that reads the warehouse several times (an append sync's
+        bounds, counts and rows, a backfill's windows) connects, and logs in, once."""
+        key = threading.get_ident()
+        if key in self._sessions:  # nested: the outer session's
+            yield
+            return
+        self._sessions[key] = [None, False]
+        try:
+            yield
+        finally:
+            conn, _ = self._sessions.pop(key)
+            if conn is not None:
+                self.disconnect(conn)
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """The connection a read uses: its session's, else (or while another read of the
+        session still streams) one of its own, closed after it."""
+        shared = self._sessions.get(threading.get_ident())
+        if shared is None or shared[1]:
+            conn = self.open_connection()
+            try:
+                yield conn
+            finally:
+                self.disconnect(conn)
+            return
+        if shared[0] is None:
+            shared[0] = self.open_connection()
+        shared[1] = True
+        try:
+            yield shared[0]
+        finally:
+            shared[1] = False
+
+    def open_connection(self) -> Any:
+        """A connection to read models on (engines whose `read_model` uses `connection`);
+        failing, a `WarehouseError` naming the warehouse and the fix."""
+        raise NotImplementedError
+
+    def disconnect(self, conn: Any) -> None:
+        """Close a connection of `open_connection`, quietly (its reads have ended)."""
+        with suppress(Exception):  # closing after the reads: nothing left to report
+            conn.close()
 
     def describe(self) -> str:
         """Which warehouse this is, for messages: type, host, database; never a secret."""

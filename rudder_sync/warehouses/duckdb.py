@@ -80,13 +80,22 @@ class DuckDBWarehouse(WarehouseResource):
     ) -> Iterator[pa.RecordBatchReader]:
         """Run `sql` and stream its result in Arrow batches of BATCH_ROWS rows."""
         self._check_exists()
+        with self.connection() as conn, self._read_on(conn, sql, params) as reader:
+            yield reader
+
+    def open_connection(self) -> duckdb.DuckDBPyConnection:
         config = {**self.connection_config, "access_mode": "READ_ONLY"}
         try:
-            conn = duckdb.connect(self.database, read_only=True, config=config)
+            return duckdb.connect(self.database, read_only=True, config=config)
         except duckdb.Error as exc:
             raise WarehouseError(
                 f"cannot open warehouse {self.database}: {self.error_message(exc)}"
             ) from exc
+
+    @contextmanager
+    def _read_on(
+        self, conn: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None
+    ) -> Iterator[pa.RecordBatchReader]:
         reader: pa.RecordBatchReader | None = None
         timer = None
         if self.statement_timeout_seconds:
@@ -107,10 +116,10 @@ class DuckDBWarehouse(WarehouseResource):
             if timer is not None:
                 timer.cancel()
             # The reader holds the query result, and with it the database: closed here, not when
-            # a traceback that references it is garbage-collected, so writers are not locked out.
+            # a traceback that references it is garbage-collected, so writers are not locked out
+            # (the connection is closed by `connection`, or at the end of its session).
             if reader is not None:
                 reader.close()
-            conn.close()
 
     def _check_exists(self) -> None:
         if self.database != ":memory:" and not Path(self.database).exists():

@@ -74,17 +74,19 @@ class PostgresWarehouse(WarehouseResource):
         self, sql: str, params: Mapping[str, Any] | None = None
     ) -> Iterator[pa.RecordBatchReader]:
         """Run `sql` in a read-only transaction and stream its rows, normalised."""
+        with self.connection() as conn, self.read_on(conn, sql, params, read_only=True) as reader:
+            yield reader
+
+    def open_connection(self) -> Any:
         import adbc_driver_postgresql.dbapi as adbc
 
         try:
-            conn = adbc.connect(self.url)
+            return adbc.connect(self.url)
         except adbc.Error as exc:
             raise self._error("cannot connect to", exc) from None
-        try:
-            with self.read_on(conn, sql, params, read_only=True) as reader:
-                yield reader
-        finally:
-            _quietly(conn.rollback, conn.close)
+
+    def disconnect(self, conn: Any) -> None:
+        _quietly(conn.rollback, conn.close)
 
     @contextmanager
     def read_on(

@@ -104,15 +104,23 @@ class RedshiftWarehouse(WarehouseResource):
         self, sql: str, params: Mapping[str, Any] | None = None
     ) -> Iterator[pa.RecordBatchReader]:
         """Run `sql` through a cursor in a read-only transaction; stream its rows in chunks."""
-        import redshift_connector
-
         query, args = bind(sql, params, "qmark")
         body = statement_body(query)
+        with self.connection() as conn, self._read_on(conn, body, args) as reader:
+            yield reader
+
+    def open_connection(self) -> Any:
         try:
             conn = self.connect()
         except Exception as exc:  # noqa: BLE001 - interface, operational and socket errors
             raise self._error("cannot connect to", exc) from None
-        conn.autocommit = True  # the transaction is ours: BEGIN READ ONLY ... ROLLBACK
+        conn.autocommit = True  # the transaction is each read's: BEGIN READ ONLY ... ROLLBACK
+        return conn
+
+    @contextmanager
+    def _read_on(self, conn: Any, body: str, args: list[Any]) -> Iterator[pa.RecordBatchReader]:
+        import redshift_connector
+
         cursor = conn.cursor()
         # qmark, not format: the driver does not undo `%%` inside string literals
         cursor.paramstyle = "qmark"
@@ -133,7 +141,7 @@ class RedshiftWarehouse(WarehouseResource):
             chunks = self._chunks(cursor, rows, schema)
             yield stream(schema, self._batches(chunks, schema, redshift_connector.Error))
         finally:
-            close_quietly(lambda: cursor.execute("rollback"), cursor.close, conn.close)
+            close_quietly(lambda: cursor.execute("rollback"), cursor.close)
 
     def connect(self) -> Any:
         """A redshift_connector connection (autocommit off: the driver opens transactions)."""

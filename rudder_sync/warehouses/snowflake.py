@@ -110,19 +110,21 @@ class _SnowflakeReader(WarehouseResource):
         self, sql: str, params: Mapping[str, Any] | None = None
     ) -> Iterator[pa.RecordBatchReader]:
         """Run `sql` and stream its rows, typed by the result's Snowflake types."""
+        with self.connection() as conn, self.read_on(conn, sql, params) as reader:
+            yield reader
+
+    def open_connection(self) -> Any:
         from snowflake.connector.errors import Error
 
         try:
-            conn = self.connect()
+            return self.connect()
         except Error as exc:
             raise self._error("cannot connect to", exc) from None
         except Exception as exc:  # noqa: BLE001 - e.g. an unreadable private key file
             raise self._error("cannot connect to", exc) from None
-        try:
-            with self.read_on(conn, sql, params) as reader:
-                yield reader
-        finally:
-            close_quietly(conn.rollback, conn.close)
+
+    def disconnect(self, conn: Any) -> None:
+        close_quietly(conn.rollback, conn.close)
 
     @contextmanager
     def read_on(
