@@ -149,9 +149,11 @@ def engine_child(config: Path, sync: str, state: Path) -> None:
     from rudder_sync.warehouses import build_warehouse
 
     project = load_config(config)
-    backend = sync_backend(project.syncs[sync], build_warehouse(project.warehouse), state)
+    warehouse = build_warehouse(project.warehouse)
+    backend = sync_backend(project.syncs[sync], warehouse, state)
     started = time.perf_counter()
-    with backend.open(False) as opened:
+    # the snapshot step's reads share one warehouse connection, as in the asset (assets.py)
+    with warehouse.session(), backend.open(False) as opened:
         taken = backend.take_snapshot(opened, None, [])
         snapshot = time.perf_counter() - started
         backend.run_diff(opened, [], DiffMode(), datetime.now(UTC))
