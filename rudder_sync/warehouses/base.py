@@ -37,10 +37,20 @@ class WarehouseResource(dg.ConfigurableResource):
     # thread -> [the connection its `session` shares (None before the first read), in use]
     _sessions: dict[int, list[Any]] = PrivateAttr(default_factory=dict)
 
+    @contextmanager
     def read_model(
         self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Run `sql` read-only, binding `$partition_start`/`$partition_end` from `params`, on
+        the step's connection (`session`) or one of its own."""
+        with self.connection() as conn, self.read_on(conn, sql, params, read_only=True) as reader:
+            yield reader
+
+    def read_on(
+        self, conn: Any, sql: str, params: Mapping[str, Any] | None = None, read_only: bool = False
     ) -> AbstractContextManager[pa.RecordBatchReader]:
-        """Run `sql` read-only, binding `$partition_start`/`$partition_end` from `params`."""
+        """Stream `sql`'s rows on an open connection (of `open_connection`; the in-warehouse
+        state reads its own tables on its connection this way)."""
         raise NotImplementedError
 
     @contextmanager

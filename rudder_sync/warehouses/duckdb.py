@@ -74,16 +74,8 @@ class DuckDBWarehouse(WarehouseResource):
             conn.execute(f"use {_ident(home)}")
             conn.execute(f"detach {ATTACHED}")
 
-    @contextmanager
-    def read_model(
-        self, sql: str, params: Mapping[str, Any] | None = None
-    ) -> Iterator[pa.RecordBatchReader]:
-        """Run `sql` and stream its result in Arrow batches of BATCH_ROWS rows."""
-        self._check_exists()
-        with self.connection() as conn, self._read_on(conn, sql, params) as reader:
-            yield reader
-
     def open_connection(self) -> duckdb.DuckDBPyConnection:
+        self._check_exists()
         config = {**self.connection_config, "access_mode": "READ_ONLY"}
         try:
             return duckdb.connect(self.database, read_only=True, config=config)
@@ -93,9 +85,11 @@ class DuckDBWarehouse(WarehouseResource):
             ) from exc
 
     @contextmanager
-    def _read_on(
-        self, conn: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None
+    def read_on(
+        self, conn: Any, sql: str, params: Mapping[str, Any] | None = None, read_only: bool = False
     ) -> Iterator[pa.RecordBatchReader]:
+        """Run `sql` and stream its result in Arrow batches of BATCH_ROWS rows (read-only: the
+        connections of `open_connection` are)."""
         reader: pa.RecordBatchReader | None = None
         timer = None
         if self.statement_timeout_seconds:

@@ -69,14 +69,6 @@ class PostgresWarehouse(WarehouseResource):
     def describe(self) -> str:
         return describe_url(self.kind, self.url)
 
-    @contextmanager
-    def read_model(
-        self, sql: str, params: Mapping[str, Any] | None = None
-    ) -> Iterator[pa.RecordBatchReader]:
-        """Run `sql` in a read-only transaction and stream its rows, normalised."""
-        with self.connection() as conn, self.read_on(conn, sql, params, read_only=True) as reader:
-            yield reader
-
     def open_connection(self) -> Any:
         import adbc_driver_postgresql.dbapi as adbc
 

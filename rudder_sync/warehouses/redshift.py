@@ -106,7 +106,7 @@ class RedshiftWarehouse(WarehouseResource):
         """Run `sql` through a cursor in a read-only transaction; stream its rows in chunks."""
         query, args = bind(sql, params, "qmark")
         body = statement_body(query)
-        with self.connection() as conn, self._read_on(conn, body, args) as reader:
+        with self.connection() as conn, self._read_model_on(conn, body, args) as reader:
             yield reader
 
     def open_connection(self) -> Any:
@@ -118,7 +118,10 @@ class RedshiftWarehouse(WarehouseResource):
         return conn
 
     @contextmanager
-    def _read_on(self, conn: Any, body: str, args: list[Any]) -> Iterator[pa.RecordBatchReader]:
+    def _read_model_on(
+        self, conn: Any, body: str, args: list[Any]
+    ) -> Iterator[pa.RecordBatchReader]:
+        """A model's rows through a server-side cursor in a read-only transaction, in chunks."""
         import redshift_connector
 
         cursor = conn.cursor()

@@ -105,14 +105,6 @@ class _SnowflakeReader(WarehouseResource):
         )
         return snowflake.connector.connect(**kwargs)
 
-    @contextmanager
-    def read_model(
-        self, sql: str, params: Mapping[str, Any] | None = None
-    ) -> Iterator[pa.RecordBatchReader]:
-        """Run `sql` and stream its rows, typed by the result's Snowflake types."""
-        with self.connection() as conn, self.read_on(conn, sql, params) as reader:
-            yield reader
-
     def open_connection(self) -> Any:
         from snowflake.connector.errors import Error
 
