@@ -113,9 +113,9 @@ def test_env_values_become_envvars_never_values(monkeypatch: pytest.MonkeyPatch)
                 "server_hostname": "h",
                 "http_path": "/p",
                 "access_token": {"env": "HOME"},
-                "state_schema": "rudder_sync",
+                "state_schema": "Rudder-Sync",
             },
-            ["key 'state_schema'", "not on databricks", "state store (lock, commits) is not built"],
+            ["key 'state_schema' is 'Rudder-Sync'", "lower-case identifier"],
         ),
         (
             {

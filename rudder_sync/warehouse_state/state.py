@@ -129,13 +129,19 @@ class WarehouseSyncState(SyncState):
         self.store.execute(f"delete from {t.pending} where {where}")
 
     def _mirror_failures(self, run_id: str) -> None:
+        # the attempt count as the scratch copy has it now, written rather than incremented:
+        # a store that replays a commit (Databricks) counts the attempt once
         failed = self.store.ingest(
-            "__rs_failed", self.conn.sql("select * from __rs_failed").to_arrow_table()
+            "__rs_failed",
+            self.conn.sql(
+                "select f.change_id, f.error, p.__rs_attempts as attempts from __rs_failed f "
+                "join pending p on p.__rs_change_id = f.change_id"
+            ).to_arrow_table(),
         )
         t = self.tables
         self.store.execute(
             f"""
-            update {t.pending} set __rs_attempts = __rs_attempts + 1, __rs_last_error = f.error
+            update {t.pending} set __rs_attempts = f.attempts, __rs_last_error = f.error
             from {failed} f where {t.bare("pending")}.__rs_change_id = f.change_id
             """
         )

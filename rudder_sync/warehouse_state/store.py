@@ -3,8 +3,8 @@
 `StateStore` is what `state`, `steps` and `move` call: statements, reads (rows, Arrow, a stream),
 loading a local table (`ingest`), transactions, the sync's lock, its tables and the grants it
 needs. Each engine family is one dialect module (`postgres_store`, `snowflake_store`,
-`redshift_store`, `bigquery_store`) named in `DIALECT_MODULES`; adding an engine is a module and
-a line there, never a branch in the steps.
+`redshift_store`, `bigquery_store`, `databricks_store`) named in `DIALECT_MODULES`; adding an
+engine is a module and a line there, never a branch in the steps.
 
 SQL handed to a store is written with PostgreSQL's `$1` placeholders; a store whose driver binds
 `?` renumbers them (`qmark`). Timestamps the state writes come from `now_sql`.
@@ -33,6 +33,7 @@ DIALECT_MODULES = {
     "snowflake": "snowflake_store",
     "redshift": "redshift_store",
     "bigquery": "bigquery_store",
+    "databricks": "databricks_store",
 }
 # The state tables of a sync that a store creates (the model, delta and window tables are made
 # by the steps), by role.

@@ -60,14 +60,17 @@ class DatabricksWarehouse(WarehouseResource):
             )
         return text
 
-    @contextmanager
-    def read_model(
-        self, sql: str, params: Mapping[str, Any] | None = None
-    ) -> Iterator[pa.RecordBatchReader]:
-        """Run `sql` with native parameters and stream its rows, normalised."""
+    state_schema: str | None = Field(
+        default=None,
+        description="Keep each sync's state in this schema of `catalog` and diff there: only "
+        "changed rows leave the warehouse (docs/large-models.md).",
+    )
+
+    def connect(self) -> Any:
+        """A connection with this engine's session: the catalog and schema, UTC, the statement
+        timeout (the in-warehouse state's connection too)."""
         from databricks import sql as dbsql
 
-        query, values = bind(sql, params, "colon")
         session: dict[str, Any] = {"TIMEZONE": "UTC"}
         if self.statement_timeout_seconds:
             session["STATEMENT_TIMEOUT"] = str(max(1, round(self.statement_timeout_seconds)))
@@ -81,10 +84,30 @@ class DatabricksWarehouse(WarehouseResource):
             "user_agent_entry": "rudder_sync",
             **self.connect_args,
         }
+        return dbsql.connect(**{k: v for k, v in kwargs.items() if v is not None})
+
+    @contextmanager
+    def read_model(
+        self, sql: str, params: Mapping[str, Any] | None = None
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Run `sql` with native parameters and stream its rows, normalised."""
+        with self.connection() as conn, self.read_on(conn, sql, params) as reader:
+            yield reader
+
+    def open_connection(self) -> Any:
         try:
-            conn = dbsql.connect(**{k: v for k, v in kwargs.items() if v is not None})
+            return self.connect()
         except Exception as exc:  # noqa: BLE001 - request, auth and socket errors
             raise self._error("cannot connect to", exc) from None
+
+    @contextmanager
+    def read_on(
+        self, conn: Any, sql: str, params: Mapping[str, Any] | None = None, read_only: bool = False
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Stream `sql`'s rows on an open connection (the in-warehouse state reads the model's
+        probe and the changed rows on its own). Databricks has no read-only statement mode:
+        ``read_only`` is the caller's promise."""
+        query, values = bind(sql, params, "colon")
         cursor = conn.cursor()
         try:
             try:
@@ -95,7 +118,7 @@ class DatabricksWarehouse(WarehouseResource):
                 raise self._error("the model failed on", exc) from None
             yield stream(schema, self._batches(cursor, first, schema))
         finally:
-            close_quietly(cursor.close, conn.close)
+            close_quietly(cursor.close)
 
     def _batches(self, cursor: Any, first: pa.Table, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
         # Any exception: the connector raises its own, thrift's and urllib3's while fetching.

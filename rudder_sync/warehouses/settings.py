@@ -266,6 +266,8 @@ class DatabricksSettings(WarehouseSettings):
     access_token: Text
     catalog: Text | None = None
     schema_: Text | None = Field(default=None, alias="schema")
+    # Set: syncs keep their state in this schema of `catalog` and diff there (warehouse_state).
+    state_schema: str | None = None
     secrets: ClassVar[tuple[str, ...]] = ("access_token",)
     extra: ClassVar[str | None] = "databricks"
     driver_module: ClassVar[str | None] = "databricks.sql"
@@ -273,6 +275,9 @@ class DatabricksSettings(WarehouseSettings):
         "warehouse: {type: databricks, server_hostname: dbc-1.cloud.databricks.com, "
         "http_path: /sql/1.0/warehouses/abc, access_token: {env: DATABRICKS_TOKEN}}"
     )
+
+    def check(self, where: str) -> None:
+        _check_state_schema(where, self.state_schema)
 
 
 SETTINGS: dict[str, type[WarehouseSettings]] = {
@@ -307,16 +312,10 @@ def parse_warehouse(raw: Any, where: str, base: Path) -> WarehouseSettings:
         )
     cls = SETTINGS[kind]
     if "state_schema" in raw and "state_schema" not in cls.model_fields:
-        why = (
-            "a DuckDB warehouse is local already"
-            if kind == "duckdb"
-            else f"its SQL for {kind} is generated and checked (docs/large-models.md) but "
-            "its state store (lock, commits) is not built yet"
-        )
         raise WarehouseSettingsError(
             f"{where}: key 'state_schema' (the diff inside the warehouse) runs on PostgreSQL, "
-            f"Snowflake, BigQuery and Redshift in this version, not on {kind}: {why}. Fix: remove "
-            "'state_schema' to keep the state in local DuckDB files."
+            f"Snowflake, BigQuery, Redshift and Databricks, not on {kind}: a DuckDB warehouse is "
+            "local already. Fix: remove 'state_schema' to keep the state in local DuckDB files."
         )
     allowed = {info.alias or name for name, info in cls.model_fields.items()}
     for key in raw:

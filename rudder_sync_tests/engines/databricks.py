@@ -205,6 +205,7 @@ class SparkCursor:
         from pyspark.errors import PySparkException
 
         try:
+            _activate(self.session)
             frame = self.session.sql(operation, args=args)
             self._table = to_arrow(frame)  # statements run here, at once, as on the server
         except (PySparkException, Py4JJavaError) as exc:
@@ -229,11 +230,19 @@ class SparkCursor:
         return self.fetchmany_arrow(max(0, self._table.num_rows - self._offset))
 
     def fetchall(self) -> list[tuple]:
-        rest = self.fetchall_arrow().to_pylist()
-        return [tuple(row.values()) for row in rest]
+        # by position: two columns may share a name (Spark names every scalar subquery alike)
+        rest = self.fetchall_arrow()
+        return list(zip(*(column.to_pylist() for column in rest.columns), strict=True))
 
     def close(self) -> None:
         self._table = None
+
+
+def _activate(session: Any) -> None:
+    """Make ``session`` the JVM thread's active one: Spark resolves catalogs through the active
+    session's configuration, and a thread without one (a lock renewal, concurrent openers)
+    would not find the `iceberg` catalog."""
+    session._jvm.SparkSession.setActiveSession(session._jsparkSession)  # noqa: SLF001
 
 
 class SparkConnection:
@@ -244,6 +253,7 @@ class SparkConnection:
 
     def __init__(self, spark: Any, **kwargs: Any) -> None:
         self.session = spark.newSession()
+        _activate(self.session)
         self.kwargs = kwargs
         config = kwargs.get("session_configuration") or {}
         if "TIMEZONE" in config:

@@ -8,7 +8,9 @@
 * `redshift`: the real redshift_connector through the start-up proxy to the test PostgreSQL
   server (Redshift speaks PostgreSQL's protocol);
 * `bigquery`: bqemulator (BigQuery's REST API on DuckDB, bigquery.py here) through the real
-  google-cloud-bigquery client, a project of its own per test (the emulator makes any).
+  google-cloud-bigquery client, a project of its own per test (the emulator makes any);
+* `databricks`: Spark 3.5 with an Iceberg catalog (databricks.py here) through `SparkConnection`,
+  the stand-in for databricks-sql-connector (which cannot reach a local Spark).
 
 Each gives a fresh database with the model's data, a way to run SQL there (the scenarios' changes
 and their checks of the state tables), and the sync YAML's warehouse section. The changes are
@@ -217,15 +219,75 @@ def _bigquery(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
         client.close()
 
 
+DATABRICKS_SCHEMA = "app"
+_TIME_TEXT = re.compile(r"'(\d{4}-\d\d-\d\dT[0-9:.]+(?:[+-]\d\d:\d\d)?)'")
+_SHOW_TABLES = re.compile(
+    r"select table_name from information_schema\.tables where table_schema = '(\w+)'",
+    re.IGNORECASE,
+)
+
+
+def _databricks(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
+    """The test session's Spark (one JVM) with its Iceberg catalog, reached through
+    `SparkConnection`, the stand-in for databricks-sql-connector (engines/databricks.py): the
+    model's tables in schema `app`, the state's in `rudder_sync`, both emptied first (the
+    scenarios run one after another in a process, each with a Spark of its own)."""
+    from databricks import sql as dbsql
+
+    from .databricks import ICEBERG_CATALOG, SparkConnection
+
+    spark = request.getfixturevalue("spark_engine")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setattr(dbsql, "connect", lambda **kwargs: SparkConnection(spark, **kwargs))
+    for schema in (DATABRICKS_SCHEMA, SCHEMA):  # Iceberg's Hadoop catalog drops no CASCADE
+        namespace = f"{ICEBERG_CATALOG}.{schema}"
+        try:
+            tables = spark.sql(f"show tables in {namespace}").collect()
+        except Exception:  # noqa: BLE001, S112 - no such namespace (yet)
+            continue
+        for row in tables:
+            spark.sql(f"drop table {namespace}.`{row.tableName}` purge")
+        spark.sql(f"drop namespace {namespace}")
+    spark.sql(f"create namespace {ICEBERG_CATALOG}.{DATABRICKS_SCHEMA}")
+    conn = SparkConnection(spark, catalog=ICEBERG_CATALOG, schema=DATABRICKS_SCHEMA)
+
+    def execute(statement: str) -> list[tuple]:
+        import sqlglot
+
+        shown = _SHOW_TABLES.search(statement)
+        if shown:  # Spark's catalogs have no information_schema
+            cursor = conn.cursor().execute(f"show tables in {shown.group(1)}")
+            return [(row[1],) for row in cursor.fetchall()]
+        sql = sqlglot.transpile(statement, read="postgres", write="databricks")[0]
+        # times written as text ('2024-06-01T00:00:00+00:00'), which PostgreSQL casts on insert
+        # and Spark's store assignment does not: as TIMESTAMP literals
+        sql = _TIME_TEXT.sub(r"TIMESTAMP'\1'", sql)
+        cursor = conn.cursor().execute(sql)
+        return cursor.fetchall() if cursor.description else []
+
+    warehouse = {
+        "type": "databricks",
+        "server_hostname": "dbc-1.cloud.databricks.com",
+        "http_path": "/sql/1.0/warehouses/rudder",
+        "access_token": {"env": SECRET_ENV},
+        "catalog": ICEBERG_CATALOG,
+        "schema": DATABRICKS_SCHEMA,
+    }
+    yield StateEngine("databricks", execute, warehouse, {SECRET_ENV: SECRET})
+
+
 ENGINES = {
     "postgres": _postgres,
     "snowflake": _snowflake,
     "redshift": _redshift,
     "bigquery": _bigquery,
+    "databricks": _databricks,
 }
+# Spark's JVM starts once per test session, on one xdist worker (as test_databricks_spark.py)
+_MARKS = {"databricks": [pytest.mark.slow, pytest.mark.xdist_group("engines")]}
 
 
-@pytest.fixture(params=list(ENGINES))
+@pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, ())) for name in ENGINES])
 def state_engine(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
     """A fresh database on each engine in-warehouse state runs on."""
     yield from ENGINES[request.param](request)
