@@ -557,9 +557,9 @@ def test_moving_out_with_the_state_command_keeps_the_place(
     if state_engine.kind == "databricks":
         pytest.skip(
             "the `state` command in a subprocess cannot reach the test's Spark (its stand-in "
-            "connection lives in this process): moving in and out on Databricks is "
-            "test_switching_on_moves_the_local_state_and_its_pending_changes (in) and "
-            "test_databricks_state_boundaries.py (out, in process)"
+            "connection lives in this process): moving a state in is "
+            "test_switching_on_moves_the_local_state_and_its_pending_changes; moving it out "
+            "(reads, then one meta MERGE in the warehouse) is not run on Databricks"
         )
     project, _ = _seed(state_engine, tmp_path, gateway.url, monkeypatch, 60, 10)
     run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
