@@ -141,6 +141,7 @@ def test_runs_stopped_at_each_boundary_of_each_commit_lose_nothing_and_keep_mess
     engine.seed_users(40)
     engine.sql("update users set plan = 'bad' where id = 40")
     project = engine.write_project(tmp_path, {"traits": SYNCS["user_traits"]}, monkeypatch)
+    warehouse = build_warehouse(project.config().warehouse).process_config_and_initialize()
     gateway.reject_events_where(bad_plan, REASON)
     run_sync(project, "traits", rudderstack_for(gateway.url), raise_on_error=False)  # baseline
     expected = {(f"u{i}", "free") for i in range(1, 40)}
@@ -155,6 +156,9 @@ def test_runs_stopped_at_each_boundary_of_each_commit_lose_nothing_and_keep_mess
             break
         stopped += 1
         assert not result.success and len(boundaries.hits) == stopped
+        with open_warehouse_state(warehouse, "traits", "id", False):
+            pass  # the next open finishes the stopped commit: it is whole before anything reads
+        _assert_whole(engine, boundaries.hits[-1])
     else:
         pytest.fail("a run still stopped after 39 boundaries")
     run_sync(project, "traits", rudderstack_for(gateway.url), raise_on_error=False)
@@ -188,3 +192,20 @@ def test_runs_stopped_at_each_boundary_of_each_commit_lose_nothing_and_keep_mess
     assert engine.sql(f"select count(*) from {engine.table('snapshot', 'traits')}") == [(39,)]
     journal = f'"{SCHEMA}"."traits__in__rs_journal"'
     assert engine.sql(f"select count(*) from {journal}") == [(0,)]
+
+
+def _assert_whole(engine: StateEngine, hit: tuple[tuple[str, ...], int]) -> None:
+    """What a half-applied commit would break: a delivered change still pending (the delivery
+    commit), an attempt counted without its logged rejection or the other way round (a failed
+    attempt's commit); and the journal is empty."""
+    pending, log = engine.table("pending", "traits"), engine.table("delivery_log", "traits")
+    delivered_pending = engine.sql(
+        f"select count(*) from {pending} p join {log} l on l.message_id = p.__rs_message_id "
+        "and l.status = 'delivered'"
+    )
+    assert delivered_pending == [(0,)], hit
+    attempts = engine.sql(f"select __rs_attempts from {pending} where __rs_pk = '40'")
+    rejected = engine.sql(f"select count(*) from {log} where status = 'rejected' and pk = '40'")
+    assert [int(a) for (a,) in attempts] in ([], [int(rejected[0][0])]), (hit, attempts, rejected)
+    journal = f'"{SCHEMA}"."traits__in__rs_journal"'
+    assert engine.sql(f"select count(*) from {journal}") == [(0,)], hit
