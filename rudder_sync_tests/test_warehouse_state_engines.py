@@ -504,18 +504,26 @@ def test_sigkill_mid_delivery_then_rerun_sends_the_rest_under_the_same_ids(
                 command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
+        log_table = state_engine.table("delivery_log", SYNC_NAME)
         try:
             deadline = time.monotonic() + 300
             while sum(r.status == 200 for r in gateway.requests) < FAST_REQUESTS:
                 assert killed.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "the delivery did not start"
                 time.sleep(0.05)
-            time.sleep(1.0)
+            # Killed once a delivery commit has landed (the sending now crawls: a request every
+            # 2 s), not after a fixed pause: on a fast machine the fast requests end before the
+            # first commit is due (every 5 s or 20,000 events).
+            deadline = time.monotonic() + 120
+            delivered = f"select count(*) from {log_table} where status = 'delivered'"
+            while not state_engine.sql(delivered)[0][0]:
+                assert killed.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no delivery was committed"
+                time.sleep(0.2)
         finally:
             kill_group(killed)
         wait_until_idle(gateway, timeout=15)
         gateway.clear_faults()
-        log_table = state_engine.table("delivery_log", SYNC_NAME)
         committed = {
             (int(pk), change)
             for pk, change in state_engine.sql(
