@@ -86,14 +86,6 @@ class DatabricksWarehouse(WarehouseResource):
         }
         return dbsql.connect(**{k: v for k, v in kwargs.items() if v is not None})
 
-    @contextmanager
-    def read_model(
-        self, sql: str, params: Mapping[str, Any] | None = None
-    ) -> Iterator[pa.RecordBatchReader]:
-        """Run `sql` with native parameters and stream its rows, normalised."""
-        with self.connection() as conn, self.read_on(conn, sql, params) as reader:
-            yield reader
-
     def open_connection(self) -> Any:
         try:
             return self.connect()
