@@ -283,8 +283,12 @@ ENGINES = {
     "bigquery": _bigquery,
     "databricks": _databricks,
 }
-# Spark's JVM starts once per test session, on one xdist worker (as test_databricks_spark.py)
-_MARKS = {"databricks": [pytest.mark.slow, pytest.mark.xdist_group("engines")]}
+# Spark's JVM starts once per test session, on one xdist worker (as test_databricks_spark.py);
+# a scenario's ~80 statements a run at ~0.1 s each take minutes there (core history: 185 s on a
+# loaded machine), past the suite's 300 s default timeout once the other worker competes
+_MARKS = {
+    "databricks": [pytest.mark.slow, pytest.mark.xdist_group("engines"), pytest.mark.timeout(900)]
+}
 
 
 @pytest.fixture(params=[pytest.param(name, marks=_MARKS.get(name, ())) for name in ENGINES])
