@@ -129,23 +129,76 @@ def compute_diff(
     first_run, base = _choose_base(state, sync, window)
     window_key = window.key if window else None
     carry_resync = window is None and not (mode.resync or mode.reset_baseline)
+    stages = window is None and _stages_baseline(state, sync, first_run, mode)
+    staged = 0
     with state.transaction():
         state.replace_rejected_rows(window_key, _REJECTED_SQL, now)
         _find_changes(state, sync, first_run, base, mode)
         with reading():
             _render_changed_rows(state, sync, types, current, window)
+        changes = _new_changes_sql(
+            state, sync, window, mode, default_timestamp=window.end if window else now
+        )
+        if stages:
+            staged = _stage_baseline(state, changes)
+        elif window is None:
+            state.drop_staged_baseline()
         state.replace_pending(
             window_key,
-            _new_changes_sql(
-                state, sync, window, mode, default_timestamp=window.end if window else now
-            ),
+            changes,
             now,
             keep_started_resync_of=_VALID_CURRENT if carry_resync else None,
         )
         run(state.conn, "drop table __rs_changes; drop table __rs_rendered")
     summary = _summarize(state, first_run, window_key, base, sync.max_attempts)
+    summary.counts["added"] += staged
     run(state.conn, "drop table __rs_current; drop table if exists __rs_base")
     return summary
+
+
+def _stages_baseline(state: SyncState, sync: SyncConfig, first_run: bool, mode: DiffMode) -> bool:
+    """Whether this diff is a first run whose added rows send nothing (a track sync without
+    send_initial_results): its baseline is then staged (`SyncState.stage_baseline`), not
+    written as pending rows. Not for a state whose commits are mirrored (the warehouse's)."""
+    return (
+        first_run
+        and not (mode.resync or mode.reset_baseline)
+        and not _sends(sync, "added", first_run, mode)
+        and not state.mirrors_commits
+    )
+
+
+def _stage_baseline(state: SyncState, changes_sql: str) -> int:
+    """Stage a first run's silent added rows but the first `FRAME_SILENT_ROWS` (by key: the
+    order of their change IDs, so the diff's output lists the same rows as ever); how many.
+    The changes left in `__rs_changes` (those first rows, and any change that sends) become
+    pending rows as in any diff."""
+    run(
+        state.conn,
+        f"""
+        create or replace temp table __rs_listed as
+        select __rs_pk from __rs_changes where __rs_change = 'added' and not __rs_send
+        order by __rs_pk limit {FRAME_SILENT_ROWS}
+        """,
+    )
+    baseline = (
+        "__rs_change = 'added' and not __rs_send "
+        "and __rs_pk not in (select __rs_pk from __rs_listed)"
+    )
+    staged = state.stage_baseline(
+        "select __rs_pk, __rs_hash, __rs_version, __rs_user_id, __rs_anonymous_id, __rs_props "
+        f"from ({changes_sql}) where {baseline}"
+    )
+    # `changes_sql` reads `__rs_changes`: what is left of it makes the pending rows
+    run(
+        state.conn,
+        f"""
+        create or replace temp table __rs_changes as
+        select * from __rs_changes where not ({baseline});
+        drop table __rs_listed
+        """,
+    )
+    return staged
 
 
 # The current rows that can be sent (one row for their key, nothing missing).
@@ -433,12 +486,7 @@ def _changes_sql(sync: SyncConfig, first_run: bool, base: str, mode: DiffMode) -
     """
 
     def sends(change: str) -> str:
-        send = sync.sends(change)
-        if change == "added" and first_run and sync.type == "track":
-            send = send and sync.send_initial_results
-        if change == "added" and mode.resync:
-            send = sync.sends("added") if sync.type == "track" else True
-        return "true" if send and not mode.reset_baseline else "false"
+        return "true" if _sends(sync, change, first_run, mode) else "false"
 
     resync = "true" if mode.resync else "false"
 
@@ -475,6 +523,16 @@ def _changes_sql(sync: SyncConfig, first_run: bool, base: str, mode: DiffMode) -
           full outer join {base} s on s.__rs_pk = c.__rs_pk
         ) where __rs_change is not null
     """
+
+
+def _sends(sync: SyncConfig, change: str, first_run: bool, mode: DiffMode) -> bool:
+    """Whether a change of this type sends an event in this diff."""
+    send = sync.sends(change)
+    if change == "added" and first_run and sync.type == "track":
+        send = send and sync.send_initial_results
+    if change == "added" and mode.resync:
+        send = sync.sends("added") if sync.type == "track" else True
+    return send and not mode.reset_baseline
 
 
 def _digest_sql(

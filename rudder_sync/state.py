@@ -57,6 +57,9 @@ from .jsonvalues import quote_ident, quote_literal
 SCHEMA_VERSION = 3
 LOCK_WAIT_SECONDS = 30.0
 SALT_KEY = "message_id_salt"
+# A silent first run's baseline rows, staged between the diff and the events step
+# (`SyncState.stage_baseline`).
+BASELINE_TABLE = "baseline_rows"
 MOVED_KEY = "moved_to"  # meta of a state moved to (or from) the warehouse: where it went
 SYNC_NAME_KEY = "sync_name"  # meta: the sync this state belongs to
 SYNC_SHAPE_KEY = "sync_shape"  # meta: a hash of that sync's type, key, IDs and mapping
@@ -172,6 +175,31 @@ class SyncState:
     def initialized(self) -> bool:
         """Whether a first run has committed its baseline."""
         return self.get_meta("initialized") == "true"
+
+    @property
+    def mirrors_commits(self) -> bool:
+        """Whether commits are repeated elsewhere (`_mirror_commit`: the warehouse's state)."""
+        return type(self)._mirror_commit is not SyncState._mirror_commit
+
+    def stage_baseline(self, rows_sql: str) -> int:
+        """A first run's silent baseline rows, staged in `BASELINE_TABLE` for the events step's
+        `commit_silent_changes` (in its transaction, which marks the state initialised); how many.
+
+        ``rows_sql``: `__rs_pk`, `__rs_hash`, `__rs_version`, `__rs_user_id`,
+        `__rs_anonymous_id`, `__rs_props`. Unlike pending rows, these are not numbered (no sort
+        of the whole model, which spilled tens of GB at 100M rows), carry no messageId, and
+        are inserted into the snapshot once instead of written to pending, then moved."""
+        run(self.conn, f"create or replace table {BASELINE_TABLE} as {rows_sql}")
+        return self.baseline_rows()
+
+    def drop_staged_baseline(self) -> None:
+        """A diff that is not a silent first run leaves no staged baseline behind (one from a
+        first run that stopped before its events step, say, with the config changed since)."""
+        run(self.conn, f"drop table if exists {BASELINE_TABLE}")
+
+    def baseline_rows(self) -> int:
+        """Rows of a staged baseline (see `stage_baseline`) not yet committed."""
+        return self.count(BASELINE_TABLE) if self.has_table(BASELINE_TABLE) else 0
 
     def check_destination(self, destination: str) -> None:
         """Refuse to mix deliveries to two destinations in one state (that would skip rows).
@@ -368,7 +396,7 @@ class SyncState:
         """
         if not len(change_ids):
             return 0
-        if defer and type(self)._mirror_commit is SyncState._mirror_commit:
+        if defer and not self.mirrors_commits:
             return self._commit_ranges(change_ids, run_id, status, destination)
         where, params = _change_ids_filter(change_ids)
         return self._commit(where, params, run_id, status, destination=destination)
@@ -502,10 +530,33 @@ class SyncState:
             count = self.count("__rs_commit")
             run(self.conn, "drop table __rs_commit")
             if initialize:
+                count += self._commit_staged_baseline()
                 self.set_meta("initialized", "true")
             if destination is not None and count:
                 self.set_meta("destination", destination)
         return count
+
+    def _commit_staged_baseline(self) -> int:
+        """Inside the transaction that initialises the state: the staged baseline's rows (see
+        `stage_baseline`) become snapshot rows; how many."""
+        staged = self.baseline_rows()
+        if staged:
+            if self.count("snapshot"):  # none before a first commit; kept exact all the same
+                run(
+                    self.conn,
+                    f"delete from snapshot where __rs_pk in (select __rs_pk from {BASELINE_TABLE})",
+                )
+            run(
+                self.conn,
+                f"""
+                insert into snapshot
+                select __rs_pk, __rs_hash, __rs_version, false, __rs_user_id, __rs_anonymous_id,
+                       __rs_props, now()
+                from {BASELINE_TABLE}
+                """,
+            )
+        self.drop_staged_baseline()
+        return staged
 
     def start_resync(self, window: str | None = None) -> None:
         """Mark a resync's pending rows as started: from now on, later diffs finish them, and a
@@ -856,7 +907,8 @@ class SyncState:
             f"select count(*) from pending where not __rs_send and {in_windows}",
             [list(windows), list(windows)],
         )[0]
-        return max(0, int(silent) - int(silent_limit))
+        staged = 0 if windows else self.baseline_rows()  # silent too, never listed
+        return max(0, int(silent) - int(silent_limit)) + staged
 
     def drop_tables_except(self, prefix: str, keep: set[str]) -> None:
         """Drop the tables whose name starts with ``prefix``, except those in ``keep``."""
