@@ -22,6 +22,12 @@ no window is reported, not dropped: each partitioned run also reads the model's 
 (`<cursor> is null`, in the warehouse) and reports them by key, and counts the rows before the
 first window's start (one aggregate) and reports them as one entry, under the run's `(no window)`
 summary.
+
+The state is a local DuckDB file, or, with the warehouse's `state_schema`, the sync's tables there
+(`warehouse_state`), worked on through a scratch copy as diff syncs' are. The steps are the same
+code for both; `_Rows` holds the difference: where the rows read stay between the snapshot and
+diff steps (the state file; or a table in the warehouse, read out once by the diff), and what a
+step loads (the recent keys) and writes back (the diff's small tables, whole).
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import duckdb
 import pyarrow as pa
 from dagster import TimeWindowPartitionsDefinition
 
@@ -57,6 +64,10 @@ from .partitions import WindowSpec, window_table
 from .state import SALT_KEY, SyncState, open_state, run
 from .state_backend import LocalStateBackend, StateBackend, state_backend
 from .steps import DiffResult, Snapshot
+from .warehouse_state import state_in_warehouse
+from .warehouse_state.backend import WarehouseStateBackend
+from .warehouse_state.sql import WINDOW_INFIX
+from .warehouse_state.state import APPEND_CURSOR, WarehouseSyncState
 from .warehouses import WarehouseError, WarehouseResource
 from .warehouses.sql import statement_body
 
@@ -66,7 +77,8 @@ READ_KEY = "append_read"  # meta: the bounds of the rows in model_rows (set by t
 BELOW_KEY = "append_below"  # meta: rows below the last diff's lower bound, as counted then
 COUNTED_KEY = "append_counted"  # meta: this snapshot's counts below its bounds (for the diff)
 KIND_KEY = "append_cursor_kind"  # meta: tz, naive, date or number
-CURSOR_TABLE = "append_cursor"  # pending and delivered keys with their cursor
+CURSOR_TABLE = APPEND_CURSOR  # pending and delivered keys with their cursor
+CURSOR_TYPE_KEY = "append_cursor_type"  # meta: the cursor's DuckDB type (the model's)
 NULL_ROWS = "append_null_rows"  # a partitioned run's rows with a null cursor (in no window)
 BEFORE_START_KEY = "append_before_start"  # meta: a partitioned run's rows before the first window
 NO_WINDOW = "(no window)"  # the summary of a partitioned run's rows that are in no window
@@ -152,6 +164,8 @@ def sync_backend(sync: SyncConfig, warehouse: WarehouseResource, state_dir: Path
     backend = state_backend(sync, warehouse, state_dir)
     if type(backend) is LocalStateBackend:
         return DiffStateBackend(sync, warehouse, state_dir)
+    if type(backend) is WarehouseStateBackend:
+        return DiffWarehouseStateBackend(sync, warehouse, state_dir)
     return backend
 
 
@@ -160,6 +174,13 @@ class DiffStateBackend(LocalStateBackend):
     recent keys, so a diff against it would send every older row again."""
 
     def open(self, dry_run: bool) -> AbstractContextManager[SyncState]:
+        return _checked(super().open(dry_run), self.sync, "diff")
+
+
+class DiffWarehouseStateBackend(WarehouseStateBackend):
+    """A diff sync's state in the warehouse, refusing one an append sync wrote (as above)."""
+
+    def open(self, dry_run: bool) -> AbstractContextManager[SyncState]:  # type: ignore[override]
         return _checked(super().open(dry_run), self.sync, "diff")
 
 
@@ -185,21 +206,32 @@ def _checked(
 
 @dataclass
 class AppendStateBackend:
-    """An append sync's state: its DuckDB file in the state folder (`state.py`'s tables plus
-    `append_cursor`), with its own snapshot and diff steps."""
+    """An append sync's state (`state.py`'s tables plus `append_cursor`), with its own snapshot
+    and diff steps: its DuckDB file in the state folder, or, with the warehouse's
+    `state_schema`, the sync's tables there (`warehouse_state`), worked on through a scratch
+    copy as diff syncs' are. Where the rows read stay between the two steps is `_rows`'s
+    business: the only difference between the two."""
 
     sync: SyncConfig
     warehouse: WarehouseResource
     state_dir: Path
     engine: str = "duckdb"
+    _rows: _Rows = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._rows = _WarehouseRows() if state_in_warehouse(self.warehouse) else _LocalRows()
 
     def open(self, dry_run: bool) -> AbstractContextManager[SyncState]:
-        return _checked(
-            open_state(self.state_dir, self.sync.name, dry_run, in_use=True), self.sync, "append"
-        )
+        if isinstance(self._rows, _WarehouseRows):
+            # Locks the sync's tables, loads meta, pending and rejected rows, and moves a local
+            # state in first (`move.settle_local_state`).
+            opened = WarehouseStateBackend(self.sync, self.warehouse, self.state_dir).open(dry_run)
+        else:
+            opened = open_state(self.state_dir, self.sync.name, dry_run, in_use=True)
+        return _checked(opened, self.sync, "append")
 
     def location(self, state: SyncState) -> Path | str:
-        return self.state_dir
+        return state.path if isinstance(self._rows, _WarehouseRows) else self.state_dir
 
     # -- snapshot: read the rows past the cursor ---------------------------------------------------
     def take_snapshot(
@@ -210,6 +242,7 @@ class AppendStateBackend:
     ) -> Snapshot:
         if partitions is not None:
             return self._snapshot_windows(state, partitions, windows)
+        self._rows.load_keys(state)
         bounds = self._bounds(state)
         band = None
         start, low = bounds.read_from, bounds.low
@@ -225,10 +258,11 @@ class AppendStateBackend:
             before = state.get_meta(BELOW_KEY)
             late = max(0, below - int(before)) if before is not None else 0
             counted = {"below_low": below + band_rows, "late_below": late, "before": str(start)}
-        state.set_meta(COUNTED_KEY, json.dumps(counted))
         sql, params = self._filtered(bounds)
-        state.set_meta(READ_KEY, bounds.to_text())
-        rows = self._read(state, "model_rows", sql, params)
+        with state.transaction():
+            state.set_meta(COUNTED_KEY, json.dumps(counted))
+            state.set_meta(READ_KEY, bounds.to_text())
+        rows, schema = self._read(state, "model_rows", sql, params)
         metadata: dict[str, Any] = {
             "cursor": _shown(bounds.cursor),
             "read_from": _shown(bounds.read_from),
@@ -240,7 +274,7 @@ class AppendStateBackend:
             metadata.update(late_band_rows=band[0], late_band_known=band[1])
         if counted.get("late_below"):
             metadata["late_below_band"] = counted["late_below"]
-        return AppendSnapshot({"": rows}, column_types(state.conn, "model_rows"), False, metadata)
+        return AppendSnapshot({"": rows}, _types(schema), False, metadata)
 
     def _snapshot_windows(
         self,
@@ -253,13 +287,12 @@ class AppendStateBackend:
         the warehouse) and those before the first window's start (counted there)."""
         sync = self.sync
         rows: dict[str, int] = {}
-        keep = {window_table(spec.key) for spec in windows}
-        state.drop_tables_except("window__", keep)
+        self._rows.drop_windows_except(state, {window_table(spec.key) for spec in windows})
         cursor = self._cursor_sql()
         body = statement_body(sync.model)
         # A model's own `$partition_*` get the run's whole range for the rows in no window.
         whole = {"partition_start": windows[0].start, "partition_end": windows[-1].end}
-        nulls = self._read(
+        nulls, schema = self._read(
             state,
             NULL_ROWS,
             f"select * from ({body}) as rudder_sync_model where {cursor} is null",
@@ -268,7 +301,7 @@ class AppendStateBackend:
         # The bounds are bound as the cursor's kind (its type, from that read): a window's
         # instants as UTC wall time for a timestamp without zone or a date, as the unpartitioned
         # runs compare them, not cast by the warehouse session's time zone.
-        kind = _kind(sync, _arrow_type(state, NULL_ROWS, str(sync.cursor)))
+        kind = _kind(sync, schema.field(str(sync.cursor)).type)
         if kind == "number":
             raise ConfigError(
                 f"sync '{sync.name}': key 'partitions' makes windows of time, but column "
@@ -286,8 +319,8 @@ class AppendStateBackend:
                 WINDOW_START: _normal(spec.start, kind),
                 WINDOW_END: _normal(spec.end, kind),
             }
-            rows[spec.key] = self._read(state, window_table(spec.key), sql, params)
-        types = column_types(state.conn, window_table(windows[-1].key))
+            rows[spec.key], schema = self._read(state, window_table(spec.key), sql, params)
+        types = _types(schema)
         first = partitions.get_first_partition_window()
         start = first.start if first is not None else partitions.start
         count_sql = (
@@ -305,13 +338,13 @@ class AppendStateBackend:
         }
         return AppendSnapshot(rows, types, False, metadata)
 
-    def _read(self, state: SyncState, table: str, sql: str, params: dict[str, Any]) -> int:
-        """Run the filtered model, its rows into ``table``; a missing cursor column names the
-        key."""
+    def _read(
+        self, state: SyncState, table: str, sql: str, params: dict[str, Any]
+    ) -> tuple[int, pa.Schema]:
+        """Run the filtered model, its rows kept as ``table`` (`_rows`); how many, and their
+        columns. A missing cursor column names the key."""
         try:
-            with self.warehouse.read_model(sql, params) as reader:
-                self._check_columns(reader.schema)
-                return state.replace_table(table, reader)
+            return self._rows.keep(self, state, table, sql, params)
         except WarehouseError as exc:
             if self.sync.cursor and self.sync.cursor in str(exc):
                 raise WarehouseError(
@@ -450,10 +483,15 @@ class AppendStateBackend:
                 "partitions (a partitioned append sync), or start a new state with 'start_at'."
             )
         readmitted = state.readmit_quarantined(sync.max_attempts) if retry_quarantined else 0
+        self._rows.load_keys(state)
+        tables = [window_table(spec.key) for spec in windows] + [NULL_ROWS] if windows else []
+        transferred = self._rows.fetch(state, tables or ["model_rows"])
         if windows:
             summaries = {spec.key: self._diff_window(state, spec, now) for spec in windows}
             summaries[NO_WINDOW] = self._diff_no_window(state, now)
             extra: dict[str, Any] = {}
+            with state.transaction():
+                self._rows.push(state)
         else:
             if not state.has_table("model_rows") or state.get_meta(READ_KEY) is None:
                 raise StateError(
@@ -462,6 +500,8 @@ class AppendStateBackend:
             bounds = Bounds.from_text(str(state.get_meta(READ_KEY)))
             summary, extra = self._diff(state, bounds, mode, now)
             summaries = {"": summary}
+        if transferred is not None:  # the rows that left the warehouse for this diff
+            extra["rows_transferred"] = transferred
         frame, left_out = pending_frame(state, sync, [spec.key for spec in windows])
         return DiffResult(summaries, frame, readmitted, transfer=extra, frame_left_out=left_out)
 
@@ -545,8 +585,10 @@ class AppendStateBackend:
             )
             state.replace_pending(None, self._changes_sql(state, types, send, now, mode), now)
             self._keep_cursors(state, cursor_type, bounds)
+            self._rows.push(state)  # before the meta below: its first writes in the warehouse
             state.set_meta(MODE_KEY, "append")
             state.set_meta(KIND_KEY, kind)
+            state.set_meta(CURSOR_TYPE_KEY, str(cursor_type))
             if bounds.low is not None:
                 state.set_meta(LOW_KEY, json.dumps(_encode(bounds.low)))
             if "below_low" in counted:
@@ -748,6 +790,148 @@ class AppendStateBackend:
             first_run=first,
             base_rows=0,
         )
+
+
+class _Rows(Protocol):
+    """Where an append sync's rows read stay between its snapshot and diff steps, and what of
+    its state a step loads and writes back: the one difference between a local state and one in
+    the warehouse (the steps above are the same code for both)."""
+
+    def keep(
+        self,
+        backend: AppendStateBackend,
+        state: SyncState,
+        table: str,
+        sql: str,
+        params: dict[str, Any],
+    ) -> tuple[int, pa.Schema]:
+        """Run the filtered model and keep its rows as ``table``; how many, and the columns."""
+        ...
+
+    def fetch(self, state: SyncState, tables: Sequence[str]) -> int | None:
+        """Make the kept ``tables`` readable by the diff; the rows that left the warehouse for
+        it (None: none had to)."""
+        ...
+
+    def drop_windows_except(self, state: SyncState, keep: set[str]) -> None:
+        """Forget the kept window tables of earlier runs (not in ``keep``)."""
+        ...
+
+    def load_keys(self, state: SyncState) -> None:
+        """Make the recent keys (snapshot, `append_cursor`) readable by this step."""
+        ...
+
+    def push(self, state: SyncState) -> None:
+        """Inside the diff's transaction, before its meta: write what the diff changed."""
+        ...
+
+
+class _LocalRows:
+    """A local state: the rows read go into the state file at the snapshot step, and the diff
+    finds them and every other table there; nothing is loaded or written back."""
+
+    def keep(
+        self,
+        backend: AppendStateBackend,
+        state: SyncState,
+        table: str,
+        sql: str,
+        params: dict[str, Any],
+    ) -> tuple[int, pa.Schema]:
+        with backend.warehouse.read_model(sql, params) as reader:
+            backend._check_columns(reader.schema)
+            return state.replace_table(table, reader), reader.schema
+
+    def fetch(self, state: SyncState, tables: Sequence[str]) -> int | None:
+        return None
+
+    def drop_windows_except(self, state: SyncState, keep: set[str]) -> None:
+        state.drop_tables_except("window__", keep)
+
+    def load_keys(self, state: SyncState) -> None:
+        return None
+
+    def push(self, state: SyncState) -> None:
+        return None
+
+
+class _WarehouseRows:
+    """A state in the warehouse (`state_schema`), worked on through a scratch copy that lives
+    for one step. The snapshot step keeps the rows past the cursor in the warehouse (`create
+    table as` the filtered model, its bounds bound by the driver: no row leaves); the diff step
+    reads them out once. The recent keys (few) are loaded by the steps that read them, and the
+    diff writes the state's small tables back whole, in the transaction that records its meta.
+    Nothing here knows the engine: the store does (`warehouse_state.store`)."""
+
+    def keep(
+        self,
+        backend: AppendStateBackend,
+        state: SyncState,
+        table: str,
+        sql: str,
+        params: dict[str, Any],
+    ) -> tuple[int, pa.Schema]:
+        opened = _in_warehouse(state)
+        probe = f"select * from ({statement_body(sql)}) as rudder_sync_probe where 1 = 0"
+        with opened.store.reader(probe, params, read_only=True) as reader:
+            schema = reader.schema
+            reader.read_all()
+        backend._check_columns(schema)
+        target = opened.tables.qualified(_kept_name(opened, table))
+        timeout = backend.warehouse.statement_timeout_seconds
+        return opened.keep_rows(target, sql, params, timeout), schema
+
+    def fetch(self, state: SyncState, tables: Sequence[str]) -> int | None:
+        opened = _in_warehouse(state)
+        left = 0
+        for table in tables:  # a table not kept stays missing: the diff names the step to run
+            left += (
+                opened.fetch_rows(opened.tables.qualified(_kept_name(opened, table)), table) or 0
+            )
+        return left
+
+    def drop_windows_except(self, state: SyncState, keep: set[str]) -> None:
+        opened = _in_warehouse(state)
+        kept = {_kept_name(opened, table) for table in (*keep, NULL_ROWS)}
+        names = opened.store.table_names(opened.tables.prefix + WINDOW_INFIX)
+        stale = [name for name in names if name not in kept]
+        if stale:
+            with opened.store.transaction():
+                for name in stale:
+                    opened.store.execute(f"drop table {opened.tables.qualified(name)}")
+
+    def load_keys(self, state: SyncState) -> None:
+        _in_warehouse(state).load_append_keys(state.get_meta(CURSOR_TYPE_KEY))
+
+    def push(self, state: SyncState) -> None:
+        _in_warehouse(state).push_append_state()
+
+
+def _in_warehouse(state: SyncState) -> WarehouseSyncState:
+    """The state `WarehouseStateBackend.open` opened (another one is a bug)."""
+    if not isinstance(state, WarehouseSyncState):
+        raise TypeError(f"not an in-warehouse state: {state.path}")
+    return state
+
+
+def _kept_name(state: WarehouseSyncState, table: str) -> str:
+    """The warehouse table keeping a scratch table's rows: `<sync>__model` for the rows past
+    the cursor, `<sync>__w_<window>` for a window's, `<sync>__w_nulls` for the null cursors."""
+    if table == "model_rows":
+        return state.tables.name("model")
+    if table == NULL_ROWS:
+        return state.tables.window_name("nulls")
+    return state.tables.window_name(table.removeprefix("window__"))
+
+
+def _types(schema: pa.Schema) -> dict[str, str]:
+    """The DuckDB types of a model's columns (as `column_types` gives a stored table's)."""
+    conn = duckdb.connect()
+    try:
+        conn.register("__rs_columns", schema.empty_table())
+        return column_types(conn, "__rs_columns")
+    finally:
+        conn.close()
 
 
 def _committed_cursor(state: SyncState) -> Any:

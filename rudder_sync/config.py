@@ -1385,16 +1385,24 @@ def _suggest_name(name: str) -> str:
 _STATE_SUFFIX_CHARS = len("__dry_run__w_2024_01_01_00_00")
 
 
+# Engines on which an append sync's state in the warehouse (`state_schema`) is proven end to end
+# (rudder_sync_tests/test_append_state.py); on the others it is refused at load time.
+APPEND_STATE_ENGINES = ("postgres",)
+
+
 def _check_append_state(warehouse: WarehouseSettings, syncs: Mapping[str, SyncConfig]) -> None:
-    """An append sync keeps its cursor and recent keys in its local state file only."""
-    if not getattr(warehouse, "state_schema", None):
+    """An append sync keeps its state in the warehouse (`state_schema`) only on the engines where
+    that was proven; elsewhere it is refused before any run, rather than trusted untested."""
+    if not getattr(warehouse, "state_schema", None) or warehouse.type in APPEND_STATE_ENGINES:
         return
     for name, sync in syncs.items():
         if sync.mode == "append":
             raise ConfigError(
-                f"sync '{name}': 'mode: append' keeps its state in the local state folder, not "
-                "in the warehouse; the warehouse key 'state_schema' is not supported with it. "
-                "Fix: remove 'state_schema' from the warehouse, or use 'mode: diff'."
+                f"sync '{name}': 'mode: append' cannot keep its state in the warehouse key "
+                f"'state_schema' on {warehouse.type} yet (proven on "
+                f"{', '.join(APPEND_STATE_ENGINES)} only). Fix: remove 'state_schema' from the "
+                "warehouse (the sync then keeps its state in the local state folder), or use "
+                "'mode: diff'."
             )
 
 

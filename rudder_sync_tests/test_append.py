@@ -465,12 +465,6 @@ def test_config_mistakes_fail_at_load_in_one_line(change: dict[str, Any], messag
     assert "\n" not in text
 
 
-def test_append_with_state_schema_is_refused_at_load() -> None:
-    with pytest.raises(ConfigError, match="not supported with it") as caught:
-        load(APPEND_SYNC, {"type": "postgres", "url": "postgresql://h/db", "state_schema": "rs"})
-    assert "\n" not in str(caught.value)
-
-
 def test_a_state_written_by_the_other_mode_is_refused(tmp_path: Path, gateway: TestGateway) -> None:
     project = orders_project(tmp_path)
     run_sync(project, SYNC, rudderstack_for(gateway.url))

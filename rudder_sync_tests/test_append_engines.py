@@ -289,7 +289,7 @@ def _keep_null_timestamps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fakesnow.arrow, "timestamp_to_sf_struct", with_nulls)
 
 
-def _on_snowflake(request: pytest.FixtureRequest, root: Path) -> list[dict[str, Any]]:
+def _on_snowflake(request: pytest.FixtureRequest, root: Path, **keys: Any) -> list[dict[str, Any]]:
     engine = request.getfixturevalue("snowflake_engine")
     monkeypatch = request.getfixturevalue("monkeypatch")
     _keep_null_timestamps(monkeypatch)
@@ -311,6 +311,7 @@ def _on_snowflake(request: pytest.FixtureRequest, root: Path) -> list[dict[str, 
             "database": database,
             "schema": "APP",
             **engine.yaml_keys(),
+            **keys,
         }
         # Snowflake upper-cases unquoted names: the model names its columns as the syncs do.
         model = "select " + ", ".join(f'{c} as "{c}"' for c in COLUMNS) + " from orders"
@@ -330,7 +331,17 @@ def _on_bigquery(request: pytest.FixtureRequest, root: Path) -> list[dict[str, A
     return _history(project, lambda rows: engine.run(BIGQUERY.insert(orders, rows)))
 
 
-def _on_redshift(request: pytest.FixtureRequest, root: Path) -> list[dict[str, Any]]:
+def _on_postgres(request: pytest.FixtureRequest, root: Path, **keys: Any) -> list[dict[str, Any]]:
+    """The real PostgreSQL server (``keys``: more warehouse keys, e.g. `state_schema`)."""
+    pg = request.getfixturevalue("pg")
+    request.getfixturevalue("monkeypatch").setenv(SECRET_ENV, pg.url)  # the URL holds a password
+    pg.sql(POSTGRES.ddl("orders"), POSTGRES.insert("orders", SEED))
+    warehouse = {"type": "postgres", "url": {"env": SECRET_ENV}, **keys}
+    project = _project(root, warehouse, f"select {', '.join(COLUMNS)} from orders")
+    return _history(project, lambda rows: pg.sql(POSTGRES.insert("orders", rows)))
+
+
+def _on_redshift(request: pytest.FixtureRequest, root: Path, **keys: Any) -> list[dict[str, Any]]:
     engine = request.getfixturevalue("redshift_engine")
     pg = request.getfixturevalue("pg")
     request.getfixturevalue("monkeypatch").setenv(SECRET_ENV, SECRET)
@@ -340,6 +351,7 @@ def _on_redshift(request: pytest.FixtureRequest, root: Path) -> list[dict[str, A
         **engine.yaml_keys(pg.name),
         "password": {"env": SECRET_ENV},
         "ssl": False,
+        **keys,
     }
     project = _project(root, warehouse, f"select {', '.join(COLUMNS)} from orders")
     return _history(project, lambda rows: pg.sql(POSTGRES.insert("orders", rows)))
@@ -374,11 +386,15 @@ def _on_databricks(request: pytest.FixtureRequest, root: Path) -> list[dict[str,
         spark.sql(f"drop database if exists `{schema}` cascade")
 
 
-ENGINES = {
+STATE_SCHEMA = "rudder_sync_state"
+ENGINES: dict[str, Callable[[pytest.FixtureRequest, Path], list[dict[str, Any]]]] = {
     "snowflake": _on_snowflake,
     "bigquery": _on_bigquery,
     "redshift": _on_redshift,
     "databricks": _on_databricks,
+    # The state in the warehouse (`state_schema`): the same history, every table of the state
+    # there (no state file), the rows past the cursor kept there between snapshot and diff.
+    "postgres+state_schema": lambda r, root: _on_postgres(r, root, state_schema=STATE_SCHEMA),
 }
 
 
@@ -389,6 +405,7 @@ ENGINES = {
         pytest.param("bigquery", marks=pytest.mark.slow),
         "redshift",
         pytest.param("databricks", marks=pytest.mark.slow),
+        "postgres+state_schema",
     ],
 )
 def test_an_append_history_on_the_engine_sends_what_duckdb_sends(
@@ -402,6 +419,8 @@ def test_an_append_history_on_the_engine_sends_what_duckdb_sends(
     # the same events (bodies, timestamps), rejected rows, rows read and bounds, run by run
     assert runs == on_duckdb
     assert SECRET not in repr(runs)
+    if engine.endswith("+state_schema"):  # nothing of the state on the local disk
+        assert list((tmp_path / engine / "state").glob("*.duckdb")) == []
 
 
 def test_cursor_bounds_are_bound_as_the_cursor_s_type_whatever_the_session_time_zone(

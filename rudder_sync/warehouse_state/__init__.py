@@ -7,7 +7,9 @@ their lock, with one dialect module per engine (`postgres_store`, `snowflake_sto
 `state` the scratch copy the local code runs on, mirrored into the warehouse; `steps` the snapshot
 and diff steps; `backend` puts them behind `state_backend.StateBackend`, the protocol the assets
 call; `move` switches a sync's state between local files and the warehouse (its command:
-`python -m rudder_sync state`, in `cli/state.py`).
+`python -m rudder_sync state`, in `cli/state.py`). An append sync (`append.py`) keeps its state in
+the same tables (and `<sync>__append_cursor`) through the same scratch copy and stores, with its
+own snapshot and diff steps.
 """
 
 from __future__ import annotations

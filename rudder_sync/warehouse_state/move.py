@@ -23,9 +23,12 @@ from pathlib import Path
 
 from ..errors import StateError
 from ..state import MOVED_KEY, SALT_KEY, SyncState, open_state, run
-from .state import DROP_COST, WarehouseSyncState
+from .state import APPEND_CURSOR, DROP_COST, WarehouseSyncState
 
 IMPORTED_KEY = "imported_from"
+# meta of an append sync's state: its cursor's DuckDB type (`append.CURSOR_TYPE_KEY`), which the
+# local `append_cursor` table has and the warehouse's (text) does not
+CURSOR_TYPE_KEY = "append_cursor_type"
 # What a local table gives the warehouse: hashes as text (the warehouse has no unsigned
 # 64-bit type); no warehouse key or hash yet, so the first diff after the move reads every row.
 _HASH_AS_TEXT = "* replace (__rs_hash::varchar as __rs_hash)"
@@ -75,16 +78,25 @@ def copy_local_into_warehouse(old: SyncState, state: WarehouseSyncState, local: 
     """Replace the warehouse tables with the local state's (one warehouse transaction)."""
     t = state.tables
     store = state.store
+    tables = dict(_LOCAL_TABLES)
+    meta = dict(run(old.conn, "select key, value from meta"))
+    if old.has_table(APPEND_CURSOR):  # an append sync's keys and their cursor, as text
+        tables[APPEND_CURSOR] = "__rs_pk, __rs_cursor::varchar as __rs_cursor"
+        meta[CURSOR_TYPE_KEY] = run(
+            old.conn,
+            "select data_type from information_schema.columns "
+            f"where table_name = '{APPEND_CURSOR}' and column_name = '__rs_cursor'",
+        )[0][0]
+        state.ensure_append_cursor()  # DDL: its own commit, before the copy's
     ingested = {
         table: store.ingest(
             f"__rs_import_{table}",
             old.conn.sql(f"select {columns} from {table}").to_arrow_table(),
         )
-        for table, columns in _LOCAL_TABLES.items()
+        for table, columns in tables.items()
     }
-    meta = dict(run(old.conn, "select key, value from meta"))
     with store.transaction():
-        for table in ("meta", *_LOCAL_TABLES):
+        for table in ("meta", *tables):
             store.execute(f"delete from {getattr(t, table)}")
         for table, source in ingested.items():
             columns = ", ".join(store.columns(source))
@@ -110,13 +122,24 @@ def copy_warehouse_into_local(state: WarehouseSyncState, local: Path) -> None:
                 for table in _LOCAL_TABLES
             },
         }
+        cursor_type = state.store.get_meta().get(CURSOR_TYPE_KEY)
+        if cursor_type is not None and state.store.exists(t.append_cursor):
+            tables[APPEND_CURSOR] = state.store.arrow(
+                f"select __rs_pk, __rs_cursor from {t.append_cursor}"
+            )
+            run(
+                new.conn,
+                f"create or replace table {APPEND_CURSOR} "
+                f"(__rs_pk varchar primary key, __rs_cursor {cursor_type})",
+            )
         with new.transaction():
             for table, rows in tables.items():
                 local_columns = [r[0] for r in run(new.conn, f"describe {table}")]
                 new.conn.register("__rs_moved", rows)
                 run(new.conn, f"delete from {table}")
+                casts = {"__rs_hash": "ubigint", "__rs_cursor": cursor_type}
                 select = ", ".join(
-                    f"{c}::ubigint as {c}" if c == "__rs_hash" else c for c in local_columns
+                    f"{c}::{casts[c]} as {c}" if c in casts else c for c in local_columns
                 )
                 run(new.conn, f"insert into {table} select {select} from __rs_moved")
                 new.conn.unregister("__rs_moved")

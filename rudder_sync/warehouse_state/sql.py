@@ -33,7 +33,16 @@ LOADED_INFIX = "__in__rs_"
 DIALECTS = ("postgres", "redshift", "snowflake", "bigquery", "databricks")
 _MODEL_PLACEHOLDER = "__rs_model_sql__"
 # The state tables of one sync, by role: `<prefix>__<role>`.
-TABLE_ROLES = ("meta", "model", "delta", "snapshot", "pending", "rejected_rows", "delivery_log")
+TABLE_ROLES = (
+    "meta",
+    "model",
+    "delta",
+    "snapshot",
+    "pending",
+    "rejected_rows",
+    "delivery_log",
+    "append_cursor",  # an append sync's keys with their cursor (`append.py`), as text
+)
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,25 @@ def fingerprint_sql(
     """
     body = statement_body(model)
     return render(template, dialect).replace(_MODEL_PLACEHOLDER, f"(\n{body}\n)")
+
+
+def kept_rows_sql(target: str, dialect: str, model: str) -> str:
+    """`create table <target> as` a query's rows as they are (``model``: the user's SQL with
+    its filter around it, kept verbatim): an append sync's rows read past its cursor, kept in
+    the warehouse between its snapshot and diff steps (`append.py`)."""
+    template = f"CREATE TABLE {target} AS SELECT m.* FROM {_MODEL_PLACEHOLDER} AS m"
+    body = statement_body(model)
+    return render(template, dialect).replace(_MODEL_PLACEHOLDER, f"(\n{body}\n)")
+
+
+def append_cursor_ddl(tables: Tables, dialect: str) -> str:
+    """An append sync's keys (delivered within the lookback, or pending) with their cursor, both
+    as text: the cursor's type is the model's, which only the scratch copy needs (it casts the
+    text back, `WarehouseSyncState.load_append_keys`), so the table is the same on every engine."""
+    return render(
+        f"CREATE TABLE IF NOT EXISTS {tables.append_cursor} (__rs_pk TEXT, __rs_cursor TEXT)",
+        dialect,
+    )
 
 
 def delta_sql(tables: Tables, dialect: str) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -37,7 +38,8 @@ from ..state import (
     run,
 )
 from ..warehouses.base import WarehouseResource
-from .sql import Tables
+from ..warehouses.sql import bind
+from .sql import Tables, append_cursor_ddl, kept_rows_sql
 from .store import StateStore, open_store
 
 # Ranges of consecutive change IDs written into a statement; more go through a temp table.
@@ -48,6 +50,12 @@ PENDING_COLUMNS = (
     "__rs_first_seen, __rs_attempts, __rs_last_error, __rs_origin"
 )
 REJECTED_COLUMNS = "__rs_window, __rs_pk, reason, __rs_hash, __rs_attempts, __rs_first_seen"
+SNAPSHOT_COLUMNS = (
+    "__rs_pk, __rs_hash, __rs_version, __rs_deleted, __rs_user_id, __rs_anonymous_id, "
+    "__rs_props, __rs_committed_at"
+)
+# The scratch table of an append sync's keys and their cursor (`append.CURSOR_TABLE`).
+APPEND_CURSOR = "append_cursor"
 # What dropping a sync's state tables costs, for the messages that mention it.
 DROP_COST = (
     "its pending changes and what it delivered are lost; run once after that with the diff's run "
@@ -98,6 +106,103 @@ class WarehouseSyncState(SyncState):
         finally:
             self.conn.unregister("__rs_loaded")
         return rows.num_rows
+
+    # -- an append sync's state: few rows, loaded and written whole (`append.py`) ----------------
+    def load_append_keys(self, cursor_type: str | None) -> int:
+        """Load the keys an append sync keeps (its snapshot: the keys delivered within the
+        lookback; `append_cursor`: those and the pending ones, with their cursor, cast from the
+        warehouse's text to ``cursor_type``, the model's). Few rows: read whole, once a step
+        that needs them. How many keys."""
+        loaded = self.load_table(
+            "snapshot", f"select {SNAPSHOT_COLUMNS} from {self.tables.snapshot}"
+        )
+        if cursor_type is None:  # no diff recorded a cursor yet
+            return loaded
+        self.ensure_append_cursor()
+        rows = self.store.arrow(f"select __rs_pk, __rs_cursor from {self.tables.append_cursor}")
+        self.conn.register("__rs_loaded", rows)
+        try:
+            run(
+                self.conn,
+                f"create or replace table {APPEND_CURSOR} "
+                f"(__rs_pk varchar primary key, __rs_cursor {cursor_type})",
+            )
+            run(
+                self.conn,
+                f"insert into {APPEND_CURSOR} select __rs_pk, __rs_cursor::{cursor_type} "
+                "from __rs_loaded",
+            )
+        finally:
+            self.conn.unregister("__rs_loaded")
+        return loaded
+
+    def ensure_append_cursor(self) -> None:
+        """Create the warehouse's `append_cursor` table if missing (its own commit: DDL)."""
+        if not self.store.exists(self.tables.append_cursor):
+            with self.store.transaction():
+                self.store.execute(append_cursor_ddl(self.tables, self.store.dialect))
+
+    def push_append_state(self) -> None:
+        """Make the warehouse's pending changes, rejected rows, snapshot and `append_cursor` the
+        scratch copy's, whole (an append sync's are small: the rows past the cursor and the keys
+        within the lookback). Called inside `transaction()` before any other write in it, so
+        that they commit with the meta the diff records, or not at all."""
+        hashed = "select * replace (__rs_hash::varchar as __rs_hash) from (select {} from {})"
+        queries = {
+            "pending": hashed.format(PENDING_COLUMNS, "pending"),
+            "rejected_rows": hashed.format(REJECTED_COLUMNS, "rejected_rows"),
+            "snapshot": hashed.format(SNAPSHOT_COLUMNS, "snapshot"),
+        }
+        if self.has_table(APPEND_CURSOR):
+            self.ensure_append_cursor()
+            queries["append_cursor"] = (
+                f"select __rs_pk, __rs_cursor::varchar as __rs_cursor from {APPEND_CURSOR}"
+            )
+        self.replace_tables(queries)
+
+    def replace_tables(self, queries: dict[str, str]) -> None:
+        """Replace whole warehouse tables (by role) with scratch queries' rows, in the open
+        transaction: every table is loaded first (`ingest` must precede the transaction's first
+        write), then emptied and filled."""
+        loaded = {
+            role: self.store.ingest(f"__rs_push_{role}", self.conn.sql(sql).to_arrow_table())
+            for role, sql in queries.items()
+        }
+        for role, source in loaded.items():
+            columns = ", ".join(self.store.columns(source))
+            target = getattr(self.tables, role)
+            self.store.execute(f"delete from {target}")
+            self.store.execute(f"insert into {target} ({columns}) select {columns} from {source}")
+
+    def keep_rows(
+        self, target: str, sql: str, params: dict[str, Any], timeout_seconds: float | None
+    ) -> int:
+        """`create table <target> as` a query (the model with bound parameters), in the
+        warehouse, in one transaction: rows an append sync read, kept there between its
+        snapshot and diff steps (none leaves here). How many rows."""
+        store = self.store
+        query, args = bind(sql, params, store.paramstyle)  # type: ignore[arg-type]
+        create = kept_rows_sql(target, store.dialect, query)
+        try:
+            with store.transaction():
+                for setting in store.model_settings(timeout_seconds):
+                    store.execute(setting)
+                store.execute(f"drop table if exists {target}")
+                store.execute(create, args or None)  # type: ignore[arg-type]
+        except store.error_types as exc:
+            fix = "correct the model; it runs in the warehouse's own SQL"
+            if store.is_timeout(exc):
+                fix = "raise the warehouse's statement_timeout_seconds, or make the model faster"
+            raise store.error("the model failed", exc, fix) from None
+        return int(store.rows(f"select count(*) from {target}")[0][0])
+
+    def fetch_rows(self, target: str, table: str) -> int | None:
+        """Read a warehouse table kept by `keep_rows` into scratch ``table``; its rows (None:
+        no such table)."""
+        if not self.store.exists(target):
+            return None
+        with self.store.reader(f"select * from {target}") as reader:
+            return self.replace_table(table, reader)
 
     def ever_accepted(self) -> bool:
         rows = self.store.rows(

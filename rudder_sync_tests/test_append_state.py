@@ -1,0 +1,290 @@
+"""`mode: append` with its state in the warehouse (`state_schema`), on the real PostgreSQL server.
+
+The same history as local append mode, event for event, is test_append_engines.py's
+`postgres+state_schema` column. Here: what the warehouse tables hold run by run (cursor, keys,
+pending messageIds; no state file on the local disk), a gateway failure mid-delivery then a
+rerun, a second run waiting on the lock, a dry run, and moving a local append state in and out.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import adbc_driver_postgresql.dbapi as adbc
+import pytest
+
+from rudder_sync.cli.state import main as state_command
+from rudder_sync.config import parse_config
+from rudder_sync.errors import ConfigError
+from rudder_sync.warehouse_state import state as warehouse_state_module
+
+from .gateway import TestGateway
+from .helpers import asset_metadata, failure_text, read_state, rudderstack_for, run_sync
+from .postgres import PgDatabase, PgProject, write_pg_project
+from .test_append import APPEND_SYNC, SYNC, T0, order_ids
+
+SCHEMA = "rudder_sync"
+START = datetime(2024, 6, 1, 12, tzinfo=UTC)  # T0
+
+
+def _orders(pg: PgDatabase, rows: int = 50) -> None:
+    """Orders 1..rows, one an hour, the last at T0."""
+    pg.sql(
+        "create table orders (order_id integer, user_id text, amount double precision, "
+        "created_at timestamptz)",
+        f"""insert into orders select i, 'u' || (i % 7), i * 1.5,
+               timestamptz '{T0}' - make_interval(hours => {rows} - i)
+            from generate_series(1, {rows}) as t(i)""",
+    )
+
+
+def _add(pg: PgDatabase, *orders: tuple[int, float]) -> None:
+    """Orders (id, hours after T0)."""
+    for order_id, hours in orders:
+        pg.sql(
+            f"insert into orders values ({order_id}, 'u{order_id % 7}', {order_id * 1.5}, "
+            f"timestamptz '{T0}' + make_interval(secs => {hours * 3600}))"
+        )
+
+
+def _project(
+    root: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, state: bool = True, **keys: Any
+) -> PgProject:
+    warehouse = {"state_schema": SCHEMA} if state else {}
+    return write_pg_project(root, pg, {SYNC: {**APPEND_SYNC, **keys}}, monkeypatch, **warehouse)
+
+
+def _table(role: str, sync: str = SYNC) -> str:
+    return f'{SCHEMA}."{sync}__{role}"'
+
+
+def _keys(pg: PgDatabase, role: str) -> set[str]:
+    return {str(pk) for (pk,) in pg.sql(f"select __rs_pk from {_table(role)}")}
+
+
+def _cursors(pg: PgDatabase) -> dict[str, datetime]:
+    """The warehouse's `append_cursor`: key -> cursor (text there, read back as PostgreSQL's)."""
+    rows = pg.sql(f"select __rs_pk, __rs_cursor::timestamptz from {_table('append_cursor')}")
+    return {str(pk): at for pk, at in rows}
+
+
+def _pending_ids(pg: PgDatabase) -> dict[str, str]:
+    return dict(pg.sql(f"select __rs_pk, __rs_message_id from {_table('pending')}"))
+
+
+def _hours(*hours: float) -> list[datetime]:
+    return [START + timedelta(hours=h) for h in hours]
+
+
+def test_the_whole_state_is_in_the_warehouse_tables_run_by_run(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    _orders(pg)
+    project = _project(tmp_path, pg, monkeypatch)
+    first = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert gateway.events == []
+    assert int(asset_metadata(first, SYNC, "snapshot")["dagster/row_count"]) == 3
+    meta = dict(pg.sql(f"select key, value from {_table('meta')}"))
+    assert meta["mode"] == "append" and meta["initialized"] == "true"
+    assert meta["append_cursor_type"] == "TIMESTAMP WITH TIME ZONE"
+    # the baseline: the lookback before the table's end, recorded as delivered, not sent
+    assert _keys(pg, "snapshot") == {"48", "49", "50"}
+    assert sorted(_cursors(pg).values()) == _hours(-2, -1, 0)
+    assert _pending_ids(pg) == {}
+
+    _add(pg, (51, 1), (52, 2))
+    second = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert sorted(order_ids(gateway.events)) == [51, 52]
+    assert asset_metadata(second, SYNC, "snapshot")["cursor"] == "2024-06-01T12:00:00+00:00"
+    # only the rows past the cursor minus lookback left the warehouse, once (at the diff)
+    diff = asset_metadata(second, SYNC, "diff")
+    assert diff["rows_transferred"] == 5
+    assert int(asset_metadata(second, SYNC, "snapshot")["dagster/row_count"]) == 5
+    assert _keys(pg, "snapshot") == {"48", "49", "50", "51", "52"}
+
+    third = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert len(gateway.events) == 2  # nothing new, nothing again
+    assert asset_metadata(third, SYNC, "snapshot")["cursor"] == "2024-06-01T14:00:00+00:00"
+    # keys below the stored cursor minus lookback (12:00) are forgotten: only recent keys stay
+    assert _keys(pg, "snapshot") == {"50", "51", "52"}
+    assert _cursors(pg) == dict(zip(("50", "51", "52"), _hours(0, 1, 2), strict=True))
+    # the rows the snapshot step kept for the diff are in the warehouse too
+    assert pg.sql(f"select count(*) from {_table('model')}") == [(3,)]
+    assert list(project.state_dir.glob("*.duckdb")) == []  # nothing on the local disk
+
+
+def test_a_gateway_failure_mid_delivery_then_a_rerun_sends_the_rest_under_the_same_ids(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    _orders(pg)
+    project = _project(tmp_path, pg, monkeypatch)
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    _add(pg, *((100 + i, float(i)) for i in range(1, 6)))
+    refused = {104 * 1.5, 105 * 1.5}
+    gateway.reject_events_where(lambda e: e.get("properties", {}).get("amount") in refused)
+    run_sync(project, SYNC, rudderstack_for(gateway.url), raise_on_error=False)
+    assert sorted(order_ids(gateway.events)) == [101, 102, 103]
+    # the accepted ones are committed, the others wait in the warehouse with their messageIds
+    pending = _pending_ids(pg)
+    assert set(pending) == {"104", "105"}
+    assert {"101", "102", "103"} <= _keys(pg, "snapshot")
+    gateway.clear_faults()
+    before = len(gateway.events)
+    rerun = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    resent = gateway.events[before:]
+    assert {str(order_ids([e])[0]): e["messageId"] for e in resent} == pending
+    # the cursor had moved with the accepted deliveries only: order 103 (T0+3h)
+    assert asset_metadata(rerun, SYNC, "snapshot")["cursor"] == "2024-06-01T15:00:00+00:00"
+    assert _pending_ids(pg) == {}
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert len(gateway.events) == 5
+
+
+def test_the_guard_holds_back_and_a_rejected_event_is_quarantined_under_one_id(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    _orders(pg)
+    project = _project(tmp_path, pg, monkeypatch, max_attempts=2, guard={"max_events": 3})
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    _add(pg, *((100 + i, float(i)) for i in range(1, 6)))
+    gateway.reject_events_where(lambda e: e.get("properties", {}).get("amount") == 101 * 1.5)
+    held = run_sync(project, SYNC, rudderstack_for(gateway.url), raise_on_error=False)
+    assert gateway.events == []
+    assert "5 events to send > max_events 3" in "\n".join(held.run_logs)
+    run_sync(project, SYNC, rudderstack_for(gateway.url), approve_large_change=True)
+    assert sorted(order_ids(gateway.events)) == [102, 103, 104, 105]
+    run_sync(project, SYNC, rudderstack_for(gateway.url))  # order 101's second attempt
+    result = run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert asset_metadata(result, SYNC, "events")["quarantined"] == 1
+    tries = pg.sql(
+        f"select distinct message_id, attempt from {_table('delivery_log')} "
+        "where pk = '101' and status = 'rejected'"
+    )
+    assert sorted(attempt for _, attempt in tries) == [1, 2] and len({i for i, _ in tries}) == 1
+    gateway.clear_faults()
+    run_sync(project, SYNC, rudderstack_for(gateway.url), diff_config={"retry_quarantined": True})
+    sent = [e for e in gateway.events if e["properties"]["amount"] == 101 * 1.5]
+    assert [e["messageId"] for e in sent] == [tries[0][0]]
+    assert _pending_ids(pg) == {}
+
+
+def test_a_second_run_waits_for_the_lock_then_fails_naming_it(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    _orders(pg)
+    project = _project(tmp_path, pg, monkeypatch)
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    _add(pg, (51, 1))
+    monkeypatch.setattr(warehouse_state_module, "LOCK_WAIT_SECONDS", 1.0)
+    holder = adbc.connect(pg.url)  # another run of the same sync, holding its lock
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute(
+                "select pg_advisory_lock(hashtextextended($1, 0))", [f"rudder_sync/{SCHEMA}/{SYNC}"]
+            )
+            cursor.fetchall()
+        started = time.monotonic()
+        waited = run_sync(project, SYNC, rudderstack_for(gateway.url), raise_on_error=False)
+        assert not waited.success and time.monotonic() - started >= 1.0
+        message = failure_text(waited)
+        assert f"sync '{SYNC}'" in message and "another run of this sync holds its state" in message
+        assert gateway.events == []
+    finally:
+        holder.close()
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert order_ids(gateway.events) == [51]
+
+
+def test_dry_runs_send_nothing_and_commit_nothing(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    _orders(pg)
+    project = _project(tmp_path, pg, monkeypatch)
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    _add(pg, (51, 1), (52, 2))
+    # run config dry_run: the sync's state, whose changes stay pending (nothing committed)
+    dry = run_sync(project, SYNC, rudderstack_for(gateway.url), dry_run=True)
+    assert gateway.events == []
+    assert asset_metadata(dry, SYNC, "diff")["added"] == 2
+    assert set(_pending_ids(pg)) == {"51", "52"}
+    assert _keys(pg, "snapshot") == {"48", "49", "50"}
+    # a dry run without a destination: its own tables (<sync>__dry_run__*), the sync's untouched
+    pending = _pending_ids(pg)
+    run_sync(project, SYNC, rudderstack_for(None))
+    assert pg.sql(f"select count(*) from {_table('meta', f'{SYNC}__dry_run')}") != [(0,)]
+    assert _pending_ids(pg) == pending
+    run_sync(project, SYNC, rudderstack_for(gateway.url))
+    assert sorted(order_ids(gateway.events)) == [51, 52]
+    assert {str(order_ids([e])[0]): e["messageId"] for e in gateway.events} == pending
+
+
+def test_moving_a_local_append_state_in_and_out_keeps_cursor_keys_and_pending_ids(
+    tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch, gateway: TestGateway
+) -> None:
+    _orders(pg)
+    local = _project(tmp_path, pg, monkeypatch, state=False)
+    run_sync(local, SYNC, rudderstack_for(gateway.url))
+    _add(pg, (101, 1), (102, 2), (103, 3))
+    gateway.fail_next(503, times=10_000)
+    failed = run_sync(
+        local, SYNC, rudderstack_for(gateway.url, retry_max_seconds=0.2), raise_on_error=False
+    )
+    assert not failed.success
+    gateway.clear_faults()
+    state_file = local.state_dir / f"{SYNC}.duckdb"
+    with read_state(state_file) as conn:
+        pending = dict(conn.execute("select __rs_pk, __rs_message_id from pending").fetchall())
+    assert set(pending) == {"101", "102", "103"}
+
+    # state_schema on: the next run moves the local state in, then delivers what was pending
+    moved = _project(tmp_path, pg, monkeypatch)
+    before = len(gateway.events)
+    first_in = run_sync(moved, SYNC, rudderstack_for(gateway.url))
+    sent = gateway.events[before:]
+    assert {str(order_ids([e])[0]): e["messageId"] for e in sent} == pending
+    assert asset_metadata(first_in, SYNC, "snapshot")["cursor"] == "2024-06-01T12:00:00+00:00"
+    assert {"48", "49", "50"} <= _keys(pg, "snapshot")
+    with read_state(state_file) as conn:
+        assert conn.execute("select value from meta where key = 'moved_to'").fetchone()
+    _add(pg, (104, 4))
+    run_sync(moved, SYNC, rudderstack_for(gateway.url))
+    assert order_ids(gateway.events[before + 3 :]) == [104]
+
+    # and out: the command copies it back; without state_schema the local state carries on
+    monkeypatch.setenv("RUDDER_SYNC_CONFIG", str(moved.config_path))
+    assert state_command(["to-local", SYNC]) == 0
+    back = _project(tmp_path, pg, monkeypatch, state=False)
+    _add(pg, (105, 5))
+    out = run_sync(back, SYNC, rudderstack_for(gateway.url))
+    assert asset_metadata(out, SYNC, "snapshot")["cursor"] == "2024-06-01T16:00:00+00:00"
+    assert order_ids(gateway.events[before + 4 :]) == [105]
+
+
+def test_append_with_state_schema_on_an_engine_not_proven_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SNOWFLAKE_PASSWORD", "not-used")
+    warehouse = {
+        "type": "snowflake",
+        "account": "acme",
+        "user": "rudder_sync",
+        "password": {"env": "SNOWFLAKE_PASSWORD"},
+        "database": "analytics",
+        "schema": "public",
+        "state_schema": "rudder_sync",
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"warehouse": warehouse, "syncs": {SYNC: APPEND_SYNC}})
+    text = str(caught.value)
+    assert f"sync '{SYNC}'" in text and "'state_schema'" in text and "on snowflake" in text
+    assert "Fix: remove 'state_schema'" in text and "\n" not in text
+    # PostgreSQL's is accepted
+    parse_config(
+        {
+            "warehouse": {"type": "postgres", "url": "postgresql://h/db", "state_schema": "rs"},
+            "syncs": {SYNC: APPEND_SYNC},
+        }
+    )
