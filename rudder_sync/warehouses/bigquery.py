@@ -206,7 +206,15 @@ class BigQueryWarehouse(WarehouseResource):
                 BigQueryReadGrpcTransport,
             )
 
-            channel = grpc.insecure_channel(endpoint)
+            # the options the client's own transport sets: no cap on a message's size (gRPC's
+            # default 4 MB refuses a Storage Read API response of a wide or large result)
+            channel = grpc.insecure_channel(
+                endpoint,
+                options=[
+                    ("grpc.max_send_message_length", -1),
+                    ("grpc.max_receive_message_length", -1),
+                ],
+            )
             transport = BigQueryReadGrpcTransport(channel=channel, credentials=client._credentials)  # noqa: SLF001
             return bigquery_storage.BigQueryReadClient(transport=transport)
         return bigquery_storage.BigQueryReadClient(
