@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class BigQueryEngine:
     api_endpoint: str  # REST, http://127.0.0.1:N
     storage_api_endpoint: str  # gRPC, 127.0.0.1:M
     project: str
+    pid: int = 0  # the emulator's process (its CPU time, for the benchmark)
 
     def yaml_keys(self) -> dict[str, Any]:
         """The sync YAML's keys for this emulator."""
@@ -70,18 +72,15 @@ def emulator_python() -> Path | None:
     return path if path.exists() else None
 
 
-@pytest.fixture(scope="session")
-def bigquery_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEngine]:
-    try:
-        import google.cloud.bigquery  # noqa: F401
-        import google.cloud.bigquery_storage  # noqa: F401
-    except ImportError:
-        missing("google-cloud-bigquery[bqstorage]", "pip install -e '.[test]'")
-    python = emulator_python()
-    if python is None:
-        missing(f"bqemulator (the BigQuery stand-in; {PYTHON_ENV_VAR} unset)", f"{SETUP}")
+class EmulatorError(RuntimeError):
+    """bqemulator did not start (the message holds its log's tail)."""
+
+
+@contextmanager
+def running_emulator(python: Path, log: Path) -> Iterator[BigQueryEngine]:
+    """bqemulator started by ``python`` (its own virtualenv) on two free loopback ports, its
+    output in ``log``; stopped on exit. The tests' fixture and bench_warehouse_diff share it."""
     rest, grpc_port = free_port(), free_port()
-    log = tmp_path_factory.mktemp("bqemulator") / "emulator.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(python), str(LAUNCHER), "start", "--rest-port", str(rest), "--grpc-port",
@@ -94,12 +93,14 @@ def bigquery_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQue
         alive = lambda: process.poll() is None  # noqa: E731
         if not (wait_for_port(rest, 120, alive) and wait_for_port(grpc_port, 60, alive)):
             tail = log.read_text(errors="replace")[-2000:]
-            pytest.fail(f"bqemulator did not start ({python}):\n{tail}", pytrace=False)
-        yield BigQueryEngine(
+            raise EmulatorError(f"bqemulator did not start ({python}):\n{tail}")
+        engine = BigQueryEngine(
             api_endpoint=f"http://127.0.0.1:{rest}",
             storage_api_endpoint=f"127.0.0.1:{grpc_port}",
             project=PROJECT,
+            pid=process.pid,
         )
+        yield engine
     finally:
         process.terminate()
         try:
@@ -107,3 +108,22 @@ def bigquery_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQue
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def bigquery_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEngine]:
+    try:
+        import google.cloud.bigquery  # noqa: F401
+        import google.cloud.bigquery_storage  # noqa: F401
+    except ImportError:
+        missing("google-cloud-bigquery[bqstorage]", "pip install -e '.[test]'")
+    python = emulator_python()
+    if python is None:
+        missing(f"bqemulator (the BigQuery stand-in; {PYTHON_ENV_VAR} unset)", f"{SETUP}")
+    assert python is not None
+    log = tmp_path_factory.mktemp("bqemulator") / "emulator.log"
+    try:
+        with running_emulator(python, log) as engine:
+            yield engine
+    except EmulatorError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -28,6 +28,7 @@ import shutil
 import struct
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,22 +117,17 @@ def iceberg_jars(root: Path) -> list[str]:
     return [str(runtime[-1]), str(jackson)]
 
 
-@pytest.fixture(scope="session")
-def spark_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A SparkSession in UTC, its warehouse in a temporary directory, with the `iceberg`
-    catalog beside the default one."""
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        missing("pyspark (the Databricks stand-in)", "pip install -e '.[test]'")
-    if shutil.which("java") is None:
-        missing("a Java runtime for Spark (java)", f"sudo {SETUP}")
-    root = tmp_path_factory.mktemp("spark")
+@contextmanager
+def spark_session(root: Path, driver_memory: str = "1g") -> Iterator[Any]:
+    """A SparkSession in UTC, its warehouse in ``root``, with the `iceberg` catalog beside the
+    default one; stopped on exit. The tests' fixture and bench_warehouse_diff share it."""
+    from pyspark.sql import SparkSession
+
     catalog = f"spark.sql.catalog.{ICEBERG_CATALOG}"
     spark = (
         SparkSession.builder.master("local[2]")
         .appName("rudder_sync_tests")
-        .config("spark.driver.memory", "1g")
+        .config("spark.driver.memory", driver_memory)
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "1")
         .config("spark.default.parallelism", "2")
@@ -160,6 +156,19 @@ def spark_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield spark
     finally:
         spark.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The test session's Spark (`spark_session`), started once."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        missing("pyspark (the Databricks stand-in)", "pip install -e '.[test]'")
+    if shutil.which("java") is None:
+        missing("a Java runtime for Spark (java)", f"sudo {SETUP}")
+    with spark_session(tmp_path_factory.mktemp("spark")) as spark:
+        yield spark
 
 
 def to_arrow(frame: Any) -> Any:
