@@ -560,31 +560,58 @@ def test_moving_out_with_the_state_command_keeps_the_place(
     state_engine: StateEngine,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
     gateway: TestGateway,
 ) -> None:
-    if state_engine.kind == "databricks":
-        pytest.skip(
-            "the `state` command in a subprocess cannot reach the test's Spark (its stand-in "
-            "connection lives in this process): moving a state in is "
-            "test_switching_on_moves_the_local_state_and_its_pending_changes; moving it out "
-            "(reads, then one meta MERGE in the warehouse) is not run on Databricks"
-        )
     project, _ = _seed(state_engine, tmp_path, gateway.url, monkeypatch, 60, 10)
     run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
     delivered = len(gateway.events)
+    # a change the gateway refuses stays pending in the warehouse, under its messageId
     state_engine.sql("update users set plan = 'team' where id = 2")
+    gateway.fail_next(503, times=10_000)
+    failed = run_sync(
+        project, SYNC_NAME, rudderstack_for(gateway.url, retry_max_seconds=0.2), False
+    )
+    assert not failed.success
+    gateway.clear_faults()
+    pending = state_engine.sql(
+        f"select __rs_pk, __rs_message_id from {state_engine.table('pending', SYNC_NAME)}"
+    )
+    assert [str(pk) for pk, _ in pending] == ["2"]
     env = cli_env(RUDDER_SYNC_CONFIG=str(project.config_path), **state_engine.env)
-    command = [sys.executable, "-m", "rudder_sync", "state", "to-local", SYNC_NAME]
-    moved = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert moved.returncode == 0, moved.stderr
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and "moved already" in again.stderr
-    # local mode carries on from the same place: only the new change is sent
+
+    def state_to_local() -> tuple[int, str]:
+        """`python -m rudder_sync state to-local SYNC`: its exit status and stderr."""
+        if state_engine.kind == "databricks":
+            # the stand-in connection lives in this process (a subprocess cannot reach the
+            # test's Spark): the command's own function, here, on the same project
+            from rudder_sync.cli.state import main as state_main
+
+            monkeypatch.setenv("RUDDER_SYNC_CONFIG", str(project.config_path))
+            capsys.readouterr()
+            status = state_main(["to-local", SYNC_NAME])
+            return status, capsys.readouterr().err
+        command = [sys.executable, "-m", "rudder_sync", "state", "to-local", SYNC_NAME]
+        moved = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        return moved.returncode, moved.stderr
+
+    status, stderr = state_to_local()
+    assert status == 0, stderr
+    with open_state(project.state_dir, SYNC_NAME, False) as local:
+        moved = local.conn.sql("select __rs_pk, __rs_message_id from pending").fetchall()
+    assert [(str(pk), message_id) for pk, message_id in moved] == [
+        (str(pk), message_id) for pk, message_id in pending
+    ]
+    status, stderr = state_to_local()
+    assert status == 1 and "moved already" in stderr
+    # local mode carries on from the same place: only the pending change is sent, under the
+    # messageId it had in the warehouse
     project = state_engine.write_project(
         tmp_path, {SYNC_NAME: SEEDED_SYNC}, monkeypatch, state_schema=None
     )
     run_sync(project, SYNC_NAME, rudderstack_for(gateway.url))
     assert [change_key(e) for e in gateway.events[delivered:]] == [(2, "changed")]
+    assert gateway.events[delivered]["messageId"] == pending[0][1]
     # switching on again moves it back, and again nothing is resent
     project = state_engine.write_project(tmp_path, {SYNC_NAME: SEEDED_SYNC}, monkeypatch)
     state_engine.sql("update users set plan = 'free' where id = 2")
