@@ -133,69 +133,91 @@ def compute_diff(
     staged = 0
     with state.transaction():
         state.replace_rejected_rows(window_key, _REJECTED_SQL, now)
+        if stages:
+            with reading():
+                staged = _stage_baseline(state, sync, types, current)
+        elif window is None:
+            state.drop_staged_baseline()
         _find_changes(state, sync, first_run, base, mode)
         with reading():
             _render_changed_rows(state, sync, types, current, window)
-        changes = _new_changes_sql(
-            state, sync, window, mode, default_timestamp=window.end if window else now
-        )
-        if stages:
-            staged = _stage_baseline(state, changes)
-        elif window is None:
-            state.drop_staged_baseline()
         state.replace_pending(
             window_key,
-            changes,
+            _new_changes_sql(
+                state, sync, window, mode, default_timestamp=window.end if window else now
+            ),
             now,
             keep_started_resync_of=_VALID_CURRENT if carry_resync else None,
         )
         run(state.conn, "drop table __rs_changes; drop table __rs_rendered")
     summary = _summarize(state, first_run, window_key, base, sync.max_attempts)
     summary.counts["added"] += staged
+    summary.model_rows += staged
     run(state.conn, "drop table __rs_current; drop table if exists __rs_base")
     return summary
 
 
 def _stages_baseline(state: SyncState, sync: SyncConfig, first_run: bool, mode: DiffMode) -> bool:
     """Whether this diff is a first run whose added rows send nothing (a track sync without
-    send_initial_results): its baseline is then staged (`SyncState.stage_baseline`), not
-    written as pending rows. Not for a state whose commits are mirrored (the warehouse's)."""
+    send_initial_results) against an empty snapshot: its baseline is then staged
+    (`_stage_baseline`), not written as pending rows. Not for a state whose commits are
+    mirrored (the warehouse's)."""
     return (
         first_run
         and not (mode.resync or mode.reset_baseline)
         and not _sends(sync, "added", first_run, mode)
         and not state.mirrors_commits
+        and not state.count("snapshot")
     )
 
 
-def _stage_baseline(state: SyncState, changes_sql: str) -> int:
-    """Stage a first run's silent added rows but the first `FRAME_SILENT_ROWS` (by key: the
-    order of their change IDs, so the diff's output lists the same rows as ever); how many.
-    The changes left in `__rs_changes` (those first rows, and any change that sends) become
-    pending rows as in any diff."""
+def _stage_baseline(state: SyncState, sync: SyncConfig, types: dict, current: str) -> int:
+    """Stage a first run's baseline (`SyncState.stage_baseline`): every valid row but the first
+    `FRAME_SILENT_ROWS` by key; how many. `__rs_current` keeps only those first rows (and the
+    rows that cannot be sent), which become silent pending rows as in any diff, so the diff's
+    output lists the same rows as ever (their change IDs follow the key).
+
+    Each staged row is fingerprinted and, where `removed` events need its values, rendered in
+    one scan of the model, as the pending path would have: no join of the model with its own
+    fingerprints, which at 100M rows needed more than DuckDB's default 1 GB."""
+    valid = "__rs_pk is not null and __rs_key_rows = 1 and __rs_problem is null"
     run(
         state.conn,
         f"""
         create or replace temp table __rs_listed as
-        select __rs_pk from __rs_changes where __rs_change = 'added' and not __rs_send
-        order by __rs_pk limit {FRAME_SILENT_ROWS}
+        select __rs_pk from __rs_current where {valid}
+        order by __rs_pk limit {FRAME_SILENT_ROWS};
+        create or replace temp table __rs_repeated as
+        select __rs_pk from __rs_current where __rs_pk is not null and __rs_key_rows > 1
         """,
     )
-    baseline = (
-        "__rs_change = 'added' and not __rs_send "
-        "and __rs_pk not in (select __rs_pk from __rs_listed)"
-    )
+    if sync.sends("removed"):
+        rendered = _render_sql(sync, types)
+    else:  # the snapshot keeps no values: no `removed` event to build from them
+        rendered = (
+            f"select cast(m.{quote_ident(sync.primary_key)} as varchar) as __rs_pk, "
+            "null::varchar as __rs_user_id, null::varchar as __rs_anonymous_id, "
+            "null::varchar as __rs_props"
+        )
     staged = state.stage_baseline(
-        "select __rs_pk, __rs_hash, __rs_version, __rs_user_id, __rs_anonymous_id, __rs_props "
-        f"from ({changes_sql}) where {baseline}"
+        f"""
+        select __rs_pk, __rs_hash, 1::bigint as __rs_version, __rs_user_id, __rs_anonymous_id,
+               __rs_props
+        from ({rendered}, {_content_hash_sql(sync)} as __rs_hash,
+                          {_problem_sql(sync, types)} as __rs_problem
+              from {current} m)
+        where __rs_pk is not null and __rs_problem is null
+          and __rs_pk not in (select __rs_pk from __rs_repeated)
+          and __rs_pk not in (select __rs_pk from __rs_listed)
+        """
     )
-    # `changes_sql` reads `__rs_changes`: what is left of it makes the pending rows
     run(
         state.conn,
         f"""
-        create or replace temp table __rs_changes as
-        select * from __rs_changes where not ({baseline});
-        drop table __rs_listed
+        create or replace temp table __rs_current as
+        select * from __rs_current
+        where not ({valid}) or __rs_pk in (select __rs_pk from __rs_listed);
+        drop table __rs_listed; drop table __rs_repeated
         """,
     )
     return staged
@@ -336,19 +358,33 @@ def _fingerprint_sql(sync: SyncConfig, types: dict, relation: str) -> str:
     columns are not hashed.
     """
     pk = f"cast({quote_ident(sync.primary_key)} as varchar)"
-    carried = ", ".join(quote_ident(c) for c in sync.carried_columns)
-    shape = quote_literal(content_shape(sync))
     # Duplicate keys by aggregation, not a window function: it is cheaper and spills to disk.
+    # First by the key's 64-bit hash, then by the key among the few rows whose hash repeats:
+    # grouping 100M text keys ran out of DuckDB's default 1 GB, grouping their hashes does not.
     return f"""
-        with f as (
+        with h as (
+            select hash({pk}) as __rs_key_hash from {relation}
+            group by all having count(*) > 1
+        ),
+        d as (
+            select {pk} as __rs_pk, count(*) as n from {relation}
+            where hash({pk}) in (select __rs_key_hash from h)
+            group by all having count(*) > 1
+        ),
+        f as (
             select {pk} as __rs_pk,
-                   hash({carried}, {shape}) as __rs_hash,
+                   {_content_hash_sql(sync)} as __rs_hash,
                    {_problem_sql(sync, types)} as __rs_problem
             from {relation}
-        ),
-        d as (select __rs_pk, count(*) as n from f group by all having count(*) > 1)
+        )
         select f.*, coalesce(d.n, 1) as __rs_key_rows from f left join d using (__rs_pk)
     """
+
+
+def _content_hash_sql(sync: SyncConfig) -> str:
+    """A row's content hash (its carried columns, unqualified, and the sync's shape)."""
+    carried = ", ".join(quote_ident(c) for c in sync.carried_columns)
+    return f"hash({carried}, {quote_literal(content_shape(sync))})"
 
 
 def sync_shape(sync: SyncConfig) -> str:

@@ -84,9 +84,7 @@ _HASH_PROBE_SQL = (
     "timestamptz '2024-01-01 00:00:00+00', null::varchar, [1, 2], {'a': true})"
 )
 
-_SCHEMA = """
-create table if not exists meta (key varchar primary key, value varchar);
-create table if not exists snapshot (
+_SNAPSHOT_COLUMNS = """(
     __rs_pk varchar not null,
     __rs_hash ubigint,
     __rs_version bigint not null,
@@ -95,7 +93,10 @@ create table if not exists snapshot (
     __rs_anonymous_id varchar,
     __rs_props varchar,
     __rs_committed_at timestamptz not null
-);
+)"""
+_SCHEMA = f"""
+create table if not exists meta (key varchar primary key, value varchar);
+create table if not exists snapshot {_SNAPSHOT_COLUMNS};
 create table if not exists pending (
     __rs_window varchar,
     __rs_change_id bigint,
@@ -159,6 +160,7 @@ class SyncState:
         self.conn = conn
         self.path = path
         self.sync_name = sync_name
+        self.catalog: str = run(conn, "select current_database()")[0][0]
         # What opening did that the run should log (a local state moved into the warehouse).
         self.notice: str | None = None
 
@@ -187,10 +189,22 @@ class SyncState:
 
         ``rows_sql``: `__rs_pk`, `__rs_hash`, `__rs_version`, `__rs_user_id`,
         `__rs_anonymous_id`, `__rs_props`. Unlike pending rows, these are not numbered (no sort
-        of the whole model, which spilled tens of GB at 100M rows), carry no messageId, and
-        are inserted into the snapshot once instead of written to pending, then moved."""
-        run(self.conn, f"create or replace table {BASELINE_TABLE} as {rows_sql}")
-        return self.baseline_rows()
+        of the whole model, which spilled tens of GB at 100M rows) and carry no messageId; the
+        table has the snapshot's columns, so that the commit can take it as the snapshot
+        instead of copying it (its `__rs_committed_at` is then when the diff staged it)."""
+        # Qualified: the model's names may resolve in an attached warehouse meanwhile.
+        table = f"{quote_ident(self.catalog)}.main.{BASELINE_TABLE}"
+        run(self.conn, f"create or replace table {table} {_SNAPSHOT_COLUMNS}")
+        inserted = run(
+            self.conn,
+            f"""
+            insert into {table}
+            select __rs_pk, __rs_hash, __rs_version, false, __rs_user_id, __rs_anonymous_id,
+                   __rs_props, now()
+            from ({rows_sql})
+            """,
+        )
+        return int(inserted[0][0])
 
     def drop_staged_baseline(self) -> None:
         """A diff that is not a silent first run leaves no staged baseline behind (one from a
@@ -487,6 +501,7 @@ class SyncState:
         ``settles_ranges``: they are those of `committed_ranges` (logged already), emptied too.
         """
         with self.transaction():
+            staged = self._commit_staged_baseline() if initialize else 0
             # Only the IDs and keys are copied: the rows themselves are read where they are.
             run(
                 self.conn,
@@ -529,33 +544,35 @@ class SyncState:
             self._mirror_commit(run_id, status)
             count = self.count("__rs_commit")
             run(self.conn, "drop table __rs_commit")
+            count += staged
             if initialize:
-                count += self._commit_staged_baseline()
                 self.set_meta("initialized", "true")
             if destination is not None and count:
                 self.set_meta("destination", destination)
         return count
 
     def _commit_staged_baseline(self) -> int:
-        """Inside the transaction that initialises the state: the staged baseline's rows (see
-        `stage_baseline`) become snapshot rows; how many."""
+        """Inside the transaction that initialises the state, before its pending rows move: the
+        staged baseline (see `stage_baseline`) becomes the snapshot; how many rows it held.
+
+        The snapshot is empty until a first commit, so the staged table is renamed into its
+        place (2M rows: 2.5 s of copying saved); a snapshot with rows, which no run leaves,
+        takes the staged rows by key all the same."""
         staged = self.baseline_rows()
-        if staged:
-            if self.count("snapshot"):  # none before a first commit; kept exact all the same
-                run(
-                    self.conn,
-                    f"delete from snapshot where __rs_pk in (select __rs_pk from {BASELINE_TABLE})",
-                )
+        if not staged:
+            self.drop_staged_baseline()
+            return 0
+        if self.count("snapshot"):
             run(
                 self.conn,
                 f"""
-                insert into snapshot
-                select __rs_pk, __rs_hash, __rs_version, false, __rs_user_id, __rs_anonymous_id,
-                       __rs_props, now()
-                from {BASELINE_TABLE}
+                delete from snapshot where __rs_pk in (select __rs_pk from {BASELINE_TABLE});
+                insert into snapshot select * from {BASELINE_TABLE};
+                drop table {BASELINE_TABLE}
                 """,
             )
-        self.drop_staged_baseline()
+        else:
+            run(self.conn, f"drop table snapshot; alter table {BASELINE_TABLE} rename to snapshot")
         return staged
 
     def start_resync(self, window: str | None = None) -> None:

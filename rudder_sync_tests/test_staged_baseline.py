@@ -71,27 +71,49 @@ def _diff_only(project: Project) -> None:
         run_diff(state, sync, warehouse, [], DiffMode(), datetime.now(UTC))
 
 
+# Rows no baseline takes: a key twice, and a row without any ID.
+UNSENDABLE = [
+    "insert into users select * from users where id = 20",
+    "insert into users (id, email, plan) values (41, 'nobody@example.com', 'free')",
+]
+VALID = ROWS - 1  # key 20 is out
+
+
+@pytest.mark.parametrize(
+    "sync",
+    [TRACK_SYNC, dict(TRACK_SYNC, events={"added": "Signed Up", "changed": "Changed"})],
+    ids=["keeps-values-for-removed", "keeps-none"],
+)
 def test_the_staged_baseline_leaves_the_snapshot_the_pending_path_left(
-    tmp_path: Path, gateway: TestGateway, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, gateway: TestGateway, monkeypatch: pytest.MonkeyPatch, sync: dict
 ) -> None:
-    staged = write_project(tmp_path / "staged", {"events": TRACK_SYNC}, users=ROWS)
+    staged = write_project(tmp_path / "staged", {"events": sync}, users=ROWS)
+    for statement in UNSENDABLE:
+        sql(staged.warehouse, statement)
     first = run_sync(staged, "events", rudderstack_for(gateway.url))
     meta = asset_metadata(first, "events", "diff")
-    assert meta["added"] == ROWS and meta["added_to_send"] == 0 and meta["first_run"] is True
+    assert meta["added"] == VALID and meta["added_to_send"] == 0 and meta["first_run"] is True
     assert len(first.output_for_node("events__diff")) == LISTED
-    assert meta["silent_changes_not_in_output"] == ROWS - LISTED
-    assert asset_metadata(first, "events", "events")["committed_without_event"] == ROWS
+    assert meta["silent_changes_not_in_output"] == VALID - LISTED
+    assert meta["rejected_rows"] == 3
+    assert asset_metadata(first, "events", "events")["committed_without_event"] == VALID
     assert not _has_staged(staged)
 
     # every row listed: nothing staged, every row a pending row as before this change
-    monkeypatch.setattr(rudder_sync.diff, "FRAME_SILENT_ROWS", ROWS)
-    pending = write_project(tmp_path / "pending", {"events": TRACK_SYNC}, users=ROWS)
-    run_sync(pending, "events", rudderstack_for(gateway.url))
+    monkeypatch.setattr(rudder_sync.diff, "FRAME_SILENT_ROWS", ROWS * 2)
+    pending = write_project(tmp_path / "pending", {"events": sync}, users=ROWS)
+    for statement in UNSENDABLE:
+        sql(pending.warehouse, statement)
+    reference = run_sync(pending, "events", rudderstack_for(gateway.url))
+    assert asset_metadata(reference, "events", "diff")["added"] == VALID
 
     snapshot = _state_rows(staged, SNAPSHOT_SQL)
-    assert len(snapshot) == ROWS
+    assert len(snapshot) == VALID
     assert snapshot == _state_rows(pending, SNAPSHOT_SQL)
-    assert all(props is not None for *_, props in snapshot)  # removed events need them
+    kept = [props is not None for *_, props in snapshot]
+    assert all(kept) if "removed" in sync["events"] else not any(kept)
+    rejected = "select __rs_pk, reason, __rs_attempts from rejected_rows order by all"
+    assert _state_rows(staged, rejected) == _state_rows(pending, rejected)
     assert gateway.events == []
 
 
