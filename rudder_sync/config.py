@@ -1386,8 +1386,9 @@ _STATE_SUFFIX_CHARS = len("__dry_run__w_2024_01_01_00_00")
 
 
 # Engines on which an append sync's state in the warehouse (`state_schema`) is proven end to end
-# (rudder_sync_tests/test_append_state.py); on the others it is refused at load time.
-APPEND_STATE_ENGINES = ("postgres",)
+# (rudder_sync_tests/test_append_state.py on PostgreSQL; the `+state_schema` columns of
+# test_append_engines.py on the stand-ins); on the others (Databricks) it is refused at load time.
+APPEND_STATE_ENGINES = ("postgres", "redshift", "snowflake", "bigquery")
 
 
 def _check_append_state(warehouse: WarehouseSettings, syncs: Mapping[str, SyncConfig]) -> None:

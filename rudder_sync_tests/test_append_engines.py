@@ -321,12 +321,12 @@ def _on_snowflake(request: pytest.FixtureRequest, root: Path, **keys: Any) -> li
         conn.close()
 
 
-def _on_bigquery(request: pytest.FixtureRequest, root: Path) -> list[dict[str, Any]]:
+def _on_bigquery(request: pytest.FixtureRequest, root: Path, **keys: Any) -> list[dict[str, Any]]:
     engine = request.getfixturevalue("bigquery_engine")
     dataset = f"append_{uuid.uuid4().hex[:8]}"
     orders = f"`{dataset}`.orders"
     engine.run(f"create schema `{dataset}`", BIGQUERY.ddl(orders), BIGQUERY.insert(orders, SEED))
-    warehouse = {"type": "bigquery", **engine.yaml_keys()}
+    warehouse = {"type": "bigquery", **engine.yaml_keys(), **keys}
     project = _project(root, warehouse, f"select {', '.join(COLUMNS)} from {orders}")
     return _history(project, lambda rows: engine.run(BIGQUERY.insert(orders, rows)))
 
@@ -395,6 +395,9 @@ ENGINES: dict[str, Callable[[pytest.FixtureRequest, Path], list[dict[str, Any]]]
     # The state in the warehouse (`state_schema`): the same history, every table of the state
     # there (no state file), the rows past the cursor kept there between snapshot and diff.
     "postgres+state_schema": lambda r, root: _on_postgres(r, root, state_schema=STATE_SCHEMA),
+    "redshift+state_schema": lambda r, root: _on_redshift(r, root, state_schema=STATE_SCHEMA),
+    "snowflake+state_schema": lambda r, root: _on_snowflake(r, root, state_schema=STATE_SCHEMA),
+    "bigquery+state_schema": lambda r, root: _on_bigquery(r, root, state_schema=STATE_SCHEMA),
 }
 
 
@@ -406,6 +409,9 @@ ENGINES: dict[str, Callable[[pytest.FixtureRequest, Path], list[dict[str, Any]]]
         "redshift",
         pytest.param("databricks", marks=pytest.mark.slow),
         "postgres+state_schema",
+        "redshift+state_schema",
+        "snowflake+state_schema",
+        pytest.param("bigquery+state_schema", marks=pytest.mark.slow),
     ],
 )
 def test_an_append_history_on_the_engine_sends_what_duckdb_sends(

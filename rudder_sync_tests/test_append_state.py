@@ -266,22 +266,22 @@ def test_moving_a_local_append_state_in_and_out_keeps_cursor_keys_and_pending_id
 def test_append_with_state_schema_on_an_engine_not_proven_is_refused_at_load(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("SNOWFLAKE_PASSWORD", "not-used")
+    monkeypatch.setenv("DATABRICKS_TOKEN", "not-used")
     warehouse = {
-        "type": "snowflake",
-        "account": "acme",
-        "user": "rudder_sync",
-        "password": {"env": "SNOWFLAKE_PASSWORD"},
-        "database": "analytics",
-        "schema": "public",
+        "type": "databricks",
+        "server_hostname": "dbc-1.cloud.databricks.com",
+        "http_path": "/sql/1.0/warehouses/abc",
+        "access_token": {"env": "DATABRICKS_TOKEN"},
+        "catalog": "main",
+        "schema": "analytics",
         "state_schema": "rudder_sync",
     }
     with pytest.raises(ConfigError) as caught:
         parse_config({"warehouse": warehouse, "syncs": {SYNC: APPEND_SYNC}})
     text = str(caught.value)
-    assert f"sync '{SYNC}'" in text and "'state_schema'" in text and "on snowflake" in text
+    assert f"sync '{SYNC}'" in text and "'state_schema'" in text and "on databricks" in text
     assert "Fix: remove 'state_schema'" in text and "\n" not in text
-    # PostgreSQL's is accepted
+    # PostgreSQL's is accepted (and Snowflake's, BigQuery's, Redshift's: test_append_engines.py)
     parse_config(
         {
             "warehouse": {"type": "postgres", "url": "postgresql://h/db", "state_schema": "rs"},

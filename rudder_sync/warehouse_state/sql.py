@@ -176,6 +176,12 @@ def kept_rows_sql(target: str, dialect: str, model: str) -> str:
     return render(template, dialect).replace(_MODEL_PLACEHOLDER, f"(\n{body}\n)")
 
 
+def kept_rows_read_sql(target: str, dialect: str) -> str:
+    """The rows `kept_rows_sql` kept, to read out (in the dialect: a store's reader runs it as
+    it is, as it runs the diff's `changed_rows_sql`)."""
+    return render(f"SELECT * FROM {target}", dialect)
+
+
 def append_cursor_ddl(tables: Tables, dialect: str) -> str:
     """An append sync's keys (delivered within the lookback, or pending) with their cursor, both
     as text: the cursor's type is the model's, which only the scratch copy needs (it casts the

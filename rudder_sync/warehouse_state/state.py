@@ -39,7 +39,7 @@ from ..state import (
 )
 from ..warehouses.base import WarehouseResource
 from ..warehouses.sql import bind
-from .sql import Tables, append_cursor_ddl, kept_rows_sql
+from .sql import Tables, append_cursor_ddl, kept_rows_read_sql, kept_rows_sql
 from .store import StateStore, open_store
 
 # Ranges of consecutive change IDs written into a statement; more go through a temp table.
@@ -168,11 +168,19 @@ class WarehouseSyncState(SyncState):
             role: self.store.ingest(f"__rs_push_{role}", self.conn.sql(sql).to_arrow_table())
             for role, sql in queries.items()
         }
+        # Every column of the warehouse table, NULL where the scratch copy has none (its
+        # warehouse key and hash): Spark takes no INSERT that leaves a column out.
+        statements = []
         for role, source in loaded.items():
-            columns = ", ".join(self.store.columns(source))
             target = getattr(self.tables, role)
-            self.store.execute(f"delete from {target}")
-            self.store.execute(f"insert into {target} ({columns}) select {columns} from {source}")
+            have, want = set(self.store.columns(source)), self.store.columns(target)
+            values = ", ".join(c if c in have else f"null as {c}" for c in want)
+            statements += [
+                f"delete from {target}",
+                f"insert into {target} ({', '.join(want)}) select {values} from {source}",
+            ]
+        for statement in statements:
+            self.store.execute(statement)
 
     def keep_rows(
         self, target: str, sql: str, params: dict[str, Any], timeout_seconds: float | None
@@ -201,7 +209,7 @@ class WarehouseSyncState(SyncState):
         no such table)."""
         if not self.store.exists(target):
             return None
-        with self.store.reader(f"select * from {target}") as reader:
+        with self.store.reader(kept_rows_read_sql(target, self.store.dialect)) as reader:
             return self.replace_table(table, reader)
 
     def ever_accepted(self) -> bool:
