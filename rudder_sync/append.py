@@ -649,15 +649,20 @@ class AppendStateBackend:
     def _keep_cursors(self, state: SyncState, cursor_type: str, bounds: Bounds) -> None:
         """Record the cursor of each pending key; forget the delivered keys below this run's
         lower bound (the next run reads from it), so the state keeps only recent keys."""
+        # No primary key: deleting the thousands of keys that leave the lookback each run from
+        # its index cost 75 ms at every commit (10k new rows a run); without it, 1 ms. A key's
+        # cursor is replaced by deleting it first (states written before keep their index).
         run(
             state.conn,
             f"create table if not exists {CURSOR_TABLE} "
-            f"(__rs_pk varchar primary key, __rs_cursor {cursor_type})",
+            f"(__rs_pk varchar, __rs_cursor {cursor_type})",
         )
         run(
             state.conn,
             f"""
-            insert or replace into {CURSOR_TABLE}
+            delete from {CURSOR_TABLE}
+            where __rs_pk in (select __rs_pk from __rs_seen where reason is null);
+            insert into {CURSOR_TABLE}
             select s.__rs_pk, s.__rs_cursor from __rs_seen s
             where s.reason is null
             """,
