@@ -695,7 +695,6 @@ def parse_config(
         syncs[sync.name] = sync
     syncs = _merge_redaction(where, redact, store_frames, syncs)
     _check_state_schema_names(warehouse, syncs)
-    _check_append_state(warehouse, syncs)
     delivery_raw = raw.get("delivery") or {}
     if not isinstance(delivery_raw, Mapping):
         raise ConfigError(
@@ -1383,28 +1382,6 @@ def _suggest_name(name: str) -> str:
 
 # The longest table name suffix of in-warehouse state: `__dry_run__w_` + an hourly window key.
 _STATE_SUFFIX_CHARS = len("__dry_run__w_2024_01_01_00_00")
-
-
-# Engines on which an append sync's state in the warehouse (`state_schema`) is proven end to end
-# (rudder_sync_tests/test_append_state.py on PostgreSQL; the `+state_schema` columns of
-# test_append_engines.py on the stand-ins); on the others (Databricks) it is refused at load time.
-APPEND_STATE_ENGINES = ("postgres", "redshift", "snowflake", "bigquery")
-
-
-def _check_append_state(warehouse: WarehouseSettings, syncs: Mapping[str, SyncConfig]) -> None:
-    """An append sync keeps its state in the warehouse (`state_schema`) only on the engines where
-    that was proven; elsewhere it is refused before any run, rather than trusted untested."""
-    if not getattr(warehouse, "state_schema", None) or warehouse.type in APPEND_STATE_ENGINES:
-        return
-    for name, sync in syncs.items():
-        if sync.mode == "append":
-            raise ConfigError(
-                f"sync '{name}': 'mode: append' cannot keep its state in the warehouse key "
-                f"'state_schema' on {warehouse.type} yet (proven on "
-                f"{', '.join(APPEND_STATE_ENGINES)} only). Fix: remove 'state_schema' from the "
-                "warehouse (the sync then keeps its state in the local state folder), or use "
-                "'mode: diff'."
-            )
 
 
 def _check_state_schema_names(warehouse: WarehouseSettings, syncs: Mapping[str, Any]) -> None:

@@ -357,33 +357,41 @@ def _on_redshift(request: pytest.FixtureRequest, root: Path, **keys: Any) -> lis
     return _history(project, lambda rows: pg.sql(POSTGRES.insert("orders", rows)))
 
 
-def _on_databricks(request: pytest.FixtureRequest, root: Path) -> list[dict[str, Any]]:
+def _on_databricks(request: pytest.FixtureRequest, root: Path, **keys: Any) -> list[dict[str, Any]]:
+    """Spark's default catalog; with ``keys`` (`state_schema`), its `iceberg` catalog, whose
+    tables take the MERGE statements the state's lock and commits run (as the scenario table of
+    test_warehouse_state_engines.py)."""
     from databricks import sql as dbsql
 
-    from .engines.databricks import SparkConnection
+    from .engines.databricks import ICEBERG_CATALOG, SparkConnection
 
     spark = request.getfixturevalue("spark_engine")
     monkeypatch = request.getfixturevalue("monkeypatch")
     monkeypatch.setattr(dbsql, "connect", lambda **kwargs: SparkConnection(spark, **kwargs))
     monkeypatch.setenv(SECRET_ENV, SECRET)
     schema = f"append_{uuid.uuid4().hex[:8]}"
-    spark.sql(f"create database `{schema}`")
-    orders = f"`{schema}`.orders"
+    catalog = ICEBERG_CATALOG if keys else "spark_catalog"
+    spark.sql(f"create namespace {catalog}.`{schema}`")
+    orders = f"{catalog}.`{schema}`.orders"
     try:
-        spark.sql(SPARK.ddl(orders) + " using parquet")
+        spark.sql(SPARK.ddl(orders) + ("" if keys else " using parquet"))
         spark.sql(SPARK.insert(orders, SEED))
         warehouse = {
             "type": "databricks",
             "server_hostname": "dbc-1.cloud.databricks.com",
             "http_path": "/sql/1.0/warehouses/abc",
             "access_token": {"env": SECRET_ENV},
-            "catalog": "spark_catalog",
+            "catalog": catalog,
             "schema": schema,
+            **keys,
         }
         project = _project(root, warehouse, f"select {', '.join(COLUMNS)} from orders")
         return _history(project, lambda rows: spark.sql(SPARK.insert(orders, rows)) and None)
     finally:
-        spark.sql(f"drop database if exists `{schema}` cascade")
+        for namespace in (f"{catalog}.`{schema}`", *(f"{catalog}.`{v}`" for v in keys.values())):
+            for row in spark.sql(f"show tables in {namespace}").collect():
+                spark.sql(f"drop table if exists {namespace}.`{row.tableName}`")
+            spark.sql(f"drop namespace if exists {namespace}")
 
 
 STATE_SCHEMA = "rudder_sync_state"
@@ -398,6 +406,7 @@ ENGINES: dict[str, Callable[[pytest.FixtureRequest, Path], list[dict[str, Any]]]
     "redshift+state_schema": lambda r, root: _on_redshift(r, root, state_schema=STATE_SCHEMA),
     "snowflake+state_schema": lambda r, root: _on_snowflake(r, root, state_schema=STATE_SCHEMA),
     "bigquery+state_schema": lambda r, root: _on_bigquery(r, root, state_schema=STATE_SCHEMA),
+    "databricks+state_schema": lambda r, root: _on_databricks(r, root, state_schema=STATE_SCHEMA),
 }
 
 
@@ -412,6 +421,10 @@ ENGINES: dict[str, Callable[[pytest.FixtureRequest, Path], list[dict[str, Any]]]
         "redshift+state_schema",
         "snowflake+state_schema",
         pytest.param("bigquery+state_schema", marks=pytest.mark.slow),
+        # Spark's start and Iceberg's commits: 665 s here on a loaded machine (load 10 on 2 cores)
+        pytest.param(
+            "databricks+state_schema", marks=[pytest.mark.slow, pytest.mark.timeout(1200)]
+        ),
     ],
 )
 def test_an_append_history_on_the_engine_sends_what_duckdb_sends(

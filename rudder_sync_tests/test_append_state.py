@@ -18,7 +18,6 @@ import pytest
 
 from rudder_sync.cli.state import main as state_command
 from rudder_sync.config import parse_config
-from rudder_sync.errors import ConfigError
 from rudder_sync.warehouse_state import state as warehouse_state_module
 
 from .gateway import TestGateway
@@ -263,28 +262,23 @@ def test_moving_a_local_append_state_in_and_out_keeps_cursor_keys_and_pending_id
     assert order_ids(gateway.events[before + 4 :]) == [105]
 
 
-def test_append_with_state_schema_on_an_engine_not_proven_is_refused_at_load(
+def test_append_with_state_schema_loads_on_every_engine_with_a_state_store(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """No engine refuses the pair any more (each ran the history of test_append_engines.py)."""
     monkeypatch.setenv("DATABRICKS_TOKEN", "not-used")
-    warehouse = {
-        "type": "databricks",
-        "server_hostname": "dbc-1.cloud.databricks.com",
-        "http_path": "/sql/1.0/warehouses/abc",
-        "access_token": {"env": "DATABRICKS_TOKEN"},
-        "catalog": "main",
-        "schema": "analytics",
-        "state_schema": "rudder_sync",
-    }
-    with pytest.raises(ConfigError) as caught:
-        parse_config({"warehouse": warehouse, "syncs": {SYNC: APPEND_SYNC}})
-    text = str(caught.value)
-    assert f"sync '{SYNC}'" in text and "'state_schema'" in text and "on databricks" in text
-    assert "Fix: remove 'state_schema'" in text and "\n" not in text
-    # PostgreSQL's is accepted (and Snowflake's, BigQuery's, Redshift's: test_append_engines.py)
-    parse_config(
+    for warehouse in (
+        {"type": "postgres", "url": "postgresql://h/db"},
         {
-            "warehouse": {"type": "postgres", "url": "postgresql://h/db", "state_schema": "rs"},
-            "syncs": {SYNC: APPEND_SYNC},
-        }
-    )
+            "type": "databricks",
+            "server_hostname": "dbc-1.cloud.databricks.com",
+            "http_path": "/sql/1.0/warehouses/abc",
+            "access_token": {"env": "DATABRICKS_TOKEN"},
+            "catalog": "main",
+            "schema": "analytics",
+        },
+    ):
+        config = parse_config(
+            {"warehouse": {**warehouse, "state_schema": "rs"}, "syncs": {SYNC: APPEND_SYNC}}
+        )
+        assert config.syncs[SYNC].mode == "append"
