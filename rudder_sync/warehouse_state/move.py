@@ -130,7 +130,7 @@ def copy_warehouse_into_local(state: WarehouseSyncState, local: Path) -> None:
             run(
                 new.conn,
                 f"create or replace table {APPEND_CURSOR} "
-                f"(__rs_pk varchar primary key, __rs_cursor {cursor_type})",
+                f"(__rs_pk varchar, __rs_cursor {cursor_type})",
             )
         with new.transaction():
             for table, rows in tables.items():

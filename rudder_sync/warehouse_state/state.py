@@ -125,7 +125,7 @@ class WarehouseSyncState(SyncState):
             run(
                 self.conn,
                 f"create or replace table {APPEND_CURSOR} "
-                f"(__rs_pk varchar primary key, __rs_cursor {cursor_type})",
+                f"(__rs_pk varchar, __rs_cursor {cursor_type})",
             )
             run(
                 self.conn,
