@@ -22,6 +22,7 @@ agree within the lock's lifetime.
 
 from __future__ import annotations
 
+import abc
 import os
 import re
 import socket
@@ -77,8 +78,9 @@ SNAPSHOT_COLUMNS = (
 )
 
 
-class RowLockStore:
-    """A state store over a DB-API connection, locked by a row; engines fill in the rest."""
+class RowLockStore(abc.ABC):
+    """A state store over a DB-API connection, locked by a row; engines fill in the rest (the
+    abstract methods; an engine with its own `ingest` or `arrow` leaves their hooks out)."""
 
     dialect: ClassVar[str] = ""
     paramstyle: ClassVar[str] = "qmark"
@@ -104,15 +106,18 @@ class RowLockStore:
         self.cursor = self._cursor(self.conn)
 
     # -- what each engine provides ----------------------------------------------------------------
+    @abc.abstractmethod
     def _connect(self) -> Any:
         raise NotImplementedError
 
     def _cursor(self, conn: Any) -> Any:
         return conn.cursor()
 
+    @abc.abstractmethod
     def _errors(self) -> tuple[type[Exception], ...]:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _secrets(self) -> list[str | None]:
         raise NotImplementedError
 
@@ -123,23 +128,27 @@ class RowLockStore:
         return value
 
     def _fetch_table(self) -> pa.Table:
-        """The last query's rows as Arrow, typed by the engine's column types."""
+        """The last query's rows as Arrow, typed by the engine's column types (`arrow`'s hook)."""
         raise NotImplementedError
 
     def _insert_rows(self, target: str, columns: Sequence[str], rows: list[tuple]) -> None:
+        """Rows into ``target`` (`ingest`'s hook)."""
         raise NotImplementedError
 
     def _ingest_target(self, name: str) -> tuple[str, str]:
-        """Where ``ingest`` puts a table, and the CREATE word for it."""
+        """Where ``ingest`` puts a table, and the CREATE word for it (`ingest`'s hook)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _merge_source(self, select: str) -> str:
         """A relation MERGE can read ``select`` from."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def denied(self, exc: BaseException) -> bool:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def grants(self) -> str:
         """The statements that give this connection's grantee what state_schema needs."""
         raise NotImplementedError
@@ -165,7 +174,7 @@ class RowLockStore:
     def is_timeout(self, exc: BaseException) -> bool:
         return "timeout" in str(exc).lower()
 
-    def analyze(self, table: str) -> None:
+    def analyze(self, table: str) -> None:  # noqa: B027 - a default: nothing to do
         """No statistics to gather (the engine keeps them as it writes)."""
 
     # -- the protocol -----------------------------------------------------------------------------
@@ -259,7 +268,7 @@ class RowLockStore:
     def rollback(self) -> None:
         self.conn.rollback()
 
-    def begin_read_only(self) -> None:
+    def begin_read_only(self) -> None:  # noqa: B027 - a default: nothing to do
         """Nothing to set: the statements that follow share the transaction the driver opens
         (autocommit is off). Redshift's is serializable, so they see one snapshot; Snowflake's
         statements each see what was committed when they started."""
