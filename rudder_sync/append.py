@@ -300,13 +300,7 @@ class AppendStateBackend:
         # The bounds are bound as the cursor's kind (its type, from that read): a window's
         # instants as UTC wall time for a timestamp without zone or a date, as the unpartitioned
         # runs compare them, not cast by the warehouse session's time zone.
-        kind = _kind(sync, schema.field(str(sync.cursor)).type)
-        if kind == "number":
-            raise ConfigError(
-                f"sync '{sync.name}': key 'partitions' makes windows of time, but column "
-                f"'{sync.cursor}' (from 'cursor') is a number. Fix: name a timestamp or date "
-                "column in 'cursor', or remove 'partitions'."
-            )
+        kind = cursor_kind(sync, schema.field(str(sync.cursor)).type)
         sql = (
             f"select * from ({body}) as rudder_sync_model where {cursor} >= ${WINDOW_START} "
             f"and {cursor} < ${WINDOW_END}"
@@ -961,6 +955,20 @@ def _arrow_type(state: SyncState, table: str, column: str) -> pa.DataType:
         .schema.field(0)
         .type
     )
+
+
+def cursor_kind(sync: SyncConfig, arrow_type: pa.DataType) -> str:
+    """The kind of the cursor column of ``arrow_type`` (tz, naive, date, number) for this sync:
+    a type, lookback or partitions it cannot go with fails, naming the fix (also what
+    `check --connect` runs on the model's columns)."""
+    kind = _kind(sync, arrow_type)
+    if kind == "number" and sync.partitions is not None:
+        raise ConfigError(
+            f"sync '{sync.name}': key 'partitions' makes windows of time, but column "
+            f"'{sync.cursor}' (from 'cursor') is a number. Fix: name a timestamp or date "
+            "column in 'cursor', or remove 'partitions'."
+        )
+    return kind
 
 
 def _kind(sync: SyncConfig, arrow_type: pa.DataType) -> str:

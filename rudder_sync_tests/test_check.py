@@ -20,8 +20,9 @@ from rudder_sync.cli import main as cli_main
 from rudder_sync.cli.check import check
 
 from .gateway import DISABLED_WRITE_KEY, TestGateway
-from .helpers import IDENTIFY_SYNC, TRACK_SYNC, WRITE_KEY, cli_env, write_project
+from .helpers import IDENTIFY_SYNC, TRACK_SYNC, WRITE_KEY, cli_env, sql, write_project
 from .postgres import PgDatabase, write_pg_project
+from .test_append import APPEND_SYNC, ORDERS_DDL
 
 # Five mistakes in four places: delivery, a destination, and three syncs.
 SEVERAL_ERRORS: dict[str, Any] = {
@@ -184,6 +185,31 @@ def test_connect_reads_no_rows_of_a_model(tmp_path: Path) -> None:
     sync = dict(IDENTIFY_SYNC, model=model)
     project = write_project(tmp_path, {"user_traits": sync}, users=2)
     assert check(dry_run(project.config_path), connect=True).problems == []
+
+
+def test_connect_checks_an_append_syncs_cursor_type_against_its_keys(tmp_path: Path) -> None:
+    """What a run would refuse only once it reads the model: a cursor of a type that cannot
+    grow, a number cursor with partitions (windows of time), a duration lookback on a number."""
+    partitions = {"start": "2024-05-30", "cadence": "daily"}
+    syncs = {
+        "a_fine": dict(APPEND_SYNC),
+        "b_text": dict(APPEND_SYNC, cursor="user_id"),
+        "c_number_windows": dict(APPEND_SYNC, cursor="order_id", lookback=0, partitions=partitions),
+        "d_number_duration": dict(APPEND_SYNC, cursor="order_id"),
+        "e_number": dict(APPEND_SYNC, cursor="order_id", lookback=10),
+    }
+    project = write_project(tmp_path, syncs, users=0)
+    sql(project.warehouse, ORDERS_DDL)
+    report = check(dry_run(project.config_path), connect=True)
+    text, windows, duration = report.problems
+    assert text.startswith("sync 'b_text': column 'user_id' (from 'cursor') has type string.")
+    assert windows.startswith(
+        "sync 'c_number_windows': key 'partitions' makes windows of time, but column 'order_id'"
+    )
+    assert duration.startswith("sync 'd_number_duration': key 'lookback' is a duration")
+    assert all("Fix:" in problem for problem in report.problems)
+    assert "sync 'a_fine': the model returns the 4 columns the sync names" in report.passed
+    assert "sync 'e_number': the model returns the 4 columns the sync names" in report.passed
 
 
 def test_connect_names_a_missing_duckdb_file(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -43,6 +43,9 @@ from ..config import (
 )
 from ..errors import ConfigError, RudderSyncError
 from ..warehouses.settings import EnvRef
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # A sync that passes every check, put in place of the user's syncs while a section is checked.
 _PLACEHOLDER = {
@@ -393,7 +396,8 @@ def _check_reads(project: ProjectConfig, warehouse: Any, report: Report) -> None
         check_state_rights(warehouse, schema, report)
     for sync in project.syncs.values():
         try:
-            columns = model_columns(warehouse, sync)
+            schema = model_schema(warehouse, sync)
+            columns = list(schema.names)
             check_model_columns(sync, columns)
             if sync.mode == "append" and sync.cursor not in columns:
                 report.problem(
@@ -402,6 +406,10 @@ def _check_reads(project: ProjectConfig, warehouse: Any, report: Report) -> None
                     "model, or change 'cursor'."
                 )
                 continue
+            if sync.mode == "append":
+                from ..append import cursor_kind
+
+                cursor_kind(sync, schema.field(str(sync.cursor)).type)
         except RudderSyncError as exc:
             report.problem(_model_problem(sync, exc))
             continue
@@ -477,8 +485,9 @@ def _model_problem(sync: SyncConfig, exc: RudderSyncError, what: str = "the mode
     return text
 
 
-def model_columns(warehouse: Any, sync: SyncConfig) -> list[str]:
-    """The model's column names from a LIMIT 0 query (a partitioned one over its first window)."""
+def model_schema(warehouse: Any, sync: SyncConfig) -> pa.Schema:
+    """The model's columns and their types from a LIMIT 0 query (a partitioned one over its
+    first window)."""
     from ..warehouses.sql import statement_body
 
     params = None
@@ -490,7 +499,7 @@ def model_columns(warehouse: Any, sync: SyncConfig) -> list[str]:
         params = {"partition_start": first.start, "partition_end": first.end}
     sql = f"select * from ({statement_body(sync.model)}) as __rs_check limit 0"
     with warehouse.read_model(sql, params) as reader:
-        return list(reader.schema.names)
+        return reader.schema
 
 
 def probe_destination(
