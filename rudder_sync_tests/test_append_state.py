@@ -3,11 +3,16 @@
 The same history as local append mode, event for event, is test_append_engines.py's
 `postgres+state_schema` column. Here: what the warehouse tables hold run by run (cursor, keys,
 pending messageIds; no state file on the local disk), a gateway failure mid-delivery then a
-rerun, a second run waiting on the lock, a dry run, and moving a local append state in and out.
+rerun, a second run waiting on the lock, a dry run, moving a local append state in and out, and
+`dagster job execute` killed with SIGKILL in the diff step, between the delivery and its commit
+and mid-delivery, then a rerun. The guard, the dry run and a gateway failure on the vendor
+engines are test_append_state_engines.py's.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,15 +20,27 @@ from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import pytest
+import yaml
 
 from rudder_sync.cli.state import main as state_command
 from rudder_sync.config import parse_config
 from rudder_sync.warehouse_state import state as warehouse_state_module
 
 from .gateway import TestGateway
-from .helpers import asset_metadata, failure_text, read_state, rudderstack_for, run_sync
-from .postgres import PgDatabase, PgProject, write_pg_project
+from .helpers import (
+    DAGSTER,
+    WRITE_KEY,
+    asset_metadata,
+    cli_env,
+    failure_text,
+    read_state,
+    rudderstack_for,
+    run_sync,
+    wait_until_idle,
+)
+from .postgres import SYNC_URL_ENV_VAR, PgDatabase, PgProject, write_pg_project
 from .test_append import APPEND_SYNC, SYNC, T0, order_ids
+from .test_crash import kill_group
 
 SCHEMA = "rudder_sync"
 START = datetime(2024, 6, 1, 12, tzinfo=UTC)  # T0
@@ -282,3 +299,188 @@ def test_append_with_state_schema_loads_on_every_engine_with_a_state_store(
             {"warehouse": {**warehouse, "state_schema": "rs"}, "syncs": {SYNC: APPEND_SYNC}}
         )
         assert config.syncs[SYNC].mode == "append"
+
+
+# -- SIGKILL with the state in the warehouse, then a rerun -----------------------------------------
+
+CLEAN = "rudder_sync_clean"  # the same sync's state in a run that is not killed
+NEW_ORDERS = 3_000  # one a second after T0: all of them within the 2h lookback
+REQUEST_KB = 16  # ~49 events a request: ~62 requests
+FAST_REQUESTS = 20  # then one every 2 s a connection: a delivery commit (every 5 s) lands mid-way
+# What a clean run and a killed run followed by a rerun must agree on, of the meta.
+CURSOR_META = (
+    "mode",
+    "initialized",
+    "append_cursor_kind",
+    "append_cursor_type",
+    "append_low",
+    "append_below",
+)
+# Where the killed run is held (a write to that table waits for the test's lock), by kill point:
+# - in the diff step, its pending changes, rejected rows and kept keys written (not committed),
+#   its write of `append_cursor` waiting: the last table the diff writes back;
+# - in the events step, every event accepted by the gateway, the first delivery commit having
+#   moved the keys into `snapshot` (not committed), its write of the delivery log waiting: the
+#   keys, the log and the end of pending commit in one transaction, so there is no boundary
+#   between the delivery's commit and the keys' (the cursor is the largest committed key's).
+HELD_AT = {"diff_written": "append_cursor", "delivered_not_committed": "delivery_log"}
+
+
+def _more_orders(pg: PgDatabase, count: int) -> None:
+    """Orders 1001..1000+count, one a second after T0."""
+    pg.sql(
+        f"""insert into orders select 1000 + i, 'u' || (i % 7), (1000 + i) * 1.5,
+               timestamptz '{T0}' + make_interval(secs => i)
+            from generate_series(1, {count}) as t(i)"""
+    )
+
+
+def _state_of(pg: PgDatabase, schema: str) -> dict[str, Any]:
+    """What a sync's state in ``schema`` holds of its place: the keys kept (snapshot), their
+    cursors, pending changes, rejected rows and the cursor's meta (no salt, times or IDs)."""
+
+    def table(role: str) -> str:
+        return f'{schema}."{SYNC}__{role}"'
+
+    meta = dict(pg.sql(f"select key, value from {table('meta')}"))
+    return {
+        "snapshot": sorted(
+            pg.sql(
+                "select __rs_pk, __rs_hash, __rs_version, __rs_deleted, __rs_user_id, "
+                f"__rs_props from {table('snapshot')}"
+            )
+        ),
+        "append_cursor": sorted(
+            pg.sql(f"select __rs_pk, __rs_cursor from {table('append_cursor')}")
+        ),
+        "pending": sorted(pg.sql(f"select __rs_pk, __rs_change from {table('pending')}")),
+        "rejected_rows": sorted(pg.sql(f"select __rs_pk, reason from {table('rejected_rows')}")),
+        "meta": {key: meta.get(key) for key in CURSOR_META},
+    }
+
+
+def _waiting_on(pg: PgDatabase, role: str) -> bool:
+    """Whether a session waits for a lock on the sync's table (the killed run, held there)."""
+    rows = pg.sql(
+        "select count(*) from pg_locks where not granted "
+        f"and relation = to_regclass('{_table(role)}')"
+    )
+    return bool(rows[0][0])
+
+
+def _delivered(pg: PgDatabase) -> set[int]:
+    rows = pg.sql(f"select pk from {_table('delivery_log')} where status = 'delivered'")
+    return {int(pk) for (pk,) in rows}
+
+
+@pytest.mark.slow  # a Dagster CLI run in a subprocess, killed, then two more runs: ~25 s each
+@pytest.mark.parametrize("point", ["diff_written", "delivered_not_committed", "after_a_commit"])
+def test_sigkill_then_a_rerun_sends_every_row_once_and_ends_where_a_clean_run_ends(
+    point: str, tmp_path: Path, pg: PgDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dagster job execute` of an append sync with its state in PostgreSQL, SIGKILLed at a
+    point that matters: held there by a lock the test takes on one of the state's tables (a
+    real wait in the server, no code of ours patched), or, mid-delivery, once a delivery
+    commit has landed while the gateway answers slowly. Then a rerun: every new row delivered,
+    a repeat only under its messageId with the same body, and the state where the same sync's
+    clean run (its state in another schema) ends, then again after one more run each."""
+    _orders(pg)
+    body = {**APPEND_SYNC, "guard": {"max_events": None}}
+    killed_project = _project(tmp_path / "killed", pg, monkeypatch, guard={"max_events": None})
+    clean_project = write_pg_project(
+        tmp_path / "clean", pg, {SYNC: body}, monkeypatch, state_schema=CLEAN
+    )
+    document = yaml.safe_load(killed_project.config_path.read_text())
+    document["delivery"] = {"max_request_kb": REQUEST_KB}
+    killed_project.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    new = set(range(1001, 1001 + NEW_ORDERS))
+    with (
+        TestGateway(validate_schema=False, keep_bodies=False) as gateway,
+        TestGateway(validate_schema=False, keep_bodies=False) as reference,
+    ):
+        run_sync(killed_project, SYNC, rudderstack_for(gateway.url))  # the baselines
+        run_sync(clean_project, SYNC, rudderstack_for(reference.url))
+        _more_orders(pg, NEW_ORDERS)
+        run_sync(clean_project, SYNC, rudderstack_for(reference.url))
+        assert set(order_ids(reference.events)) == new
+        before = _state_of(pg, SCHEMA)
+
+        home = tmp_path / "dagster_home"
+        home.mkdir()
+        env = cli_env(
+            RUDDER_SYNC_CONFIG=str(killed_project.config_path),
+            RUDDERSTACK_DATA_PLANE_URL=gateway.url,
+            RUDDERSTACK_WRITE_KEY=WRITE_KEY,
+            DAGSTER_HOME=str(home),
+            **{SYNC_URL_ENV_VAR: pg.url},
+        )
+        command = [DAGSTER, "job", "execute", "-m", "rudder_sync.definitions", "-j", SYNC]
+        holder = adbc.connect(pg.url)  # autocommit off: a lock lasts until the rollback
+        try:
+            if point in HELD_AT:
+                with holder.cursor() as cursor:  # reads go on; the run's write there waits
+                    cursor.execute(f"lock table {_table(HELD_AT[point])} in share mode")
+            else:
+                for _ in range(FAST_REQUESTS):
+                    gateway.delay_next(0.0)
+                gateway.delay_next(2.0, times=1_000)
+            log = (tmp_path / "job.log").open("wb")
+            killed = subprocess.Popen(
+                command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            log.close()
+            try:
+                deadline = time.monotonic() + 120
+                while not (_waiting_on(pg, HELD_AT[point]) if point in HELD_AT else _delivered(pg)):
+                    assert killed.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, f"the run never reached {point}"
+                    time.sleep(0.1)
+            finally:
+                kill_group(killed)
+            assert killed.returncode == -signal.SIGKILL
+        finally:
+            holder.rollback()  # the killed run's statement ends, then its session: rolled back
+            holder.close()
+        wait_until_idle(gateway, timeout=15)  # requests on the wire still land, unanswered
+        gateway.clear_faults()
+        sent_before = {e["messageId"]: e for e in gateway.events}
+        committed = _delivered(pg)
+        pending = _pending_ids(pg)
+        if point == "diff_written":
+            # nothing sent; the diff's writes rolled back: the state as before the run
+            assert sent_before == {} and committed == set()
+            assert _state_of(pg, SCHEMA) == before
+        elif point == "delivered_not_committed":
+            # accepted (all of them unless a 5 s commit came first), nothing committed: all
+            # pending, those sent with the IDs they were sent under; the keys as before the run
+            sent = {order_ids([e])[0]: i for i, e in sent_before.items()}
+            assert sent and committed == set() and set(pending) == {str(i) for i in new}
+            assert {order: pending[str(order)] for order in sent} == sent
+            assert _state_of(pg, SCHEMA)["snapshot"] == before["snapshot"]
+        else:
+            assert 0 < len(committed) < NEW_ORDERS, "the kill did not land mid-delivery"
+            assert committed <= set(order_ids(list(sent_before.values())))
+            assert set(pending) == {str(i) for i in new - committed}
+
+        stored = len(gateway.events)
+        run_sync(killed_project, SYNC, rudderstack_for(gateway.url))
+        rerun = order_ids(gateway.events[stored:])
+        assert len(rerun) == len(set(rerun)) and set(rerun) == new - committed
+        by_order: dict[int, set[str]] = {}
+        for event in gateway.events:
+            by_order.setdefault(order_ids([event])[0], set()).add(event["messageId"])
+            if event["messageId"] in sent_before:
+                assert event == sent_before[event["messageId"]]  # a repeat: same body, time
+        assert set(by_order) == new and all(len(ids) == 1 for ids in by_order.values())
+        assert _pending_ids(pg) == {}
+        if not committed:  # the rerun's cursor is the clean run's: so is its whole place
+            assert _state_of(pg, SCHEMA) == _state_of(pg, CLEAN)
+        # one more run each, nothing new: the same place whatever the killed run had committed
+        sent, sent_clean = len(gateway.events), len(reference.events)
+        run_sync(killed_project, SYNC, rudderstack_for(gateway.url))
+        run_sync(clean_project, SYNC, rudderstack_for(reference.url))
+        assert (len(gateway.events), len(reference.events)) == (sent, sent_clean)
+    assert _state_of(pg, SCHEMA) == _state_of(pg, CLEAN)
+    # kept: the keys within the lookback before the cursor (T0 + 50 min): orders 49, 50 and on
+    assert _keys(pg, "snapshot") == {"49", "50"} | {str(i) for i in new}
