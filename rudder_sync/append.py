@@ -241,7 +241,7 @@ class AppendStateBackend:
     ) -> Snapshot:
         if partitions is not None:
             return self._snapshot_windows(state, partitions, windows)
-        self._rows.load_keys(state)
+        self._rows.load_keys(state, writes=False)
         bounds = self._bounds(state)
         band = None
         start, low = bounds.read_from, bounds.low
@@ -476,7 +476,7 @@ class AppendStateBackend:
                 "partitions (a partitioned append sync), or start a new state with 'start_at'."
             )
         readmitted = state.readmit_quarantined(sync.max_attempts) if retry_quarantined else 0
-        self._rows.load_keys(state)
+        self._rows.load_keys(state, writes=True)
         tables = [window_table(spec.key) for spec in windows] + [NULL_ROWS] if windows else []
         transferred = self._rows.fetch(state, tables or ["model_rows"])
         if windows:
@@ -815,8 +815,10 @@ class _Rows(Protocol):
         """Forget the kept window tables of earlier runs (not in ``keep``)."""
         ...
 
-    def load_keys(self, state: SyncState) -> None:
-        """Make the recent keys (snapshot, `append_cursor`) readable by this step."""
+    def load_keys(self, state: SyncState, writes: bool) -> None:
+        """Make the recent keys (snapshot, `append_cursor`) readable by this step; ``writes``:
+        the step writes them back (the diff), else it reads their cursors only (the snapshot
+        step: the stored cursor, the band's count)."""
         ...
 
     def push(self, state: SyncState) -> None:
@@ -846,7 +848,7 @@ class _LocalRows:
     def drop_windows_except(self, state: SyncState, keep: set[str]) -> None:
         state.drop_tables_except("window__", keep)
 
-    def load_keys(self, state: SyncState) -> None:
+    def load_keys(self, state: SyncState, writes: bool) -> None:
         return None
 
     def push(self, state: SyncState) -> None:
@@ -898,8 +900,12 @@ class _WarehouseRows:
                 for name in stale:
                     opened.store.execute(f"drop table {opened.tables.qualified(name)}")
 
-    def load_keys(self, state: SyncState) -> None:
-        _in_warehouse(state).load_append_keys(state.get_meta(CURSOR_TYPE_KEY))
+    def load_keys(self, state: SyncState, writes: bool) -> None:
+        opened, cursor_type = _in_warehouse(state), state.get_meta(CURSOR_TYPE_KEY)
+        if writes:
+            opened.load_append_keys(cursor_type)
+        else:  # one read, of the keys' cursors only
+            opened.load_append_cursors(cursor_type)
 
     def push(self, state: SyncState) -> None:
         _in_warehouse(state).push_append_state()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from ..errors import StateError
 from ..jsonvalues import quote_ident
@@ -56,6 +57,9 @@ SNAPSHOT_COLUMNS = (
 )
 # The scratch table of an append sync's keys and their cursor (`append.CURSOR_TABLE`).
 APPEND_CURSOR = "append_cursor"
+# What an append sync's steps read of its snapshot (`load_append_keys`), and the keys as loaded.
+APPEND_SNAPSHOT_COLUMNS = "__rs_pk, __rs_version, __rs_deleted, __rs_committed_at"
+LOADED_KEYS = "__rs_loaded_keys"
 # What dropping a sync's state tables costs, for the messages that mention it.
 DROP_COST = (
     "its pending changes and what it delivered are lost; run once after that with the diff's run "
@@ -111,11 +115,15 @@ class WarehouseSyncState(SyncState):
     def load_append_keys(self, cursor_type: str | None) -> int:
         """Load the keys an append sync keeps (its snapshot: the keys delivered within the
         lookback; `append_cursor`: those and the pending ones, with their cursor, cast from the
-        warehouse's text to ``cursor_type``, the model's). Few rows: read whole, once a step
-        that needs them. How many keys."""
+        warehouse's text to ``cursor_type``, the model's). Few rows: read once a step that
+        needs them, the snapshot's keys only: no step rewrites a delivered key's row (the diff
+        forgets keys, `push_append_state`), so the rest of it (the events' properties) stays in
+        the warehouse. How many keys."""
         loaded = self.load_table(
-            "snapshot", f"select {SNAPSHOT_COLUMNS} from {self.tables.snapshot}"
+            "snapshot",
+            f"select {APPEND_SNAPSHOT_COLUMNS} from {self.tables.snapshot}",
         )
+        run(self.conn, f"create or replace table {LOADED_KEYS} as select __rs_pk from snapshot")
         if cursor_type is None:  # no diff recorded a cursor yet
             return loaded
         self.ensure_append_cursor()
@@ -136,6 +144,42 @@ class WarehouseSyncState(SyncState):
             self.conn.unregister("__rs_loaded")
         return loaded
 
+    def load_append_cursors(self, cursor_type: str | None) -> int:
+        """For a step that reads an append sync's kept keys and writes none back (its snapshot
+        step: the stored cursor, the band's count): `append_cursor` (cast as in
+        `load_append_keys`) and, in the same read, which of its keys were delivered, as the keys
+        of the scratch `snapshot` (their rows stay in the warehouse). One read instead of
+        `load_append_keys`' two, and none of the snapshot's other columns. How many keys."""
+        t = self.tables
+        if cursor_type is None or not self.store.exists(t.append_cursor):
+            return 0  # no diff recorded a cursor yet: no key is kept
+        rows = self.store.arrow(
+            f"select a.__rs_pk, a.__rs_cursor, "
+            f"case when s.__rs_pk is null then 0 else 1 end as __rs_delivered "
+            f"from {t.append_cursor} a left join {t.snapshot} s on s.__rs_pk = a.__rs_pk"
+        )
+        self.conn.register("__rs_loaded", rows)
+        try:
+            run(
+                self.conn,
+                f"create or replace table {APPEND_CURSOR} "
+                f"(__rs_pk varchar, __rs_cursor {cursor_type})",
+            )
+            run(
+                self.conn,
+                f"insert into {APPEND_CURSOR} select __rs_pk, __rs_cursor::{cursor_type} "
+                "from __rs_loaded",
+            )
+            run(self.conn, "delete from snapshot")
+            run(
+                self.conn,
+                "insert into snapshot (__rs_pk, __rs_version, __rs_deleted, __rs_committed_at) "
+                "select __rs_pk, 0, false, now() from __rs_loaded where __rs_delivered = 1",
+            )
+        finally:
+            self.conn.unregister("__rs_loaded")
+        return rows.num_rows
+
     def ensure_append_cursor(self) -> None:
         """Create the warehouse's `append_cursor` table if missing (its own commit: DDL)."""
         if not self.store.exists(self.tables.append_cursor):
@@ -143,34 +187,56 @@ class WarehouseSyncState(SyncState):
                 self.store.execute(append_cursor_ddl(self.tables, self.store.dialect))
 
     def push_append_state(self) -> None:
-        """Make the warehouse's pending changes, rejected rows, snapshot and `append_cursor` the
-        scratch copy's, whole (an append sync's are small: the rows past the cursor and the keys
-        within the lookback). Called inside `transaction()` before any other write in it, so
-        that they commit with the meta the diff records, or not at all."""
+        """Make the warehouse's pending changes, rejected rows and `append_cursor` the scratch
+        copy's, whole (an append sync's are small: the rows past the cursor and the keys within
+        the lookback), and delete the snapshot's keys the scratch copy forgot (its rows are
+        never rewritten: `load_append_keys` loads its keys only). Called inside `transaction()`
+        before any other write in it, so that they commit with the meta the diff records, or
+        not at all."""
         hashed = "select * replace (__rs_hash::varchar as __rs_hash) from (select {} from {})"
         queries = {
             "pending": hashed.format(PENDING_COLUMNS, "pending"),
             "rejected_rows": hashed.format(REJECTED_COLUMNS, "rejected_rows"),
-            "snapshot": hashed.format(SNAPSHOT_COLUMNS, "snapshot"),
         }
         if self.has_table(APPEND_CURSOR):
             self.ensure_append_cursor()
             queries["append_cursor"] = (
                 f"select __rs_pk, __rs_cursor::varchar as __rs_cursor from {APPEND_CURSOR}"
             )
-        self.replace_tables(queries)
+        forgotten = None
+        if self.has_table(LOADED_KEYS):
+            added = run(
+                self.conn,
+                f"select count(*) from (select __rs_pk from snapshot except "
+                f"select __rs_pk from {LOADED_KEYS})",
+            )[0][0]
+            if added:  # a bug: the scratch snapshot holds keys only, it cannot write rows
+                raise StateError(
+                    f"sync '{self.sync_name}': {added} key(s) joined an append sync's snapshot "
+                    "in a step that may only forget keys; nothing was written"
+                )
+            forgotten = self.conn.sql(
+                f"select __rs_pk from {LOADED_KEYS} except select __rs_pk from snapshot"
+            ).to_arrow_table()
+        self.replace_tables(queries, forgotten)
 
-    def replace_tables(self, queries: dict[str, str]) -> None:
-        """Replace whole warehouse tables (by role) with scratch queries' rows, in the open
-        transaction: every table is loaded first (`ingest` must precede the transaction's first
-        write), then emptied and filled."""
+    def replace_tables(self, queries: dict[str, str], forgotten: pa.Table | None = None) -> None:
+        """Replace whole warehouse tables (by role) with scratch queries' rows, and delete the
+        ``forgotten`` keys (`__rs_pk`) from the snapshot, in the open transaction: every table
+        is loaded first (`ingest` must precede the transaction's first write), then emptied
+        and filled."""
         loaded = {
             role: self.store.ingest(f"__rs_push_{role}", self.conn.sql(sql).to_arrow_table())
             for role, sql in queries.items()
         }
+        statements = []
+        if forgotten is not None and forgotten.num_rows:
+            gone = self.store.ingest("__rs_push_forgotten", forgotten)
+            statements.append(
+                f"delete from {self.tables.snapshot} where __rs_pk in (select __rs_pk from {gone})"
+            )
         # Every column of the warehouse table, NULL where the scratch copy has none (its
         # warehouse key and hash): Spark takes no INSERT that leaves a column out.
-        statements = []
         for role, source in loaded.items():
             target = getattr(self.tables, role)
             have, want = set(self.store.columns(source)), self.store.columns(target)
