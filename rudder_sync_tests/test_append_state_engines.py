@@ -7,7 +7,8 @@
   for one more scenario): the guard (`max_events`) holding back, a dry run committing nothing, a
   gateway failure mid-delivery and a rerun under the same messageIds, and the warehouse's tables
   (cursor, keys, pending) after each run.
-* A `date` cursor and a timestamp without time zone, on Snowflake and Redshift: the same history
+* A `date` cursor and a timestamp without time zone, on Redshift (its database in New York),
+  Snowflake and Databricks (Spark's `timestamp_ntz`; 18 s plus Spark's start): the same history
   as test_append.py's `test_date_and_naive_timestamp_cursors`, event for event (messageId aside)
   what it sends on a DuckDB file, run by run.
 """
@@ -238,6 +239,7 @@ KIND_TYPES = {
     "duckdb": ("integer", "varchar", "double", "date", "timestamp"),
     "redshift": ("integer", "varchar", "double precision", "date", "timestamp"),
     "snowflake": ("number(38,0)", "varchar", "float", "date", "timestamp_ntz"),
+    "databricks": ("int", "string", "double", "date", "timestamp_ntz"),
 }
 KIND_COLUMNS = ("order_id", "user_id", "amount", "order_day", "order_wall")
 
@@ -308,7 +310,13 @@ def kinds_on_duckdb(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, 
     return runs
 
 
-@pytest.fixture(params=["redshift", pytest.param("snowflake", marks=pytest.mark.slow)])
+@pytest.fixture(
+    params=[
+        "redshift",
+        pytest.param("snowflake", marks=pytest.mark.slow),
+        pytest.param("databricks", marks=[pytest.mark.slow, pytest.mark.timeout(900)]),
+    ]
+)
 def cursor_engine(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
     yield from ENGINES[request.param](request)
 
