@@ -15,6 +15,11 @@ stamp_in_memory_instances_from_parsed_migrations()
 # slow: `-m "not slow"` leaves their tests out of the inner loop.
 SLOW_FIXTURES = {"spark_engine", "bigquery_engine"}
 SLOW_STATE_ENGINES = {"snowflake", "redshift", "bigquery"}
+# The fixtures that pick an engine by parameter (engines/state.py, test_append_state_engines.py):
+# the stand-in's fixture is then asked for at run time, unseen by SLOW_FIXTURES.
+ENGINE_PARAMS = ("state_engine", "append_engine")
+#: the xdist group of the tests that need the JVM or the BigQuery emulator (see below)
+ENGINES_GROUP = "engines"
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
@@ -26,8 +31,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # (fakesnow translates every statement): the full suite runs it; the inner loop keeps
         # the same table's PostgreSQL column.
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("state_engine") in SLOW_STATE_ENGINES:
+        params = callspec.params if callspec is not None else {}
+        if any(params.get(name) in SLOW_STATE_ENGINES for name in ENGINE_PARAMS):
             item.add_marker(pytest.mark.slow)
+    _engines_group_only_for_slow_tests(items)
+    for item in items:
         # Tests sharing a module-scoped fixture (one costly set-up, e.g. a catalogue of runs)
         # run on one xdist worker, so the set-up is paid once rather than once per worker.
         grouped = item.get_closest_marker("xdist_group") is not None
@@ -37,6 +45,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if defs and defs[-1].scope == "module":
                 item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
                 break
+
+
+def _is_engines_group(mark: pytest.Mark) -> bool:
+    return mark.name == "xdist_group" and mark.args[:1] == (ENGINES_GROUP,)
+
+
+def _engines_group_only_for_slow_tests(items: list[pytest.Item]) -> None:
+    """Keep the "engines" xdist group to the tests marked slow.
+
+    The group puts the vendor engines' tests on one worker so that Spark's JVM and the BigQuery
+    emulator start once. Those tests are all slow (SLOW_FIXTURES, their marks); the others use
+    fakesnow's server and the Redshift proxy, which start in about a second, so they leave the
+    group and spread over the workers (a module-scoped fixture of theirs still groups them
+    below). The test files mark whole modules; here the mark moves from the module (or class)
+    down to the slow tests only.
+    """
+    keep = [
+        item
+        for item in items
+        if item.get_closest_marker("slow") is not None
+        and any(_is_engines_group(mark) for mark in item.iter_markers("xdist_group"))
+    ]
+    for item in items:
+        for node in item.listchain()[:-1]:
+            node.own_markers[:] = [m for m in node.own_markers if not _is_engines_group(m)]
+        item.own_markers[:] = [m for m in item.own_markers if not _is_engines_group(m)]
+    for item in keep:
+        item.add_marker(pytest.mark.xdist_group(ENGINES_GROUP))
 
 
 @pytest.hookimpl(trylast=True)
