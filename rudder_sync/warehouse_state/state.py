@@ -128,20 +128,7 @@ class WarehouseSyncState(SyncState):
             return loaded
         self.ensure_append_cursor()
         rows = self.store.arrow(f"select __rs_pk, __rs_cursor from {self.tables.append_cursor}")
-        self.conn.register("__rs_loaded", rows)
-        try:
-            run(
-                self.conn,
-                f"create or replace table {APPEND_CURSOR} "
-                f"(__rs_pk varchar, __rs_cursor {cursor_type})",
-            )
-            run(
-                self.conn,
-                f"insert into {APPEND_CURSOR} select __rs_pk, __rs_cursor::{cursor_type} "
-                "from __rs_loaded",
-            )
-        finally:
-            self.conn.unregister("__rs_loaded")
+        self._load_append_cursor(rows, cursor_type)
         return loaded
 
     def load_append_cursors(self, cursor_type: str | None) -> int:
@@ -158,6 +145,22 @@ class WarehouseSyncState(SyncState):
             f"case when s.__rs_pk is null then 0 else 1 end as __rs_delivered "
             f"from {t.append_cursor} a left join {t.snapshot} s on s.__rs_pk = a.__rs_pk"
         )
+        self._load_append_cursor(rows, cursor_type)
+        self.conn.register("__rs_loaded", rows)
+        try:
+            run(self.conn, "delete from snapshot")
+            run(
+                self.conn,
+                "insert into snapshot (__rs_pk, __rs_version, __rs_deleted, __rs_committed_at) "
+                "select __rs_pk, 0, false, now() from __rs_loaded where __rs_delivered = 1",
+            )
+        finally:
+            self.conn.unregister("__rs_loaded")
+        return rows.num_rows
+
+    def _load_append_cursor(self, rows: pa.Table, cursor_type: str) -> None:
+        """The scratch `append_cursor` from the warehouse's ``rows`` (`__rs_pk`, `__rs_cursor`
+        as text), the cursor cast to ``cursor_type``."""
         self.conn.register("__rs_loaded", rows)
         try:
             run(
@@ -170,15 +173,8 @@ class WarehouseSyncState(SyncState):
                 f"insert into {APPEND_CURSOR} select __rs_pk, __rs_cursor::{cursor_type} "
                 "from __rs_loaded",
             )
-            run(self.conn, "delete from snapshot")
-            run(
-                self.conn,
-                "insert into snapshot (__rs_pk, __rs_version, __rs_deleted, __rs_committed_at) "
-                "select __rs_pk, 0, false, now() from __rs_loaded where __rs_delivered = 1",
-            )
         finally:
             self.conn.unregister("__rs_loaded")
-        return rows.num_rows
 
     def ensure_append_cursor(self) -> None:
         """Create the warehouse's `append_cursor` table if missing (its own commit: DDL)."""
