@@ -97,7 +97,28 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
 }
 
 
-@pytest.mark.parametrize("kinds", list(SCENARIOS.values()), ids=list(SCENARIOS))
+# 429s without Retry-After make the client pace itself for the rest of the run (~20 s of waiting
+# here, little CPU): the full suite runs that scenario, the inner loop its covers.
+SLOW_SCENARIOS = {
+    "429-with-and-without-retry-after": "everything-at-once (429s with Retry-After among the "
+    "other faults) and test_rate_limits.py's test_sync_bigger_than_several_windows_gets_through_"
+    "a_rate_limit (429s without Retry-After: a sync run, every event once, nothing left)"
+}
+
+
+@pytest.mark.parametrize(
+    "kinds",
+    [
+        pytest.param(
+            kinds,
+            id=name,
+            marks=[pytest.mark.slow(reason=f"covered by {SLOW_SCENARIOS[name]}")]
+            if name in SLOW_SCENARIOS
+            else [],
+        )
+        for name, kinds in SCENARIOS.items()
+    ],
+)
 def test_transient_faults_lose_nothing(
     tmp_path: Path, gateway: TestGateway, kinds: tuple[str, ...]
 ) -> None:
