@@ -4,11 +4,14 @@ A DB-API connection with autocommit off and `?` parameters (`store.qmark` renumb
 state's SQL is written with), `information_schema` for what exists, meta rewritten by delete and
 insert, and the sync's lock as a row of `<state_schema>.rudder_sync_locks`:
 
-* taken, then read back (the oldest row holds the lock). Redshift: one transaction deletes the
-  sync's expired row and inserts this run's only if no row is left (a conditional insert); its
-  serializable isolation lets only one of two such transactions commit (the other fails and
-  tries again). Snowflake: one MERGE inserts the row, or takes over an expired one; Snowflake
-  runs MERGE statements on one table one at a time, each seeing what the one before committed;
+* taken, then read back: a run holds the lock when its row is the sync's only one. Redshift: one
+  transaction deletes the sync's expired row and inserts this run's only if no row is left (a
+  conditional insert); serializable isolation lets only one of two such transactions commit (the
+  other fails and tries again), while under snapshot isolation (and on the PostgreSQL stand-in)
+  both may: each then reads two rows, withdraws its own and tries again, jittered, since the
+  other may have read its row alone and hold the lock already. Snowflake: one MERGE inserts the
+  row, or takes over an expired one; Snowflake runs MERGE statements on one table one at a
+  time, each seeing what the one before committed;
 * renewed by a thread (its own connection) every `RENEW_SECONDS` while the state is open, for
   `LOCK_TTL_SECONDS` more; a row past its expiry (a run that died) is taken over. A row whose
   owner ran on this host in a process that is gone is taken over at once (a killed run);
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import os
+import random
 import re
 import socket
 import threading
@@ -404,7 +408,8 @@ class RowLockStore(abc.ABC):
                     f"sync cannot overlap (a run that died leaves its row until it expires, "
                     f"{LOCK_TTL_SECONDS:.0f}s after its last renewal)."
                 )
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            # jittered: two takers that withdrew together do not retry in step
+            time.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 2.0)
 
     def _try_lock(self) -> tuple[str, str] | None:
@@ -424,13 +429,18 @@ class RowLockStore(abc.ABC):
             [key],
         )
         self.conn.commit()
-        if held and held[0][0] == self.owner:
+        if [owner for owner, _ in held] == [self.owner]:
             return None
-        if any(owner == self.owner for owner, _ in held[1:]):
-            self._take_over(self.owner)  # two rows (takers not serialised): the first one holds
-        if not held:
+        if any(owner == self.owner for owner, _ in held):
+            # Two rows: the takers were not serialised (Redshift under snapshot isolation, its
+            # PostgreSQL stand-in). The other may have read back its row alone and hold the
+            # lock already, whatever the order of `acquired_at` (each taker's clock, not the
+            # order of the commits): withdraw, and try again after the wait.
+            self._take_over(self.owner)
+        others = [row for row in held if row[0] != self.owner]
+        if not others:
             return ("(released meanwhile)", "")
-        return str(held[0][0]), str(held[0][1])
+        return str(others[0][0]), str(others[0][1])
 
     def _take_row(self, key: str, now: datetime, expires: datetime) -> None:
         """Delete the sync's expired row, then insert this run's if no row is left (one
