@@ -33,6 +33,7 @@ from .helpers import (
     sql,
     wait_until_idle,
 )
+from .test_append import APPEND_SYNC
 from .test_append_engines import BIGQUERY, POSTGRES, SNOWFLAKE, Dialect, _order, _record, _run
 
 # With the other engine tests on one xdist worker: each stand-in starts once per run.
@@ -72,20 +73,10 @@ def append_engine(request: pytest.FixtureRequest) -> Iterator[StateEngine]:
 
 
 def _sync(engine: StateEngine) -> dict[str, Any]:
+    """test_append.py's sync, on the engine's `orders`, with a guard of 3 events."""
     orders = f"{BIGQUERY_DATASET}.orders" if engine.kind == "bigquery" else "orders"
-    return {
-        "model": f"select order_id, user_id, amount, created_at from {orders}",
-        "mode": "append",
-        "cursor": "created_at",
-        "lookback": "2h",
-        "primary_key": "order_id",
-        "type": "track",
-        "user_id": "user_id",
-        "mapping": {"amount": "amount"},
-        "events": {"added": "Order Completed"},
-        "timestamp": "created_at",
-        "guard": {"max_events": 3},
-    }
+    model = APPEND_SYNC["model"].replace("from orders", f"from {orders}")
+    return {**APPEND_SYNC, "model": model, "guard": {"max_events": 3}}
 
 
 def _tables(engine: StateEngine) -> dict[str, Any]:
